@@ -1,0 +1,55 @@
+"""What callers get back: ``Version`` (from ``put``) and ``Entry`` (from ``get_entry``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from erlmcp_ray.core import record as R
+from erlmcp_ray.core.codec import decode_value
+from erlmcp_ray.core.hlc import hlc_physical_ms
+from erlmcp_ray.core.vclock import VersionVector
+
+__all__ = ["Entry", "Version"]
+
+
+@dataclass(frozen=True, slots=True)
+class Version:
+    """The version a write was given: vector, HLC timestamp and the writing slot."""
+
+    vector: VersionVector
+    timestamp: int  # hybrid logical clock; ``wall_ms`` is its physical part
+    writer: int
+
+    @property
+    def wall_ms(self) -> int:
+        return hlc_physical_ms(self.timestamp)
+
+    @classmethod
+    def from_record(cls, raw: bytes) -> Version:
+        return cls(R.record_vector(raw), R.record_hlc(raw), R._U16.unpack_from(raw, 8)[0])
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One live entry as stored: the decoded value and its metadata."""
+
+    key: str
+    value: Any
+    version: Version
+    tags: tuple[str, ...] = ()
+    expires_at_ms: int | None = None
+
+    @property
+    def timestamp(self) -> int:
+        return self.version.timestamp
+
+    @classmethod
+    def from_record(cls, key: str, raw: bytes) -> Entry:
+        return cls(
+            key=key,
+            value=decode_value(R.record_value(raw)),
+            version=Version.from_record(raw),
+            tags=R.record_tags(raw),
+            expires_at_ms=R.record_expires_at(raw),
+        )

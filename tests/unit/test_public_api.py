@@ -1,0 +1,33 @@
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import erlmcp_ray
+
+
+def test_all_is_exactly_the_public_names():
+    public = {n for n in vars(erlmcp_ray) if not n.startswith("_")} - {"config", "core", "cli"}
+    assert set(erlmcp_ray.__all__) == public
+    for name in erlmcp_ray.__all__:
+        assert getattr(erlmcp_ray, name) is not None
+
+
+def test_core_never_imports_ray():
+    code = "import sys, erlmcp_ray, erlmcp_ray.core.shard_state, erlmcp_ray.core.entry; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_cli_config_show_and_check(tmp_path):
+    good = tmp_path / "c.toml"
+    good.write_text('[domains.session]\nmax_bytes = "10MB"\n')
+    out = subprocess.run([sys.executable, "-m", "erlmcp_ray.cli", "config", "show", str(good)],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["domains"]["session"]["max_bytes"] == 10 * 1024 * 1024
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("domains:\n  session:\n    max_bytes: -1\n")
+    out = subprocess.run([sys.executable, "-m", "erlmcp_ray.cli", "config", "check", str(bad)],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "domains.session.max_bytes" in out.stderr
