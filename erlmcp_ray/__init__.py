@@ -6,9 +6,18 @@ A Python port of the erlmcp v3 distributed memory design (spec in
     config.py        MemoryConfig: the spec's sys.config as one pydantic tree
     errors.py        the exception tree (drawn in its docstring)
     core/            pure logic, no Ray: codec, versions (vclock, hlc), records,
-                     op-log, shard state, Entry/Version
-    cli.py           the ``erlmcp-ray`` command
+                     op-log, shard state, invalidation log, Entry/Version
+    actors/          thin Ray shells: shard, coordinator; options.py builds all actor options
+    _ray.py          the one seam for Ray calls (timeouts, error translation)
+    _cache.py        the client's L0/L1 tiers;  _writes.py  write-behind buffer, group commit
+    client.py        MemoryClient;  system.py  start / connect / shutdown
+    cli.py           the ``erlmcp-ray`` command (demo.py: its ``demo``)
+
+Importing this package does not import Ray: ``start``, ``connect``, ``shutdown``,
+``MemoryClient``, ``MemorySystem`` and ``Subscription`` load it on first use.
 """
+
+from typing import Any
 
 from erlmcp_ray import errors
 from erlmcp_ray.config import (
@@ -19,7 +28,7 @@ from erlmcp_ray.config import (
     EvictionPolicyName,
     MemoryConfig,
 )
-from erlmcp_ray.core.entry import Entry, Version
+from erlmcp_ray.core.entry import Entry, MemoryUpdate, Version
 from erlmcp_ray.core.vclock import Ordering, VersionVector
 from erlmcp_ray.errors import (
     CheckpointNotFoundError,
@@ -30,6 +39,7 @@ from erlmcp_ray.errors import (
     InvalidValueError,
     MemoryPressureError,
     OperationTimeoutError,
+    RemoteError,
     ReplicationError,
     StaleEpochError,
     UnavailableError,
@@ -37,6 +47,25 @@ from erlmcp_ray.errors import (
 )
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "start": "erlmcp_ray.system",
+    "connect": "erlmcp_ray.system",
+    "shutdown": "erlmcp_ray.system",
+    "MemorySystem": "erlmcp_ray.system",
+    "MemoryClient": "erlmcp_ray.client",
+    "Subscription": "erlmcp_ray.client",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'erlmcp_ray' has no attribute {name!r}")
 
 __all__ = [
     "Backend",
@@ -51,15 +80,23 @@ __all__ = [
     "InvalidConsistencyError",
     "InvalidKeyError",
     "InvalidValueError",
+    "MemoryClient",
     "MemoryConfig",
     "MemoryPressureError",
+    "MemorySystem",
+    "MemoryUpdate",
     "OperationTimeoutError",
     "Ordering",
+    "RemoteError",
     "ReplicationError",
     "StaleEpochError",
+    "Subscription",
     "UnavailableError",
     "UnknownDomainError",
     "Version",
     "VersionVector",
+    "connect",
     "errors",
+    "shutdown",
+    "start",
 ]

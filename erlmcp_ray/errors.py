@@ -15,6 +15,7 @@ caller untranslated. The tree is kept shallow on purpose::
     ├── StaleEpochError
     ├── UnavailableError            retryable
     │   └── OperationTimeoutError   retryable
+    ├── RemoteError
     └── CheckpointNotFoundError     (also LookupError)
 
 Builtins are never shadowed: the timeout error is ``OperationTimeoutError``,
@@ -32,6 +33,7 @@ __all__ = [
     "InvalidValueError",
     "MemoryPressureError",
     "OperationTimeoutError",
+    "RemoteError",
     "ReplicationError",
     "StaleEpochError",
     "UnavailableError",
@@ -121,6 +123,10 @@ class UnavailableError(ErlmcpRayError):
 
 class OperationTimeoutError(UnavailableError):
     """Raised when: a remote call did not answer in time. It may or may not have happened."""
+
+
+class RemoteError(ErlmcpRayError):
+    """Raised when: a system actor failed with an unexpected error (a bug); the message has its traceback."""
 
 
 class CheckpointNotFoundError(ErlmcpRayError, LookupError):

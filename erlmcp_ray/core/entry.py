@@ -10,7 +10,7 @@ from erlmcp_ray.core.codec import decode_value
 from erlmcp_ray.core.hlc import hlc_physical_ms
 from erlmcp_ray.core.vclock import VersionVector
 
-__all__ = ["Entry", "Version"]
+__all__ = ["Entry", "MemoryUpdate", "Version"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,4 +52,26 @@ class Entry:
             version=Version.from_record(raw),
             tags=R.record_tags(raw),
             expires_at_ms=R.record_expires_at(raw),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryUpdate:
+    """Delivered to subscribers: a key of ``domain`` was written (or deleted)."""
+
+    domain: str
+    key: str
+    value: Any  # None when deleted
+    version: Version
+    deleted: bool = False
+
+    @classmethod
+    def from_record(cls, domain: str, key: str, raw: bytes) -> MemoryUpdate:
+        deleted = R.record_is_deleted(raw)
+        return cls(
+            domain=domain,
+            key=key,
+            value=None if deleted else decode_value(R.record_value(raw)),
+            version=Version.from_record(raw),
+            deleted=deleted,
         )

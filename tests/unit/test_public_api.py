@@ -8,10 +8,13 @@ import erlmcp_ray
 
 
 def test_all_is_exactly_the_public_names():
-    public = {n for n in vars(erlmcp_ray) if not n.startswith("_")} - {"config", "core", "cli"}
-    assert set(erlmcp_ray.__all__) == public
+    modules = {"config", "core", "cli", "client", "system", "actors", "demo", "Any"}
+    eager = {n for n in vars(erlmcp_ray) if not n.startswith("_")} - modules
+    lazy = set(erlmcp_ray._LAZY)
+    assert set(erlmcp_ray.__all__) == eager | lazy
     for name in erlmcp_ray.__all__:
         assert getattr(erlmcp_ray, name) is not None
+    assert {"start", "connect", "shutdown", "MemoryClient"} <= set(erlmcp_ray.__all__)
 
 
 def test_core_never_imports_ray():

@@ -1,0 +1,235 @@
+"""The client's local tiers: L0 (a tiny hot map) and L1 (a byte-bounded LRU per domain).
+
+No Ray here. Entries hold the encoded value (never the object handed to the
+caller: every ``get`` decodes a fresh one, so a caller mutating what it got
+cannot change what the next ``get`` sees), the version's HLC timestamp, and
+when and how stale it was fetched (for bounded_stale reads).
+
+Coherence bookkeeping: an invalidation drops a cached entry older than the
+version it announces. A fetch that was in flight while an invalidation for its
+key was processed must not cache its (possibly older) answer; ``begin_fetch``
+hands out a token (the invalidation sequence at that moment) that ``store``
+checks. The map of recent invalidations is bounded; a fetch older than what it
+still remembers simply is not cached.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+from cachetools import LRUCache
+
+__all__ = ["PENDING", "CacheEntry", "LocalCache"]
+
+#: The HLC of a write this client buffered that no owner has versioned yet: newer than anything.
+PENDING = 1 << 64
+_ENTRY_OVERHEAD = 120  # bytes counted per L1 entry beyond key and value
+
+
+class CacheEntry(tuple):
+    """``(data, hlc, fetched_at, stale_ms, record)`` — a tuple for speed."""
+
+    __slots__ = ()
+    data = property(lambda self: self[0])
+    hlc = property(lambda self: self[1])
+    fetched_at = property(lambda self: self[2])
+    stale_ms = property(lambda self: self[3])
+    record = property(lambda self: self[4])
+
+
+class LocalCache:
+    def __init__(
+        self,
+        l0_entries: int = 256,
+        l1_max_bytes: int = 64 * 1024 * 1024,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        l1_factory: Callable[[int, Callable[[Any], int]], Any] | None = None,
+        remember_invalidations: int = 65536,
+    ) -> None:
+        self._clock = clock
+        self._l0: dict[tuple[str, str], CacheEntry] = {}
+        self._l0_entries = l0_entries
+        self._l1: dict[str, Any] = {}
+        self._l1_max_bytes = l1_max_bytes
+        self._l1_factory = l1_factory or _CountingLRU
+        self._lock = threading.Lock()
+        self._seq = 0  # invalidations processed
+        self._recent: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()  # key -> (seq, hlc)
+        self._remember = remember_invalidations
+        self._forgotten_upto = 0
+        self.hits_l0 = self.hits_l1 = self.misses = self.invalidations = 0
+
+    # ------------------------------------------------------------------ reads
+    def lookup(self, domain: str, key: str, max_stale_ms: float | None = None) -> CacheEntry | None:
+        """The cached entry if present and, with ``max_stale_ms``, fresh enough."""
+        k = (domain, key)
+        e = self._l0.get(k)
+        if e is None:
+            with self._lock:
+                l1 = self._l1.get(domain)
+                e = None if l1 is None else l1.get(k)
+            if e is None:
+                self.misses += 1
+                return None
+            if max_stale_ms is not None and not self._fresh(e, max_stale_ms):
+                self.misses += 1
+                return None
+            self.hits_l1 += 1
+            self._promote(k, e)
+            return e
+        if max_stale_ms is not None and not self._fresh(e, max_stale_ms):
+            self.misses += 1
+            return None
+        self.hits_l0 += 1
+        return e
+
+    def _fresh(self, e: CacheEntry, max_stale_ms: float) -> bool:
+        if e[1] == PENDING:
+            return True  # our own write: read-your-writes beats any window
+        return (self._clock() - e[2]) * 1000.0 + e[3] <= max_stale_ms
+
+    def _promote(self, k: tuple[str, str], e: CacheEntry) -> None:
+        l0 = self._l0
+        if len(l0) >= self._l0_entries:
+            try:  # FIFO: dicts keep insertion order; cheaper than LRU bookkeeping on every hit
+                del l0[next(iter(l0))]
+            except (StopIteration, KeyError, RuntimeError):
+                pass
+        l0[k] = e
+
+    # ----------------------------------------------------------------- writes
+    def begin_fetch(self) -> int:
+        """A token for a remote read about to start; pass it to ``store``."""
+        return self._seq
+
+    def store(self, domain: str, key: str, data: bytes, hlc: int, stale_ms: float = 0.0,
+              record: bytes | None = None, token: int | None = None) -> bool:
+        """Cache a value; False (not cached) when an invalidation overtook the fetch."""
+        k = (domain, key)
+        e = CacheEntry((data, hlc, self._clock(), stale_ms, record))
+        with self._lock:
+            if token is not None and hlc != PENDING:
+                if token < self._forgotten_upto:
+                    return False
+                seen = self._recent.get(k)
+                if seen is not None and seen[0] > token and seen[1] > hlc:
+                    return False
+            l1 = self._l1.get(domain)
+            if l1 is None:
+                l1 = self._l1[domain] = self._l1_factory(self._l1_max_bytes, _entry_size)
+            try:
+                l1[k] = e
+            except ValueError:  # larger than the whole L1: serve it, don't cache it
+                l1.pop(k, None)
+                self._l0.pop(k, None)
+                return False
+            self._promote(k, e)
+        return True
+
+    def acknowledge(self, domain: str, key: str, data: bytes, hlc: int) -> None:
+        """Our pending write of ``data`` got version ``hlc``; keep it unless something newer was announced."""
+        k = (domain, key)
+        with self._lock:
+            l1 = self._l1.get(domain)
+            e = None if l1 is None else l1.get(k)
+            if e is None or e[1] != PENDING or e[0] is not data:
+                return
+            seen = self._recent.get(k)
+            if seen is not None and seen[1] > hlc:
+                l1.pop(k, None)
+                self._l0.pop(k, None)
+                return
+            new = CacheEntry((data, hlc, self._clock(), 0.0, None))
+            l1[k] = new
+            if k in self._l0:
+                self._l0[k] = new
+
+    def invalidate(self, domain: str, key: str, hlc: int = 0) -> bool:
+        """Drop ``key`` if the cached version is older than ``hlc`` (0: drop whatever is cached)."""
+        k = (domain, key)
+        with self._lock:
+            self._seq += 1
+            self._remember_invalidation(k, hlc)
+            l1 = self._l1.get(domain)
+            e = None if l1 is None else l1.get(k)
+            e = e or self._l0.get(k)
+            if e is None:
+                return False
+            if hlc and (e[1] >= hlc):
+                return False  # cached is as new or newer (our own pending write, or already this one)
+            if l1 is not None:
+                l1.pop(k, None)
+            self._l0.pop(k, None)
+            self.invalidations += 1
+            return True
+
+    def _remember_invalidation(self, k: tuple[str, str], hlc: int) -> None:
+        prev = self._recent.pop(k, None)
+        self._recent[k] = (self._seq, max(hlc or PENDING - 1, prev[1] if prev else 0))
+        if len(self._recent) > self._remember:
+            _, (seq, _) = self._recent.popitem(last=False)
+            self._forgotten_upto = max(self._forgotten_upto, seq)
+
+    def drop(self, domain: str, key: str) -> None:
+        with self._lock:
+            self._seq += 1
+            self._remember_invalidation((domain, key), 0)
+            l1 = self._l1.get(domain)
+            if l1 is not None:
+                l1.pop((domain, key), None)
+            self._l0.pop((domain, key), None)
+
+    def drop_domains(self, domains: set[str] | None = None) -> int:
+        """Forget every cached entry (of ``domains``); in-flight fetches will not cache either."""
+        with self._lock:
+            self._seq += 1
+            self._forgotten_upto = self._seq
+            n = 0
+            for d, l1 in list(self._l1.items()):
+                if domains is None or d in domains:
+                    n += len(l1)
+                    for k in list(l1):  # not clear(): cachetools clears via popitem, which counts evictions
+                        del l1[k]
+            for k in [k for k in self._l0 if domains is None or k[0] in domains]:
+                del self._l0[k]
+            return n
+
+    # ------------------------------------------------------------------ stats
+    def evictions(self) -> int:
+        with self._lock:
+            return sum(getattr(c, "evicted", 0) for c in self._l1.values())
+
+    def sizes(self) -> tuple[int, int, int]:
+        """(L0 entries, L1 entries, L1 bytes)."""
+        with self._lock:
+            return len(self._l0), sum(len(c) for c in self._l1.values()), sum(c.currsize for c in self._l1.values())
+
+    def stats(self) -> dict[str, Any]:
+        l0, l1, l1_bytes = self.sizes()
+        hits = self.hits_l0 + self.hits_l1
+        total = hits + self.misses
+        return {
+            "hits": hits, "l0_hits": self.hits_l0, "l1_hits": self.hits_l1, "misses": self.misses,
+            "hit_rate": hits / total if total else 0.0, "evictions": self.evictions(),
+            "invalidations": self.invalidations, "l0_size": l0, "l1_size": l1, "l1_bytes": l1_bytes,
+        }
+
+
+class _CountingLRU(LRUCache):
+    """cachetools' LRU, counting what it evicts (``popitem`` is its eviction hook)."""
+
+    evicted = 0
+
+    def popitem(self) -> tuple:
+        item = super().popitem()
+        self.evicted += 1
+        return item
+
+
+def _entry_size(e: CacheEntry) -> int:
+    return len(e[0]) + (len(e[4]) if e[4] is not None else 0) + _ENTRY_OVERHEAD

@@ -1,0 +1,83 @@
+"""The one seam through which erlmcp_ray talks to Ray.
+
+Everything that waits on Ray goes through ``get``/``wait`` here, with a
+timeout, and every Ray exception is translated into the erlmcp_ray tree:
+
+    RayTaskError wrapping one of ours  -> that error, as raised in the actor
+    GetTimeoutError                    -> OperationTimeoutError (may or may not have happened)
+    actor/worker/node died, unavailable, object lost -> UnavailableError (retryable)
+    anything else from a remote call   -> RemoteError (with the remote traceback)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import ray
+from ray import exceptions as rex
+
+from erlmcp_ray.errors import (
+    ErlmcpRayError,
+    OperationTimeoutError,
+    RemoteError,
+    UnavailableError,
+)
+
+__all__ = ["get", "get_actor", "translate", "wait"]
+
+_UNAVAILABLE = (
+    rex.RayActorError,
+    rex.WorkerCrashedError,
+    rex.NodeDiedError,
+    rex.ObjectLostError,
+    rex.LocalRayletDiedError,
+    rex.TaskCancelledError,
+    rex.ActorPlacementGroupRemoved,
+    rex.ActorUnschedulableError,
+)
+
+
+def translate(exc: BaseException, what: str, timeout: float | None = None) -> ErlmcpRayError:
+    """The erlmcp_ray error for a Ray exception raised while waiting on ``what``."""
+    if isinstance(exc, ErlmcpRayError) and not isinstance(exc, rex.RayTaskError):
+        return exc
+    if isinstance(exc, rex.RayTaskError):
+        cause = exc.cause
+        if isinstance(cause, ErlmcpRayError):
+            return cause
+        if isinstance(cause, _UNAVAILABLE):
+            return UnavailableError(f"{what}: {cause}")
+        return RemoteError(f"{what} failed remotely: {exc}")
+    if isinstance(exc, rex.GetTimeoutError):
+        return OperationTimeoutError(f"{what} did not answer within {timeout} s; it may or may not have happened")
+    if isinstance(exc, _UNAVAILABLE):
+        return UnavailableError(f"{what} is unavailable: {type(exc).__name__}: {exc}")
+    if isinstance(exc, rex.RayError):
+        return UnavailableError(f"{what}: {type(exc).__name__}: {exc}")
+    return RemoteError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+def get(refs: Any, timeout: float, what: str) -> Any:
+    """``ray.get`` with a timeout and translated errors."""
+    try:
+        return ray.get(refs, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
+        raise translate(exc, what, timeout) from exc
+
+
+def wait(refs: Sequence[Any], timeout: float, num_returns: int | None = None) -> tuple[list, list]:
+    try:
+        return ray.wait(list(refs), num_returns=num_returns or len(refs), timeout=timeout)
+    except Exception as exc:  # noqa: BLE001
+        raise translate(exc, "ray.wait", timeout) from exc
+
+
+def get_actor(name: str, namespace: str) -> Any:
+    """The named actor's handle, or UnavailableError when there is none."""
+    try:
+        return ray.get_actor(name, namespace=namespace)
+    except ValueError as exc:
+        raise UnavailableError(f"no actor {name!r} in namespace {namespace!r}: is the system started?") from exc
+    except Exception as exc:  # noqa: BLE001
+        raise translate(exc, f"looking up {name!r}") from exc

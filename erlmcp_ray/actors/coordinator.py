@@ -1,0 +1,195 @@
+"""The coordinator actor (``erlmcp:coordinator``): a thin async shell over ``InvalidationLog``.
+
+Shards ``publish`` what their replicas hold; clients long-poll "what changed since N" (as Ray
+Serve's LongPollHost); actor handles that subscribed get a ``MemoryUpdate`` per write, pushed.
+
+Async on purpose: hundreds of polls wait at once as coroutines on one event loop, so every
+method runs on that one thread and the log needs no lock. Nothing here blocks that loop: no
+``ray.get``, and deliveries to subscribers are fire-and-forget.
+
+Undecorated; ``actors.options`` builds it with ``max_concurrency`` large enough for every poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import time
+import uuid
+from typing import Any
+
+import ray
+from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+
+from erlmcp_ray.core.entry import MemoryUpdate
+from erlmcp_ray.core.invalidation import InvalidationLog
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MAX_POLL_TIMEOUT_S", "CoordinatorActor"]
+
+#: A poll never waits longer than this, whatever it asks: a waiting poll holds a slot of the
+#: actor's max_concurrency, and a client that vanished mid-poll must let go of it.
+MAX_POLL_TIMEOUT_S = 60.0
+_DEFAULT_LEASE_MS = 10_000
+
+
+def _incarnation_epoch(epoch: int | None) -> int:
+    """A fresh epoch for this incarnation; Ray reruns the constructor with the same arguments
+    on restart, so a fixed ``epoch`` argument must still not come back unchanged."""
+    now = time.time_ns()
+    if epoch is None:
+        return now
+    if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
+        return max(epoch + 1, now)
+    return epoch
+
+
+class CoordinatorActor:
+    def __init__(self, config: dict, namespace: str, epoch: int | None = None, *, rng: Any = None) -> None:
+        self._config = config
+        self.namespace = namespace
+        lease_ms = (config.get("cache_coordinator") or {}).get("lease_ms", _DEFAULT_LEASE_MS)
+        self._log = InvalidationLog(epoch=_incarnation_epoch(epoch), lease_ms=lease_ms)
+        self._lease_s = lease_ms / 1000.0
+        self._next_prune = time.monotonic() + self._lease_s
+        # Swapped on every publish: setting the old one wakes exactly the polls waiting then.
+        self._published = asyncio.Event()
+        self._waiting = 0
+        self._watched: dict[str, asyncio.Future] = {}  # sub_id -> the one delivery we check
+        self._rng = rng if rng is not None else random.Random()
+
+    # ------------------------------------------------------------------ writes
+    async def publish(self, items: list) -> int:
+        """Append ``(domain, key, record)`` items; returns the new last seq.
+
+        No ``await`` in here: appends and deliveries of concurrent publishes must not interleave,
+        or a subscriber could get two writes of one key out of order.
+        """
+        if not items:
+            return self._log.last_seq
+        last_seq = self._log.publish(items)
+        event, self._published = self._published, asyncio.Event()
+        event.set()
+        self._deliver(items)
+        return last_seq
+
+    def _deliver(self, items: list) -> None:
+        for domain, key, record in items:
+            if record is None:
+                continue
+            subscribers = self._log.subscriptions_for(domain)
+            if subscribers:
+                update = MemoryUpdate.from_record(domain, key, record)
+                for sub_id, target in subscribers:
+                    self._send(sub_id, target, update)
+
+    def _send(self, sub_id: str, target: Any, update: MemoryUpdate) -> None:
+        try:
+            ref = target.on_memory_update.remote(update)
+        except Exception as exc:  # noqa: BLE001 - not an actor with on_memory_update
+            self._drop_subscription(sub_id, exc)
+            return
+        # Calls from this actor to one target run in submission order: per-key order for free.
+        # Check one delivery per subscriber at a time: a dead actor fails every call, so one is
+        # enough to notice, and every other ObjectRef is dropped at once.
+        if sub_id not in self._watched:
+            future = ref.as_future()
+            self._watched[sub_id] = future
+            future.add_done_callback(functools.partial(self._delivered, sub_id))
+
+    def _delivered(self, sub_id: str, future: asyncio.Future) -> None:
+        if self._watched.get(sub_id) is future:
+            del self._watched[sub_id]
+        if future.cancelled() or future.exception() is None:
+            return
+        exc = future.exception()
+        # Only death ends a subscription: a restarting actor is back soon, and an error raised by
+        # the subscriber's own code (RayTaskError) is its bug, not a reason to stop delivering.
+        if isinstance(exc, RayActorError) and not isinstance(exc, (ActorUnavailableError, RayTaskError)):
+            self._drop_subscription(sub_id, exc)
+        else:
+            log.warning("subscription %s: on_memory_update failed: %s", sub_id, exc)
+
+    def _drop_subscription(self, sub_id: str, exc: BaseException) -> None:
+        if self._log.remove_subscription(sub_id):
+            log.warning("subscription %s removed, its subscriber is gone: %s", sub_id, exc)
+        self._watched.pop(sub_id, None)
+
+    # ------------------------------------------------------------------ polls
+    async def poll(
+        self, client_id: str, since_seq: int, domains: list[str], value_domains: list[str], timeout_s: float
+    ) -> tuple:
+        """``(epoch, last_seq, gap, messages)`` for this client, waiting up to ``timeout_s`` for news.
+
+        See ``PollResult`` for what the fields mean and how the client resumes.
+        """
+        self._forget_lapsed_clients()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s(timeout_s)
+        self._waiting += 1
+        try:
+            while True:
+                result = self._log.poll(client_id, since_seq, domains, value_domains)
+                remaining = deadline - loop.time()
+                if result.messages or result.gap or remaining <= 0:
+                    return result.to_tuple()
+                # What was scanned held nothing for this client; don't rescan it on every wake.
+                since_seq = result.last_seq
+                try:
+                    await asyncio.wait_for(self._published.wait(), remaining)
+                except asyncio.TimeoutError:
+                    pass  # answer with whatever there is (likely nothing)
+        finally:
+            self._waiting -= 1
+
+    def _wait_s(self, timeout_s: float) -> float:
+        # Jittered, as Serve's LongPollHost does: clients started together (a job's tasks, a
+        # restart) would otherwise time out and re-poll in lockstep, in bursts. Only ever
+        # shortened, so a wait never outlasts the caller's own call timeout.
+        timeout_s = min(max(float(timeout_s), 0.0), MAX_POLL_TIMEOUT_S)
+        return timeout_s * self._rng.uniform(0.9, 1.0)
+
+    def _forget_lapsed_clients(self) -> None:
+        # Tasks come and go with their own clients; without this the registry only grows.
+        now = time.monotonic()
+        if now >= self._next_prune:
+            self._next_prune = now + self._lease_s
+            self._log.forget_expired()
+
+    # ------------------------------------------------------------------ clients, subscriptions
+    async def register_client(self, client_id: str, domains: list[str], value_domains: list[str]) -> tuple[int, int]:
+        """Returns ``(epoch, last_seq)``, where a client with an empty cache starts polling."""
+        return self._log.register(client_id, domains, value_domains)
+
+    async def unregister_client(self, client_id: str) -> bool:
+        return self._log.unregister(client_id)
+
+    async def subscribe_actor(self, domain: str | None, target: Any) -> str:
+        """Push a ``MemoryUpdate`` per write of ``domain`` (None: all) to ``target.on_memory_update``.
+
+        Subscriptions live in this incarnation only: a subscriber that must survive a coordinator
+        restart watches ``ping()`` (the epoch) and subscribes again when it changes.
+        """
+        sub_id = uuid.uuid4().hex
+        self._log.add_subscription(sub_id, domain, target)
+        return sub_id
+
+    async def unsubscribe(self, sub_id: str) -> bool:
+        self._watched.pop(sub_id, None)
+        return self._log.remove_subscription(sub_id)
+
+    # ------------------------------------------------------------------ inspection
+    async def get_config(self) -> dict:
+        return self._config
+
+    async def stats(self) -> dict:
+        return {**self._log.stats(), "waiting_polls": self._waiting}
+
+    async def client_info(self) -> dict:
+        return self._log.client_info()
+
+    async def ping(self) -> int:
+        return self._log.epoch

@@ -1,0 +1,61 @@
+"""The one place that builds Ray actor options and names.
+
+Every system actor is detached (it outlives the driver that started it), named
+in the system's namespace, takes no CPU (memory actors are I/O-bound and must
+not starve user tasks), and is restarted by Ray when its process dies — its
+constructor then recovers state from its peers, since a restarted actor starts
+empty.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ray
+
+__all__ = ["COORDINATOR", "actor_class", "coordinator_options", "shard_name", "shard_options"]
+
+COORDINATOR = "erlmcp:coordinator"
+#: Resources each shard copy reserves in its placement-group bundle. A bundle may
+#: not be empty; a little "memory" fits every node, including a head with no CPUs.
+SHARD_BUNDLE = {"memory": 1024 * 1024}
+
+
+def shard_name(domain: str, shard: int, slot: int) -> str:
+    return f"erlmcp:shard:{domain}:{shard}:{slot}"
+
+
+def shard_options(namespace: str, domain: str, shard: int, slot: int, scheduling_strategy: Any = None) -> dict:
+    opts = {
+        "name": shard_name(domain, shard, slot),
+        "namespace": namespace,
+        "lifetime": "detached",
+        "num_cpus": 0,
+        # One thread: calls from one client run in the order it sent them, which
+        # write-behind batches rely on. Replication runs on a thread of its own.
+        "max_concurrency": 1,
+        "max_restarts": -1,
+        # Ray must not retry writes by itself: the client retries with the same
+        # idempotency key, which the owner recognises.
+        "max_task_retries": 0,
+    }
+    if scheduling_strategy is not None:
+        opts["scheduling_strategy"] = scheduling_strategy
+    return opts
+
+
+def coordinator_options(namespace: str) -> dict:
+    return {
+        "name": COORDINATOR,
+        "namespace": namespace,
+        "lifetime": "detached",
+        "num_cpus": 0,
+        "max_concurrency": 1000,  # async actor: many long polls wait at once
+        "max_restarts": -1,
+        "max_task_retries": 0,
+    }
+
+
+def actor_class(cls: type, options: dict) -> Any:
+    """``ray.remote(**options)(cls)``: actor classes stay undecorated elsewhere."""
+    return ray.remote(**options)(cls)

@@ -1,0 +1,308 @@
+"""The shard actor: one copy (slot) of one shard of one domain.
+
+A thin shell over ``ShardState``. Slot 0 starts as the owner: it assigns
+versions (``write``), and a replication thread pushes op-log deltas to the
+replicas (batched: one call per replica carries every op since its last ack,
+and an empty call every heartbeat keeps a replica's staleness bound fresh),
+then publishes the replicated ops to the coordinator, which is what other
+clients' caches invalidate on. Publishing only what the replicas already hold
+means a client that drops a cached entry and reads a replica sees the new value.
+
+Strong writes do not wait on this thread: the client passes the owner's answer
+straight to each replica's ``apply_write`` (one Ray dependency, no extra hop
+through the owner's Python), and returns once all have applied it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from typing import Any
+
+import ray
+
+from erlmcp_ray import _ray
+from erlmcp_ray.actors.options import COORDINATOR, shard_name
+from erlmcp_ray.core import record as R
+from erlmcp_ray.core.replication import Freshness, IdempotencyTable, ReplicaProgress
+from erlmcp_ray.core.shard_state import ShardState
+from erlmcp_ray.errors import StaleEpochError, UnavailableError
+
+log = logging.getLogger(__name__)
+
+OK, STALE = "ok", "stale"
+
+
+class ShardActor:
+    def __init__(
+        self, domain: str, shard: int, slot: int, copies: int, namespace: str, epoch: int, settings: dict
+    ) -> None:
+        self.domain, self.shard, self.slot, self.copies = domain, shard, slot, copies
+        self.namespace = namespace
+        self._epoch = epoch
+        self._settings = settings
+        self._lock = threading.RLock()
+        self._state = ShardState(slot, oplog_capacity=settings.get("oplog_capacity", 65536))
+        self._dedup = IdempotencyTable()
+        self._freshness = Freshness()
+        self._incarnation = uuid.uuid4().hex
+        self._position: tuple[str, int] | None = None  # replica: (owner incarnation, owner seq) we hold
+        self._owner_slot = 0
+        self._progress = {s: ReplicaProgress(s) for s in range(copies) if s != slot}
+        self._peers: dict[int, Any] = {}
+        self._coordinator: Any = None
+        self._replicated_seq = 0
+        self._published_seq = 0
+        self._forget: list[tuple[str, int]] = []
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._held_until = 0.0
+        self._syncs = {"completed": 0, "failed": 0, "bytes": 0, "last_sync_time": None}
+        if ray.get_runtime_context().was_current_actor_reconstructed:
+            self._recover_from_peers()
+        if self.is_owner:
+            self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)
+            self._thread.start()
+
+    # ----------------------------------------------------------------- roles
+    @property
+    def is_owner(self) -> bool:
+        return self.slot == self._owner_slot
+
+    def _peer(self, slot: int) -> Any:
+        if slot not in self._peers:
+            self._peers[slot] = _ray.get_actor(shard_name(self.domain, self.shard, slot), self.namespace)
+        return self._peers[slot]
+
+    def _recover_from_peers(self) -> None:
+        """A restarted copy starts empty; take a peer's state before serving."""
+        for slot in range(self.copies):
+            if slot == self.slot:
+                continue
+            try:
+                snap = _ray.get(self._peer(slot).snapshot.remote(), timeout=30, what=f"slot {slot} snapshot")
+            except Exception as exc:  # noqa: BLE001 - try the next peer
+                log.warning("%s/%s slot %s: recovery from slot %s failed: %s", self.domain, self.shard, self.slot,
+                            slot, exc)
+                continue
+            self._state.restore(snap)
+            log.info("%s/%s slot %s recovered %d entries from slot %s", self.domain, self.shard, self.slot,
+                     len(self._state), slot)
+            return
+
+    # ---------------------------------------------------------------- owner
+    def write(self, client_id: str, request_seq: int, ops: list, full: bool = True) -> tuple:
+        """Apply ``ops`` — ``(key, data | None, ttl_ms | None, tags)``, data None deletes.
+
+        Returns ``(epoch, seq, items)``: items are ``(key, record | None)`` when
+        ``full`` (a strong write: the replicas apply these records), else the HLC
+        timestamp of each op (0 for a delete of nothing). A retried request with
+        the same ``(client_id, request_seq)`` gets the first answer, applied once.
+        """
+        with self._lock:
+            answer = self._dedup.lookup(client_id, request_seq)
+            if answer is not IdempotencyTable.MISSING:
+                return answer
+            state, items = self._state, []
+            for key, data, ttl_ms, tags in ops:
+                if data is None:
+                    res = state.apply_local(key, delete=True)
+                else:
+                    res = state.apply_local(key, data, ttl_ms=ttl_ms, tags=tags)
+                if full:
+                    items.append((key, None if res is None else res[1]))
+                else:
+                    items.append(0 if res is None else R.record_hlc(res[1]))
+            answer = (self._epoch, state.last_seq, items)
+            self._dedup.remember(client_id, request_seq, answer)
+        self._wake.set()
+        return answer
+
+    def read(self, key: str, max_staleness_ms: float | None = None) -> tuple[str, bytes | None, float]:
+        """``(status, live record or None, staleness ms)``.
+
+        A replica staler than ``max_staleness_ms`` answers ``STALE`` and no
+        record; the owner is never stale.
+        """
+        staleness = 0.0 if self.is_owner else self._freshness.staleness_ms()
+        if max_staleness_ms is not None and staleness > max_staleness_ms:
+            return STALE, None, staleness
+        with self._lock:
+            return OK, self._state.get_record(key), staleness
+
+    def progress(self) -> tuple[int, int, int, int]:
+        """``(epoch, applied seq, replicated seq, published seq)``: what ``flush`` waits on."""
+        with self._lock:
+            return self._epoch, self._state.last_seq, self._replicated_seq, self._published_seq
+
+    # -------------------------------------------------------------- replica
+    def apply_write(self, answer: tuple) -> int:
+        """Apply the owner's answer to a strong write (records passed through by the client)."""
+        epoch, _seq, items = answer
+        self._check_epoch(epoch)
+        with self._lock:
+            for key, rec in items:
+                if rec is not None:
+                    self._state.apply_remote(key, rec)
+        return len(items)
+
+    def sync(self, epoch: int, incarnation: str, base_seq: int | None, last_seq: int, ops: list | None,
+             snapshot: dict | None, transit_s: float, forget: list) -> tuple[str, int | None]:
+        """Take a delta (ops after ``base_seq``) or a snapshot from the owner.
+
+        Answers ``("ok", last_seq)``, or ``("need", seq-or-None)`` when the delta
+        does not start where this copy is, so the owner resends from there (or a
+        snapshot when None).
+        """
+        if time.monotonic() < self._held_until:
+            raise UnavailableError("replication is held (fault injection)")
+        self._check_epoch(epoch)
+        with self._lock:
+            if snapshot is not None:
+                self._state.restore(snapshot)
+            elif self._position != (incarnation, base_seq):
+                pos = self._position
+                return "need", pos[1] if pos and pos[0] == incarnation else None
+            else:
+                self._state.apply_delta(ops or ())
+            if forget:
+                self._state.forget_tombstones(forget)
+            self._position = (incarnation, last_seq)
+            self._freshness.caught_up(transit_s)
+        return OK, last_seq
+
+    def _check_epoch(self, epoch: int) -> None:
+        if epoch < self._epoch:
+            raise StaleEpochError(
+                f"{self.domain}/{self.shard} slot {self.slot}: op from epoch {epoch}, current is {self._epoch}",
+                epoch=epoch, current=self._epoch,
+            )
+        self._epoch = epoch
+
+    # --------------------------------------------------------- replication
+    def _replication_loop(self) -> None:
+        heartbeat_s = self._settings.get("heartbeat_ms", 100) / 1000.0
+        while not self._stopping.is_set():
+            self._wake.wait(timeout=heartbeat_s)
+            self._wake.clear()
+            try:
+                self._replicate_once()
+                self._publish_once()
+            except Exception:  # noqa: BLE001 - the loop must survive a bad round
+                log.exception("%s/%s: replication round failed", self.domain, self.shard)
+                time.sleep(0.05)
+
+    def _payload_for(self, progress: ReplicaProgress) -> tuple:
+        if progress.acked_seq is not None:
+            ops = self._state.since(progress.acked_seq)
+            if ops is not None:
+                return progress.acked_seq, ops, None
+        return None, None, self._state.snapshot()
+
+    def _replicate_once(self) -> None:
+        if not self._progress:
+            with self._lock:
+                self._replicated_seq = self._state.last_seq
+            return
+        with self._lock:
+            last = self._state.last_seq
+            forget, self._forget = self._forget, []
+            payloads = {slot: self._payload_for(p) for slot, p in self._progress.items()}
+        sent_at = time.monotonic()
+        refs = {}
+        for slot, (base, ops, snap) in payloads.items():
+            transit = self._progress[slot].rtt_s / 2
+            try:
+                refs[slot] = self._peer(slot).sync.remote(
+                    self._epoch, self._incarnation, base, last, ops, snap, transit, forget)
+            except UnavailableError as exc:
+                self._replica_failed(slot, exc)
+        timeout = self._settings.get("sync_timeout_s", 5.0)
+        for slot, ref in refs.items():
+            try:
+                status, pos = _ray.get(ref, timeout=timeout, what=f"replica slot {slot}")
+            except Exception as exc:  # noqa: BLE001
+                self._replica_failed(slot, exc)
+                continue
+            now = time.monotonic()
+            with self._lock:
+                progress = self._progress[slot]
+                if status == OK:
+                    progress.acked(pos, now, now - sent_at)
+                    self._syncs["completed"] += 1
+                    self._syncs["last_sync_time"] = time.time()
+                else:  # the replica is elsewhere in our log (or in none): resend from there
+                    progress.acked_seq = pos
+                    self._wake.set()
+        with self._lock:
+            acked = [p.acked_seq or 0 for p in self._progress.values() if p.in_sync]
+            self._replicated_seq = min([last, *acked])
+            all_acked = min(p.acked_seq or 0 for p in self._progress.values())
+            collected = self._state.gc_tombstones(min(all_acked, self._published_seq))
+            self._forget.extend(collected)
+
+    def _replica_failed(self, slot: int, exc: Exception) -> None:
+        with self._lock:
+            self._progress[slot].failed(time.monotonic(), self._settings.get("out_of_sync_after_s", 5.0))
+            self._peers.pop(slot, None)  # look the handle up again: Ray may have restarted it
+            self._syncs["failed"] += 1
+        log.warning("%s/%s: replica slot %s: %s", self.domain, self.shard, slot, exc)
+
+    def _publish_once(self) -> None:
+        with self._lock:
+            upto = self._replicated_seq
+            if upto <= self._published_seq:
+                return
+            ops = self._state.since(self._published_seq)
+        if ops is None:
+            # The log no longer reaches back (the coordinator was away for a long
+            # time); clients' leases have run out meanwhile, so skipping is safe.
+            log.warning("%s/%s: invalidations before seq %s were trimmed", self.domain, self.shard, upto)
+            self._published_seq = upto
+            return
+        items = [(self.domain, key, rec) for seq, key, rec in ops if seq <= upto]
+        try:
+            if self._coordinator is None:
+                self._coordinator = _ray.get_actor(COORDINATOR, self.namespace)
+            _ray.get(self._coordinator.publish.remote(items), timeout=self._settings.get("sync_timeout_s", 5.0),
+                     what="coordinator publish")
+        except Exception as exc:  # noqa: BLE001 - retried next round
+            self._coordinator = None
+            log.warning("%s/%s: publishing to the coordinator failed: %s", self.domain, self.shard, exc)
+            return
+        with self._lock:
+            self._published_seq = max(self._published_seq, upto)
+
+    # ------------------------------------------------------------ inspection
+    def snapshot(self) -> dict:
+        with self._lock:
+            return self._state.snapshot()
+
+    def digest(self) -> str:
+        with self._lock:
+            return self._state.digest()
+
+    def stats(self) -> dict:
+        ctx = ray.get_runtime_context()
+        with self._lock:
+            out = self._state.stats()
+            out.update(
+                domain=self.domain, shard=self.shard, role="owner" if self.is_owner else "replica",
+                epoch=self._epoch, node_id=ctx.get_node_id(), replicated_seq=self._replicated_seq,
+                published_seq=self._published_seq,
+                staleness_ms=0.0 if self.is_owner else self._freshness.staleness_ms(),
+                syncs=dict(self._syncs),
+                replicas={s: {"acked_seq": p.acked_seq, "in_sync": p.in_sync, "rtt_ms": p.rtt_s * 1000}
+                          for s, p in self._progress.items()} if self.is_owner else {},
+            )
+            return out
+
+    def ping(self) -> int:
+        return self._epoch
+
+    # ------------------------------------------------------- fault injection
+    def hold_replication(self, seconds: float) -> None:
+        """Test seam: this replica refuses syncs for ``seconds`` (its data and freshness stand still)."""
+        self._held_until = time.monotonic() + seconds

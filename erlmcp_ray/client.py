@@ -1,0 +1,687 @@
+"""MemoryClient: the handle agents use (``erlmcp_distributed_memory`` in the spec).
+
+Reads go L0 -> L1 -> a replica -> the owner, as the consistency level allows;
+eventual writes go into a coalescing write-behind buffer that a thread sends in
+batches; strong writes are group-committed and applied by every in-sync copy
+before ``put`` returns; a poller thread long-polls the coordinator and drops
+cached entries that newer writes made stale. No Ray object ever reaches the
+caller: values are decoded afresh for every ``get``, and Ray errors are
+translated (see ``erlmcp_ray._ray``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import random
+import threading
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from erlmcp_ray import _ray
+from erlmcp_ray._cache import PENDING, LocalCache
+from erlmcp_ray._writes import GroupCommit, WriteBuffer
+from erlmcp_ray.actors.options import COORDINATOR, shard_name
+from erlmcp_ray.config import Consistency, MemoryConfig
+from erlmcp_ray.core import record as R
+from erlmcp_ray.core.codec import MAX_KEY_BYTES, decode_value, encode_value, validate_key
+from erlmcp_ray.core.entry import Entry, MemoryUpdate, Version
+from erlmcp_ray.core.routing import shard_for
+from erlmcp_ray.errors import (
+    ErlmcpRayError,
+    InvalidValueError,
+    OperationTimeoutError,
+    ReplicationError,
+    UnavailableError,
+    UnknownDomainError,
+)
+
+__all__ = ["MemoryClient", "Subscription"]
+
+log = logging.getLogger(__name__)
+
+EVENTUAL, BOUNDED, STRONG = Consistency.EVENTUAL, Consistency.BOUNDED_STALE, Consistency.STRONG
+_FAST_KEY_CHARS = MAX_KEY_BYTES // 4  # any str this short is within 1 KiB of UTF-8
+#: A replica that has not heard from its owner for this long stops serving eventual reads.
+REPLICA_FRESH_LIMIT_MS = 5000.0
+#: For this long after writing a key, this client reads it from the owner on a cache miss.
+OWN_WRITE_WINDOW_S = 5.0
+
+
+@dataclass
+class _Domain:
+    name: str
+    shards: int
+    copies: int
+    consistency: Consistency
+    staleness_ms: float
+    min_insync: int
+    default_ttl_ms: int | None
+    handles: list[list[Any]] = field(default_factory=list)
+
+
+class Subscription:
+    """Returned by ``subscribe``; ``cancel()`` stops the deliveries."""
+
+    def __init__(self, cancel: Callable[[], None], sub_id: str) -> None:
+        self._cancel = cancel
+        self.id = sub_id
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._cancel()
+
+
+class MemoryClient:
+    """Shared memory for agents; safe to share between threads; picklable into tasks and actors."""
+
+    def __init__(self, namespace: str, config: MemoryConfig) -> None:
+        self.namespace = namespace
+        self.config = config
+        self.client_id = uuid.uuid4().hex
+        cc = config.client
+        self._timeout = cc.call_timeout_s
+        self._default: Consistency | None = None
+        self._domains = {name: self._make_domain(name) for name in config.domains}
+        self._cache = LocalCache(cc.l0_entries, cc.l1_max_bytes)
+        self._seq = 0
+        self._seq_lock = threading.Lock()
+        self._closed = False
+        self._own_writes: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._coordinator = _ray.get_actor(COORDINATOR, namespace)
+        self.counters = {"replica_reads": 0, "owner_reads": 0, "stale_replica_fallbacks": 0,
+                         "buffered_puts": 0, "batches_sent": 0, "batch_retries": 0, "strong_writes": 0,
+                         "sync_writes": 0, "events_delivered": 0, "gaps": 0, "write_errors": 0, "polls": 0}
+        self._latency: dict[str, deque] = {k: deque(maxlen=4096) for k in ("remote_get", "strong_put", "sync_put")}
+        # write-behind
+        self._buffer = WriteBuffer()
+        self._wb_lock = threading.Lock()
+        self._wb_wake = threading.Condition(self._wb_lock)
+        self._inflight: list[list] = []  # [domain, shard, seq, ops, ref, attempts, sent_at]
+        self._written: dict[tuple[str, int], int] = {}  # (domain, shard) -> highest owner seq acked to us
+        self._write_errors: list[ErlmcpRayError] = []
+        self._flush_now = False
+        self._group = GroupCommit(self._send_strong)
+        # coherence
+        self._callbacks: dict[str, dict[str, Callable[[MemoryUpdate], Any]]] = {}
+        self._last_poll_ok = time.monotonic()
+        self._lease_s = config.cache_coordinator.lease_ms / 1000.0
+        self._coord_epoch: int | None = None
+        stats = _ray.get(self._coordinator.stats.remote(), timeout=self._timeout, what="coordinator")
+        self._since = stats["last_seq"]
+        self._coord_epoch = stats["epoch"]
+        self._threads = [
+            threading.Thread(target=self._flusher, name="erlmcp-write-behind", daemon=True),
+            threading.Thread(target=self._poller, name="erlmcp-coherence", daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _make_domain(self, name: str) -> _Domain:
+        d = self.config.domain(name)
+        copies = self.config.replication_factor_for(name)
+        return _Domain(
+            name=name, shards=d.shards, copies=copies, consistency=self.config.consistency_for(name),
+            staleness_ms=float(d.staleness_ms), min_insync=self.config.min_insync_for(name),
+            default_ttl_ms=None if d.default_ttl is None else int(d.default_ttl * 1000),
+            handles=[[None] * copies for _ in range(d.shards)],
+        )
+
+    # ------------------------------------------------------------- pickling
+    def __reduce__(self) -> tuple:
+        return _attach, (self.namespace,)
+
+    # ------------------------------------------------------------- checking
+    def _domain(self, domain: str) -> _Domain:
+        d = self._domains.get(domain) if type(domain) is str else None
+        if d is None:
+            raise UnknownDomainError(domain, known=tuple(self._domains))
+        return d
+
+    def _level(self, d: _Domain, consistency: Any) -> Consistency:
+        if consistency is None:
+            return self._default or d.consistency
+        return Consistency.parse(consistency)
+
+    @staticmethod
+    def _key(key: Any) -> str:
+        if type(key) is str and 0 < len(key) <= _FAST_KEY_CHARS:
+            return key
+        return validate_key(key)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UnavailableError("this MemoryClient is closed")
+
+    def _handle(self, d: _Domain, shard: int, slot: int) -> Any:
+        h = d.handles[shard][slot]
+        if h is None:
+            h = d.handles[shard][slot] = _ray.get_actor(shard_name(d.name, shard, slot), self.namespace)
+        return h
+
+    def _forget_handle(self, d: _Domain, shard: int, slot: int) -> None:
+        d.handles[shard][slot] = None
+
+    def _next_seq(self) -> int:
+        with self._seq_lock:
+            self._seq += 1
+            return self._seq
+
+    # ----------------------------------------------------------------- reads
+    def get(self, domain: str, key: str, default: Any = None, *, consistency: Any = None,
+            local_only: bool = False) -> Any:
+        """The value of ``key`` in ``domain``, or ``default``."""
+        d = self._domain(domain)
+        key = self._key(key)
+        level = self._level(d, consistency)
+        if level is not STRONG and self._cache_usable():
+            e = self._cache.lookup(domain, key, d.staleness_ms if level is BOUNDED else None)
+            if e is not None:
+                return decode_value(e[0]) if e[0] else default  # b"": cached delete
+        if local_only:
+            return default
+        rec = self._read(d, key, level)
+        return default if rec is None else decode_value(R.record_value(rec))
+
+    def get_entry(self, domain: str, key: str, *, consistency: Any = None) -> Entry | None:
+        """The entry with its version, timestamp, tags and expiry (None when absent)."""
+        d = self._domain(domain)
+        key = self._key(key)
+        level = self._level(d, consistency)
+        if level is not STRONG and self._cache_usable():
+            e = self._cache.lookup(domain, key, d.staleness_ms if level is BOUNDED else None)
+            if e is not None and e[4] is not None:
+                return Entry.from_record(key, e[4])
+        self._send_key_now(d, key)
+        rec = self._read(d, key, STRONG if self._written_recently(domain, key) else level)
+        return None if rec is None else Entry.from_record(key, rec)
+
+    def _read(self, d: _Domain, key: str, level: Consistency) -> bytes | None:
+        self._check_open()
+        shard = shard_for(key, d.shards)
+        pending = self._buffer_peek(d, shard, key)
+        if pending is not None and pending[1] is not None:
+            return _pending_record(pending)
+        token = self._cache.begin_fetch()
+        t0 = time.perf_counter()
+        to_owner = level is STRONG or d.copies == 1 or self._written_recently(d.name, key)
+        rec, staleness = None, 0.0
+        if not to_owner:
+            slot = random.randrange(1, d.copies)
+            limit = d.staleness_ms if level is BOUNDED else REPLICA_FRESH_LIMIT_MS
+            try:
+                status, rec, staleness = self._call(d, shard, slot, "read", key, limit)
+                self.counters["replica_reads"] += 1
+                to_owner = status != "ok"
+                if to_owner:
+                    self.counters["stale_replica_fallbacks"] += 1
+            except UnavailableError:
+                to_owner = True
+        if to_owner:
+            _, rec, staleness = self._call(d, shard, 0, "read", key, None)
+            self.counters["owner_reads"] += 1
+        self._latency["remote_get"].append(time.perf_counter() - t0)
+        if rec is not None:
+            self._cache.store(d.name, key, R.record_value(rec), R.record_hlc(rec), staleness, rec, token)
+        elif level is not STRONG:
+            pass  # absent keys are not cached: a later write by anyone must be seen at once
+        return rec
+
+    def _call(self, d: _Domain, shard: int, slot: int, method: str, *args: Any) -> Any:
+        try:
+            handle = self._handle(d, shard, slot)
+            return _ray.get(getattr(handle, method).remote(*args), timeout=self._timeout,
+                            what=f"{d.name} shard {shard} slot {slot}")
+        except UnavailableError:
+            self._forget_handle(d, shard, slot)
+            raise
+
+    # ---------------------------------------------------------------- writes
+    def put(self, domain: str, key: str, value: Any, *, consistency: Any = None, ttl: float | None = None,
+            tags: tuple[str, ...] | list[str] = ()) -> Version | None:
+        """Store ``value``. Returns the version the owner assigned; ``None`` for an eventual put,
+        which returns as soon as the write is buffered (``flush()`` waits for it)."""
+        d = self._domain(domain)
+        key = self._key(key)
+        level = self._level(d, consistency)
+        data = encode_value(value)
+        op = (key, data, self._ttl_ms(d, ttl), _tags(tags))
+        self._check_open()
+        shard = shard_for(key, d.shards)
+        if level is EVENTUAL:
+            with self._wb_lock:
+                self._buffer.add(domain, shard, op)
+                self._cache.store(domain, key, data, PENDING)
+                self._note_write(domain, key)
+                if len(self._buffer) >= self.config.client.write_behind_max_batch:
+                    self._wb_wake.notify()
+            self.counters["buffered_puts"] += 1
+            return None
+        return self._write_now(d, shard, op, level)
+
+    def delete(self, domain: str, key: str, *, consistency: Any = None) -> bool:
+        """Delete ``key``; True if a live entry was removed. Never write-behind: it reports existence."""
+        d = self._domain(domain)
+        key = self._key(key)
+        level = self._level(d, consistency)
+        self._check_open()
+        shard = shard_for(key, d.shards)
+        version = self._write_now(d, shard, (key, None, None, ()), level)
+        return version is not None
+
+    def _write_now(self, d: _Domain, shard: int, op: tuple, level: Consistency) -> Version | None:
+        key = op[0]
+        self._send_key_now(d, key)
+        t0 = time.perf_counter()
+        if level is STRONG:
+            self.counters["strong_writes"] += 1
+            rec = self._group.submit(d.name, shard, op)
+            self._latency["strong_put"].append(time.perf_counter() - t0)
+        else:
+            self.counters["sync_writes"] += 1
+            rec = self._sync_write(d, shard, op)
+            self._latency["sync_put"].append(time.perf_counter() - t0)
+        self._note_write(d.name, key)
+        if rec is None:
+            self._cache.drop(d.name, key)
+            return None
+        if op[1] is None:
+            self._cache.drop(d.name, key)
+        else:
+            self._cache.drop(d.name, key)
+            self._cache.store(d.name, key, op[1], R.record_hlc(rec), 0.0, rec)
+        return Version.from_record(rec)
+
+    def _sync_write(self, d: _Domain, shard: int, op: tuple) -> bytes | None:
+        seq = self._next_seq()
+        for attempt in range(3):
+            try:
+                _epoch, _s, items = self._call(d, shard, 0, "write", self.client_id, seq, [op], True)
+                return items[0][1]
+            except UnavailableError:
+                if attempt == 2:
+                    raise
+                time.sleep(0.05 * (attempt + 1))  # Ray restarts a dead owner; the same seq is not reapplied
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _send_strong(self, domain: str, shard: int, ops: list) -> list[bytes | None]:
+        """One group-commit round: owner applies, every replica applies the owner's answer."""
+        d = self._domains[domain]
+        seq = self._next_seq()
+        owner = self._handle(d, shard, 0)
+        answer = owner.write.remote(self.client_id, seq, ops, True)
+        replicas = []
+        for slot in range(1, d.copies):
+            try:
+                replicas.append((slot, self._handle(d, shard, slot).apply_write.remote(answer)))
+            except UnavailableError:
+                replicas.append((slot, None))
+        try:
+            _epoch, _s, items = _ray.get(answer, timeout=self._timeout, what=f"{domain} shard {shard} owner")
+        except UnavailableError:
+            self._forget_handle(d, shard, 0)
+            raise
+        acked, failures = 1, []
+        deadline = time.monotonic() + self._timeout
+        for slot, ref in replicas:
+            if ref is None:
+                failures.append(f"slot {slot}: unreachable")
+                continue
+            try:
+                _ray.get(ref, timeout=max(0.001, deadline - time.monotonic()), what=f"replica slot {slot}")
+                acked += 1
+            except ErlmcpRayError as exc:
+                self._forget_handle(d, shard, slot)
+                failures.append(f"slot {slot}: {exc}")
+        if acked < d.min_insync:
+            raise ReplicationError(
+                f"{domain} shard {shard}: applied by {acked} of {d.copies} copies, {d.min_insync} required; "
+                f"the write is not acknowledged ({'; '.join(failures)})")
+        return [rec for _key, rec in items]
+
+    def _send_key_now(self, d: _Domain, key: str) -> None:
+        """Send a buffered write of ``key`` before a direct call on it, so the two stay in order."""
+        shard = shard_for(key, d.shards)
+        with self._wb_lock:
+            op = self._buffer.pop(d.name, shard, key)
+            if op is not None:
+                self._submit_batch(d.name, shard, [op])
+
+    def _buffer_peek(self, d: _Domain, shard: int, key: str) -> tuple | None:
+        with self._wb_lock:
+            return self._buffer.peek(d.name, shard, key)
+
+    def _ttl_ms(self, d: _Domain, ttl: float | None) -> int | None:
+        if ttl is None:
+            return d.default_ttl_ms
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+            raise InvalidValueError(f"ttl must be a positive number of seconds, got {ttl!r}", where="ttl")
+        return max(1, int(ttl * 1000))
+
+    def _note_write(self, domain: str, key: str) -> None:
+        k = (domain, key)
+        self._own_writes.pop(k, None)
+        self._own_writes[k] = time.monotonic()
+        if len(self._own_writes) > 100_000:
+            self._own_writes.popitem(last=False)
+
+    def _written_recently(self, domain: str, key: str) -> bool:
+        t = self._own_writes.get((domain, key))
+        return t is not None and time.monotonic() - t < OWN_WRITE_WINDOW_S
+
+    # ---------------------------------------------------------- write-behind
+    def _submit_batch(self, domain: str, shard: int, ops: list, seq: int | None = None, attempts: int = 0) -> None:
+        """Send one batch to its owner (caller holds ``_wb_lock``, which keeps sends in order)."""
+        d = self._domains[domain]
+        seq = seq or self._next_seq()
+        try:
+            ref = self._handle(d, shard, 0).write.remote(self.client_id, seq, ops, False)
+        except UnavailableError as exc:
+            ref = exc
+        self._inflight.append([domain, shard, seq, ops, ref, attempts, time.monotonic()])
+        self.counters["batches_sent"] += 1
+
+    def _flusher(self) -> None:
+        interval = self.config.client.write_behind_interval_ms / 1000.0
+        max_batch = self.config.client.write_behind_max_batch
+        while True:
+            with self._wb_lock:
+                if not self._buffer and not self._inflight and not self._flush_now:
+                    if self._closed:
+                        return
+                    self._wb_wake.wait(timeout=0.05)
+                elif not self._flush_now and len(self._buffer) < max_batch:
+                    self._wb_wake.wait(timeout=interval)
+                self._flush_now = False
+                for domain, shard, ops in self._buffer.take(max_batch):
+                    self._submit_batch(domain, shard, ops)
+                inflight = list(self._inflight)
+            if inflight:
+                self._collect(inflight)
+
+    def _collect(self, inflight: list) -> None:
+        refs = [b[4] for b in inflight if not isinstance(b[4], Exception)]
+        ready = set()
+        if refs:
+            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0.005)
+            ready = set(done)
+        for batch in inflight:
+            domain, shard, seq, ops, ref, attempts, sent_at = batch
+            if not isinstance(ref, Exception) and ref not in ready:
+                if time.monotonic() - sent_at < self._timeout:
+                    continue
+                error: Exception = OperationTimeoutError(f"{domain} shard {shard}: write batch timed out")
+            else:
+                try:
+                    if isinstance(ref, Exception):
+                        raise ref
+                    _epoch, owner_seq, hlcs = _ray.get(ref, timeout=self._timeout, what=f"{domain} owner")
+                except ErlmcpRayError as exc:
+                    error = exc
+                else:
+                    with self._wb_lock:
+                        self._inflight.remove(batch)
+                        key = (domain, shard)
+                        self._written[key] = max(self._written.get(key, 0), owner_seq)
+                    for (k, data, _ttl, _tags), hlc in zip(ops, hlcs):
+                        if hlc:
+                            self._cache.acknowledge(domain, k, data, hlc)
+                    continue
+            self._forget_handle(self._domains[domain], shard, 0)
+            with self._wb_lock:
+                self._inflight.remove(batch)
+                if error.retryable and attempts < 5:
+                    # same request seq: an owner that did apply it answers from its idempotency table
+                    self.counters["batch_retries"] += 1
+                    time.sleep(0.02 * (attempts + 1))
+                    self._submit_batch(domain, shard, ops, seq, attempts + 1)
+                else:
+                    self.counters["write_errors"] += len(ops)
+                    self._write_errors.append(error)
+                    for k, *_ in ops:
+                        self._cache.drop(domain, k)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every buffered write reached its owner, its replicas, and the coordinator
+        (so one coherence round later every client sees it). Raises the first write error."""
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        with self._wb_lock:
+            self._flush_now = True
+            self._wb_wake.notify()
+        while True:
+            with self._wb_lock:
+                idle = not self._buffer and not self._inflight
+                if idle:
+                    targets = dict(self._written)
+                    errors, self._write_errors = self._write_errors, []
+            if idle:
+                break
+            if time.monotonic() > deadline:
+                raise OperationTimeoutError(f"flush: writes still in flight after {timeout} s")
+            time.sleep(0.0005)
+        if errors:
+            raise errors[0]
+        for (domain, shard), seq in targets.items():
+            d = self._domains[domain]
+            while True:
+                _e, _applied, _replicated, published = self._call(d, shard, 0, "progress")
+                if published >= seq:
+                    break
+                if time.monotonic() > deadline:
+                    raise OperationTimeoutError(f"flush: {domain} shard {shard} has not replicated seq {seq} yet")
+                time.sleep(0.001)
+
+    # -------------------------------------------------------------- coherence
+    def _cache_usable(self) -> bool:
+        # Without a recent answer from the coordinator we may have missed invalidations.
+        return time.monotonic() - self._last_poll_ok < self._lease_s
+
+    def _poller(self) -> None:
+        timeout = self.config.client.poll_timeout_s
+        backoff = 0.05
+        while not self._closed:
+            domains = list(self._domains)
+            value_domains = [d for d, cbs in self._callbacks.items() if cbs]
+            try:
+                epoch, last, gap, messages = _ray.get(
+                    self._coordinator.poll.remote(self.client_id, self._since, domains, value_domains, timeout),
+                    timeout=timeout + self._timeout, what="coordinator poll")
+            except ErlmcpRayError as exc:
+                if self._closed:
+                    return
+                log.debug("coherence poll failed: %s", exc)
+                time.sleep(backoff + random.random() * backoff)  # jitter: clients must not retry in step
+                backoff = min(backoff * 2, 1.0)
+                try:
+                    self._coordinator = _ray.get_actor(COORDINATOR, self.namespace)
+                except UnavailableError:
+                    pass
+                continue
+            backoff = 0.05
+            if gap or epoch != self._coord_epoch:
+                self.counters["gaps"] += 1
+                self._cache.drop_domains()
+                self._coord_epoch = epoch
+            for _seq, domain, key, hlc, _deleted, record in messages:
+                self._cache.invalidate(domain, key, hlc)
+                if record is not None:
+                    self._deliver(domain, key, record)
+            self._since = last
+            self._last_poll_ok = time.monotonic()
+            self.counters["polls"] += 1
+
+    def _deliver(self, domain: str, key: str, record: bytes) -> None:
+        callbacks = self._callbacks.get(domain)
+        if not callbacks:
+            return
+        event = MemoryUpdate.from_record(domain, key, record)
+        for cb in list(callbacks.values()):
+            try:
+                cb(event)
+                self.counters["events_delivered"] += 1
+            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop coherence
+                log.exception("subscriber callback failed for %s/%s", domain, key)
+
+    def subscribe(self, domain: str, target: Any) -> Subscription:
+        """Deliver a ``MemoryUpdate`` for every write to ``domain``, in per-key order, to ``target``:
+        a callable (called on this client's poller thread) or a Ray actor handle (its
+        ``on_memory_update(event)`` is called by the coordinator)."""
+        self._domain(domain)
+        self._check_open()
+        if isinstance(target, ray.actor.ActorHandle):
+            sub_id = _ray.get(self._coordinator.subscribe_actor.remote(domain, target), timeout=self._timeout,
+                              what="coordinator subscribe")
+            return Subscription(lambda: self._coordinator.unsubscribe.remote(sub_id), sub_id)
+        if not callable(target):
+            raise InvalidValueError("subscribe target must be a callable or a Ray actor handle",
+                                    where="target")
+        sub_id = uuid.uuid4().hex
+        self._callbacks.setdefault(domain, {})[sub_id] = target
+        return Subscription(lambda: self._callbacks.get(domain, {}).pop(sub_id, None), sub_id)
+
+    # -------------------------------------------------------------- settings
+    def set_consistency(self, level: Any) -> None:
+        """This client's default level for calls without ``consistency=`` (None: each domain's)."""
+        self._default = None if level is None else Consistency.parse(level)
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict[str, Any]:
+        cache = self._cache.stats()
+        lat = {name: _percentiles(samples) for name, samples in self._latency.items()}
+        with self._wb_lock:
+            buffered, inflight = len(self._buffer), len(self._inflight)
+        return {
+            "cache": {**cache, "l2_size": None},
+            "tiers": dict(self.counters),
+            "write_behind": {"buffered": buffered, "in_flight_batches": inflight,
+                             "group_commit_batches": self._group.batches, "group_commit_ops": self._group.ops},
+            "latency_ms": lat,
+            "coherence": {"since": self._since, "epoch": self._coord_epoch,
+                          "lease_ok": self._cache_usable()},
+        }
+
+    def sync_status(self) -> dict[str, Any]:
+        """Per domain and shard: each copy's seq, staleness and sync counters."""
+        out: dict[str, Any] = {}
+        for d in self._domains.values():
+            shards = []
+            for shard in range(d.shards):
+                refs = [self._handle(d, shard, slot).stats.remote() for slot in range(d.copies)]
+                copies = _ray.get(refs, timeout=self._timeout, what=f"{d.name} shard {shard} stats")
+                owner = copies[0]
+                shards.append({
+                    "shard": shard, "seq": owner["seq"], "replicated_seq": owner["replicated_seq"],
+                    "published_seq": owner["published_seq"], "syncs": owner["syncs"],
+                    "replicas": [{"slot": c["slot"], "seq_lag": owner["seq"] - (owner["replicas"].get(c["slot"], {})
+                                  .get("acked_seq") or 0), "staleness_ms": c["staleness_ms"],
+                                  "node_id": c["node_id"]} for c in copies[1:]],
+                })
+            out[d.name] = shards
+        return out
+
+    def get_domain_stats(self, domain: str) -> dict[str, Any]:
+        """Entries, bytes, limit, shards and copies of ``domain`` (owner copies are counted once)."""
+        d = self._domain(domain)
+        refs = [self._handle(d, s, 0).stats.remote() for s in range(d.shards)]
+        owners = _ray.get(refs, timeout=self._timeout, what=f"{domain} stats")
+        return {
+            "domain": domain, "entries": sum(o["entries"] for o in owners),
+            "bytes": sum(o["bytes"] for o in owners), "limit": self.config.domain(domain).max_bytes,
+            "tombstones": sum(o["tombstones"] for o in owners), "shards": d.shards, "replicas": d.copies - 1,
+            "consistency": d.consistency.value, "conflicts_resolved": sum(o["conflicts_resolved"] for o in owners),
+        }
+
+    # -------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Flush buffered writes and stop this client's threads. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            with self._wb_lock:
+                self._wb_wake.notify_all()
+            for t in self._threads:
+                t.join(timeout=self.config.client.poll_timeout_s + 1)
+
+    def __enter__(self) -> MemoryClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ async twins
+    async def get_async(self, domain: str, key: str, default: Any = None, **kw: Any) -> Any:
+        if not kw.get("consistency") and self._cache_usable():
+            d = self._domain(domain)
+            level = self._level(d, None)
+            if level is not STRONG:
+                e = self._cache.lookup(domain, self._key(key), d.staleness_ms if level is BOUNDED else None)
+                if e is not None:
+                    return decode_value(e[0]) if e[0] else default
+        return await _in_thread(self.get, domain, key, default, **kw)
+
+    async def put_async(self, domain: str, key: str, value: Any, **kw: Any) -> Version | None:
+        d = self._domain(domain)
+        if self._level(d, kw.get("consistency")) is EVENTUAL:
+            return self.put(domain, key, value, **kw)  # only buffers: never blocks the event loop
+        return await _in_thread(self.put, domain, key, value, **kw)
+
+    async def delete_async(self, domain: str, key: str, **kw: Any) -> bool:
+        return await _in_thread(self.delete, domain, key, **kw)
+
+    async def flush_async(self, timeout: float | None = None) -> None:
+        await _in_thread(self.flush, timeout)
+
+
+async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    # Remote calls block; an async actor's event loop must not. The client is thread-safe.
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+def _tags(tags: Any) -> tuple[str, ...]:
+    if isinstance(tags, str) or not isinstance(tags, (tuple, list, set, frozenset)):
+        raise InvalidValueError("tags must be a list or tuple of str", where="tags")
+    out = tuple(tags)
+    for t in out:
+        if type(t) is not str or not t:
+            raise InvalidValueError(f"each tag must be a non-empty str, got {t!r}", where="tags")
+    return out
+
+
+def _pending_record(op: tuple) -> bytes:
+    """A record for a write still in our buffer (no version yet), so reads see our own writes."""
+    key, data, ttl_ms, tags = op
+    return R.pack({}, PENDING - 1, 0, data or b"", deleted=data is None, tags=tags)
+
+
+def _percentiles(samples: deque) -> dict[str, float]:
+    if not samples:
+        return {"count": 0, "p50": 0.0, "p99": 0.0}
+    s = sorted(samples)
+    return {"count": len(s), "p50": s[len(s) // 2] * 1000, "p99": s[min(len(s) - 1, int(len(s) * 0.99))] * 1000}
+
+
+_shared: dict[str, MemoryClient] = {}
+_shared_lock = threading.Lock()
+
+
+def _attach(namespace: str) -> MemoryClient:
+    """Unpickling a client: one shared client per process and namespace (its own caches)."""
+    with _shared_lock:
+        client = _shared.get(namespace)
+        if client is None or client._closed:
+            from erlmcp_ray.system import connect
+
+            client = _shared[namespace] = connect(namespace)
+        return client

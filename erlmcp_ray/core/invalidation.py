@@ -1,0 +1,282 @@
+"""The cache coordinator's state: an ordered log of write notifications, client leases, subscriptions.
+
+Caches stay coherent by version, not by push (Ray Serve's ``long_poll.py`` works the same way):
+every write a shard publishes gets the next sequence number of this log, and a client asks "what
+changed in my domains since N?". A poll both delivers and acknowledges: a client that polls with
+``since_seq=N`` has applied every message up to N. Nothing is lost silently: when the client asks
+about messages the log no longer holds, or about a log from another incarnation, the answer says
+``gap`` and the client drops its cached entries.
+
+A message is a plain tuple, cheap to pickle and to hold 100k of::
+
+    (seq, domain, key, hlc, deleted, record)
+
+``record`` is the packed record (value included, see ``core.record``) or None: None either for an
+explicit invalidation ("drop this key, whatever version you hold"; hlc 0) or because the client did
+not ask for values of that domain.
+
+Pure: no Ray, time comes from an injected clock. ``actors.coordinator`` holds one of these.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from erlmcp_ray.core.record import record_hlc, record_is_deleted
+
+__all__ = ["MAX_POLL_MESSAGES", "InvalidationLog", "Message", "PollResult"]
+
+#: (seq, domain, key, hlc, deleted, record-or-None)
+Message = tuple[int, str, str, int, bool, "bytes | None"]
+
+#: Messages in one poll answer; a client that is further behind polls again.
+MAX_POLL_MESSAGES = 10_000
+
+# Trimmed slots at the head of the list are compacted away once they are this
+# many and at least half the list: amortised O(1) per message, O(1) indexing.
+_COMPACT_AT = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class PollResult:
+    """One answer to ``InvalidationLog.poll``.
+
+    ``last_seq`` is where the client resumes: the answer covers every message with
+    ``since_seq < seq <= last_seq`` in the client's domains, and the client passes it as
+    ``since_seq`` next time. It is the log's last seq, except when ``messages`` was cut at
+    ``MAX_POLL_MESSAGES``: then it is the seq of the last message returned (more follow).
+
+    ``gap`` True means the client cannot catch up by messages: it must drop its cached entries
+    (of every domain) and resume at ``last_seq`` (the log's head); ``messages`` is then empty.
+    The client must also drop them when ``epoch`` differs from the one it last saw: a new
+    coordinator incarnation numbers from 1 again, which ``gap`` alone cannot always tell.
+    """
+
+    epoch: int
+    last_seq: int
+    gap: bool
+    messages: list[Message]
+
+    def to_tuple(self) -> tuple[int, int, bool, list[Message]]:
+        """``(epoch, last_seq, gap, messages)``: what travels over Ray."""
+        return (self.epoch, self.last_seq, self.gap, self.messages)
+
+
+@dataclass(slots=True)
+class _Client:
+    domains: frozenset[str]
+    value_domains: frozenset[str]
+    expires_at: float
+    acked_seq: int = 0
+
+    @property
+    def receives(self) -> frozenset[str]:
+        # Asking for a domain's values implies wanting its messages, cached or not.
+        return self.domains | self.value_domains
+
+
+def _names(domains: Iterable[str], what: str) -> frozenset[str]:
+    if isinstance(domains, str):  # frozenset("session") would be a set of letters
+        raise TypeError(f"{what} must be an iterable of domain names, not a str")
+    return frozenset(domains)
+
+
+class InvalidationLog:
+    """Ordered write notifications, bounded by count and record bytes, plus leases and subscriptions."""
+
+    def __init__(
+        self,
+        *,
+        epoch: int,
+        capacity: int = 100_000,
+        max_bytes: int = 64 * 1024 * 1024,
+        lease_ms: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if capacity < 1 or max_bytes < 0 or lease_ms <= 0:
+            raise ValueError("capacity must be >= 1, max_bytes >= 0 and lease_ms > 0")
+        self.epoch = epoch
+        self.capacity = capacity
+        self.max_bytes = max_bytes
+        self._lease_s = lease_ms / 1000.0
+        self._clock = clock
+        self._log: list[Message | None] = []  # None = trimmed, not yet compacted
+        self._head = 0
+        self._last_seq = 0
+        self._bytes = 0
+        self._clients: dict[str, _Client] = {}
+        self._sub_domain: dict[str, str | None] = {}
+        self._subs: dict[str | None, dict[str, object]] = {}
+
+    # ------------------------------------------------------------------ the log
+    @property
+    def last_seq(self) -> int:
+        return self._last_seq
+
+    @property
+    def first_seq(self) -> int:
+        """Seq of the oldest message held (``last_seq + 1`` when none is)."""
+        return self._last_seq - self._held() + 1
+
+    def _held(self) -> int:
+        return len(self._log) - self._head
+
+    def publish(self, items: Iterable[tuple[str, str, bytes | None]]) -> int:
+        """Append ``(domain, key, record)`` items in order; returns the new ``last_seq``."""
+        for domain, key, record in items:
+            self._append(domain, key, record)
+        self._trim()
+        return self._last_seq
+
+    def _append(self, domain: str, key: str, record: bytes | None) -> None:
+        self._last_seq += 1
+        if record is None:
+            self._log.append((self._last_seq, domain, key, 0, False, None))
+            return
+        self._log.append((self._last_seq, domain, key, record_hlc(record), record_is_deleted(record), record))
+        self._bytes += len(record)
+
+    def _trim(self) -> None:
+        while self._held() > self.capacity or (self._bytes > self.max_bytes and self._held()):
+            oldest = self._log[self._head]
+            self._log[self._head] = None
+            self._head += 1
+            self._bytes -= len(oldest[5]) if oldest[5] is not None else 0
+        if self._head >= _COMPACT_AT and self._head * 2 >= len(self._log):
+            del self._log[: self._head]
+            self._head = 0
+
+    # ------------------------------------------------------------------ clients
+    def register(self, client_id: str, domains: Iterable[str], value_domains: Iterable[str] = ()) -> tuple[int, int]:
+        """Set the domains a client caches / wants values of, renew its lease.
+
+        Returns ``(epoch, last_seq)``: a client with an empty cache starts polling there, since
+        older messages are about entries it does not hold.
+        """
+        self._renew(client_id, domains, value_domains)
+        return self.epoch, self._last_seq
+
+    def unregister(self, client_id: str) -> bool:
+        return self._clients.pop(client_id, None) is not None
+
+    def _renew(self, client_id: str, domains: Iterable[str] | None, value_domains: Iterable[str] | None) -> _Client:
+        client = self._clients.get(client_id)
+        if client is None:
+            client = self._clients[client_id] = _Client(frozenset(), frozenset(), 0.0)
+        if domains is not None:
+            client.domains = _names(domains, "domains")
+        if value_domains is not None:
+            client.value_domains = _names(value_domains, "value_domains")
+        client.expires_at = self._clock() + self._lease_s
+        return client
+
+    def poll(
+        self,
+        client_id: str,
+        since_seq: int,
+        domains: Iterable[str] | None = None,
+        value_domains: Iterable[str] | None = None,
+    ) -> PollResult:
+        """Messages after ``since_seq`` for this client; renews its lease (registers it if unknown).
+
+        ``domains`` / ``value_domains`` None keep what the client registered (nothing, if the
+        coordinator does not know it: pass them on every poll to survive a coordinator restart).
+        """
+        client = self._renew(client_id, domains, value_domains)
+        if since_seq < self.first_seq - 1 or since_seq > self._last_seq:
+            # Either messages the client never saw were trimmed, or it speaks of a log this
+            # incarnation never had. It drops its caches, so older messages are moot: resume at the head.
+            return PollResult(self.epoch, self._last_seq, True, [])
+        client.acked_seq = since_seq
+        messages, upto = self._scan(since_seq, client)
+        return PollResult(self.epoch, upto, False, messages)
+
+    def _scan(self, since_seq: int, client: _Client) -> tuple[list[Message], int]:
+        wanted, values = client.receives, client.value_domains
+        out: list[Message] = []
+        for i in range(self._head + since_seq + 1 - self.first_seq, len(self._log)):
+            message = self._log[i]
+            domain = message[1]
+            if domain not in wanted:
+                continue
+            if message[5] is not None and domain not in values:
+                message = (*message[:5], None)  # the client only invalidates: spare it the bytes
+            out.append(message)
+            if len(out) == MAX_POLL_MESSAGES:
+                return out, message[0]
+        return out, self._last_seq
+
+    # ------------------------------------------------------------------ leases
+    def expired(self, now: float | None = None) -> list[str]:
+        """Clients whose lease (last poll or register + lease_ms) has run out."""
+        now = self._clock() if now is None else now
+        return [cid for cid, c in self._clients.items() if c.expires_at <= now]
+
+    def live_clients(self, now: float | None = None) -> list[str]:
+        now = self._clock() if now is None else now
+        return [cid for cid, c in self._clients.items() if c.expires_at > now]
+
+    def forget_expired(self, now: float | None = None) -> list[str]:
+        """Unregister clients whose lease ran out, so that clients that went away do not pile up.
+
+        Safe: a forgotten client that comes back is registered again by its next poll, and
+        continues from its own ``since_seq``.
+        """
+        gone = self.expired(now)
+        for cid in gone:
+            del self._clients[cid]
+        return gone
+
+    def client_info(self, now: float | None = None) -> dict[str, dict[str, Any]]:
+        now = self._clock() if now is None else now
+        return {
+            cid: {
+                "domains": sorted(c.domains),
+                "value_domains": sorted(c.value_domains),
+                "acked_seq": c.acked_seq,
+                "lease_remaining_ms": max(0.0, (c.expires_at - now) * 1000.0),
+                "expired": c.expires_at <= now,
+            }
+            for cid, c in self._clients.items()
+        }
+
+    # ------------------------------------------------------------------ subscriptions
+    def add_subscription(self, sub_id: str, domain: str | None, target: object) -> None:
+        """Deliver updates of ``domain`` (None: of every domain) to ``target``; replaces ``sub_id``."""
+        self.remove_subscription(sub_id)
+        self._sub_domain[sub_id] = domain
+        self._subs.setdefault(domain, {})[sub_id] = target
+
+    def remove_subscription(self, sub_id: str) -> bool:
+        if sub_id not in self._sub_domain:
+            return False
+        domain = self._sub_domain.pop(sub_id)
+        del self._subs[domain][sub_id]
+        if not self._subs[domain]:
+            del self._subs[domain]
+        return True
+
+    def subscriptions_for(self, domain: str | None) -> list[tuple[str, object]]:
+        """``(sub_id, target)`` to deliver an update of ``domain`` to: its own, then all-domain ones."""
+        everything = list(self._subs.get(None, {}).items())
+        if domain is None:
+            return everything
+        return [*self._subs.get(domain, {}).items(), *everything]
+
+    # ------------------------------------------------------------------ inspection
+    def stats(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "last_seq": self._last_seq,
+            "first_seq": self.first_seq,
+            "messages": self._held(),
+            "bytes": self._bytes,
+            "capacity": self.capacity,
+            "max_bytes": self.max_bytes,
+            "clients": len(self._clients),
+            "live_clients": len(self.live_clients()),
+            "subscriptions": len(self._sub_domain),
+        }

@@ -1,0 +1,177 @@
+"""Lifecycle: ``start``, ``connect``, ``shutdown`` and the ``MemorySystem`` handle.
+
+``start`` creates, in one Ray namespace, the coordinator and for every domain
+``shards × copies`` shard actors. The copies of one shard share a detached
+placement group whose bundles are spread over nodes (STRICT_SPREAD when the
+cluster has at least as many alive nodes as copies, SPREAD otherwise), so losing
+a node loses at most one copy of each shard.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import ray
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from erlmcp_ray import _ray
+from erlmcp_ray.actors.coordinator import CoordinatorActor
+from erlmcp_ray.actors.options import (
+    COORDINATOR,
+    SHARD_BUNDLE,
+    actor_class,
+    coordinator_options,
+    shard_name,
+    shard_options,
+)
+from erlmcp_ray.actors.shard import ShardActor
+from erlmcp_ray.client import MemoryClient
+from erlmcp_ray.config import MemoryConfig
+from erlmcp_ray.errors import ConfigError, UnavailableError
+
+__all__ = ["MemorySystem", "connect", "shutdown", "start"]
+
+log = logging.getLogger(__name__)
+_START_TIMEOUT_S = 120.0
+
+
+class MemorySystem:
+    """A running memory system in ``namespace``."""
+
+    def __init__(self, namespace: str, config: MemoryConfig) -> None:
+        self.namespace = namespace
+        self.config = config
+
+    def client(self) -> MemoryClient:
+        """A new client (its own caches and threads)."""
+        return connect(self.namespace)
+
+    def shutdown(self) -> None:
+        shutdown(self.namespace)
+
+    def __repr__(self) -> str:
+        return f"MemorySystem(namespace={self.namespace!r}, domains={list(self.config.domains)})"
+
+
+def _ensure_ray(namespace: str, address: str | None) -> None:
+    if ray.is_initialized():
+        return
+    # address=None means a Ray of our own on this machine ("local"), never
+    # whatever cluster happens to be reachable.
+    ray.init(address="local" if address is None else address, namespace=namespace,
+             include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+
+
+def _shard_settings(config: MemoryConfig, domain: str) -> dict[str, Any]:
+    staleness = config.domain(domain).staleness_ms
+    return {
+        "staleness_ms": staleness,
+        # Heartbeats keep a replica's staleness bound fresh; a quarter of the window
+        # leaves room for a late one and the transit time.
+        "heartbeat_ms": min(250.0, max(10.0, staleness / 4)),
+        "oplog_capacity": 65536,
+        "sync_timeout_s": min(5.0, config.client.call_timeout_s),
+        "out_of_sync_after_s": 5.0,
+    }
+
+
+def start(config: Any = None, *, namespace: str = "erlmcp", address: str | None = None) -> MemorySystem:
+    """Start the memory system (or return the one running in ``namespace``)."""
+    cfg = MemoryConfig.load(config)
+    _ensure_ray(namespace, address)
+    try:
+        coordinator = _ray.get_actor(COORDINATOR, namespace)
+    except UnavailableError:
+        coordinator = None
+    if coordinator is not None:
+        running = MemoryConfig.load(_ray.get(coordinator.get_config.remote(), timeout=30, what="coordinator"))
+        if config is not None and running != cfg:
+            raise ConfigError(f"a memory system with a different configuration is running in namespace "
+                              f"{namespace!r}; shut it down first or start with config=None to join it")
+        return MemorySystem(namespace, running)
+    _create(cfg, namespace)
+    return MemorySystem(namespace, cfg)
+
+
+def _create(cfg: MemoryConfig, namespace: str) -> None:
+    coordinator = actor_class(CoordinatorActor, coordinator_options(namespace)).remote(cfg.to_dict(), namespace)
+    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
+    pings = [coordinator.ping.remote()]
+    for domain in cfg.domains:
+        copies = cfg.replication_factor_for(domain)
+        for shard in range(cfg.domain(domain).shards):
+            strategy = None
+            if copies > 1:
+                pg = placement_group([dict(SHARD_BUNDLE) for _ in range(copies)],
+                                     strategy="STRICT_SPREAD" if alive >= copies else "SPREAD",
+                                     name=_pg_name(namespace, domain, shard), lifetime="detached")
+                _ray.get(pg.ready(), timeout=_START_TIMEOUT_S, what=f"placement group for {domain}/{shard}")
+            for slot in range(copies):
+                if copies > 1:
+                    strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=slot)
+                opts = shard_options(namespace, domain, shard, slot, strategy)
+                actor = actor_class(ShardActor, opts).remote(
+                    domain, shard, slot, copies, namespace, 1, _shard_settings(cfg, domain))
+                pings.append(actor.ping.remote())
+    _ray.get(pings, timeout=_START_TIMEOUT_S, what="starting the memory system")
+
+
+def _pg_name(namespace: str, domain: str, shard: int) -> str:
+    return f"erlmcp:{namespace}:pg:{domain}:{shard}"
+
+
+def connect(namespace: str = "erlmcp", *, address: str | None = None) -> MemoryClient:
+    """A client of the system running in ``namespace`` (works in drivers, tasks and actors)."""
+    if not ray.is_initialized():
+        if address is None:
+            raise UnavailableError("Ray is not initialised in this process: call erlmcp_ray.start(), "
+                                   "ray.init(address=...), or pass address= to connect()")
+        ray.init(address=address, namespace=namespace, logging_level=logging.WARNING, log_to_driver=False)
+    coordinator = _ray.get_actor(COORDINATOR, namespace)
+    cfg = MemoryConfig.load(_ray.get(coordinator.get_config.remote(), timeout=30, what="coordinator"))
+    return MemoryClient(namespace, cfg)
+
+
+def shutdown(namespace: str = "erlmcp") -> None:
+    """Stop the system actors of ``namespace`` (data held only in memory is gone). Idempotent."""
+    from erlmcp_ray.client import _shared
+
+    if not ray.is_initialized():
+        return
+    client = _shared.pop(namespace, None)
+    if client is not None:
+        client._closed = True
+    try:
+        coordinator = _ray.get_actor(COORDINATOR, namespace)
+        cfg = MemoryConfig.load(_ray.get(coordinator.get_config.remote(), timeout=30, what="coordinator"))
+    except Exception:  # noqa: BLE001 - nothing (coherent) running: nothing to stop
+        return
+    for domain in cfg.domains:
+        copies = cfg.replication_factor_for(domain)
+        for shard in range(cfg.domain(domain).shards):
+            for slot in range(copies):
+                _kill(shard_name(domain, shard, slot), namespace)
+            if copies > 1:
+                try:
+                    remove_placement_group(ray.util.get_placement_group(_pg_name(namespace, domain, shard)))
+                except Exception:  # noqa: BLE001
+                    pass
+    _kill(COORDINATOR, namespace)
+    # Named actors are released asynchronously; wait so a following start() can reuse the names.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            ray.get_actor(COORDINATOR, namespace=namespace)
+            time.sleep(0.05)
+        except ValueError:
+            break
+
+
+def _kill(name: str, namespace: str) -> None:
+    try:
+        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    except ValueError:
+        pass

@@ -1,0 +1,174 @@
+"""The coordinator actor on a real local Ray: long polls, wake-ups, restarts, actor subscriptions."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+from erlmcp_ray.actors.coordinator import CoordinatorActor
+from erlmcp_ray.core.codec import encode_value
+from erlmcp_ray.core.record import pack
+
+pytestmark = pytest.mark.ray
+
+NS = "coord-test"
+T = 30  # every ray.get gets a timeout: a hang must fail the test, not stall the run
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_local():
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", namespace=NS, include_dashboard=False, num_cpus=2, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def make_coordinator(**options):
+    return ray.remote(max_concurrency=1000, num_cpus=0, **options)(CoordinatorActor).remote(config={}, namespace=NS)
+
+
+@pytest.fixture
+def coord():
+    handle = make_coordinator()
+    yield handle
+    ray.kill(handle)
+
+
+def rec(value, hlc=1):
+    return pack({0: 1}, hlc, 0, encode_value(value))
+
+
+def wait_until(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def waiting_polls(handle, n):
+    wait_until(lambda: ray.get(handle.stats.remote(), timeout=T)["waiting_polls"] >= n, what=f"{n} waiting polls")
+
+
+@ray.remote(num_cpus=0)
+class Recorder:
+    def __init__(self):
+        self._events = []
+
+    def on_memory_update(self, update):
+        self._events.append(update)
+
+    def events(self):
+        return list(self._events)
+
+
+def test_a_poll_with_nothing_new_waits_for_its_timeout_and_answers_empty(coord):
+    epoch = ray.get(coord.ping.remote(), timeout=T)
+    start = time.monotonic()
+    answer = ray.get(coord.poll.remote("c1", 0, ["cache"], [], 0.5), timeout=T)
+    elapsed = time.monotonic() - start
+    assert answer == (epoch, 0, False, [])
+    assert 0.4 <= elapsed < 3  # jitter shortens the wait by at most 10 %
+
+
+def test_a_waiting_poll_returns_on_publish(coord):
+    ref = coord.poll.remote("c1", 0, ["cache"], ["cache"], 5.0)
+    waiting_polls(coord, 1)
+    start = time.monotonic()
+    assert ray.get(coord.publish.remote([("cache", "k", rec("v", hlc=9))]), timeout=T) == 1
+    epoch, last, gap, messages = ray.get(ref, timeout=T)
+    assert time.monotonic() - start < 2  # woken, not timed out
+    assert (last, gap) == (1, False) and messages == [(1, "cache", "k", 9, False, rec("v", hlc=9))]
+
+
+def test_publishes_to_other_domains_do_not_end_the_wait(coord):
+    ref = coord.poll.remote("c1", 0, ["cache"], [], 1.0)
+    waiting_polls(coord, 1)
+    ray.get(coord.publish.remote([("session", "k", rec(1))]), timeout=T)
+    ready, _ = ray.wait([ref], timeout=0.3)
+    assert not ready
+    assert ray.get(ref, timeout=T)[1:] == (1, False, [])  # the skipped message is covered
+
+
+def test_fifty_waiting_polls_all_wake_on_one_publish(coord):
+    refs = [coord.poll.remote(f"c{i}", 0, ["cache"], [], 5.0) for i in range(50)]
+    waiting_polls(coord, 50)
+    start = time.monotonic()
+    ray.get(coord.publish.remote([("cache", "k", rec(1))]), timeout=T)
+    answers = ray.get(refs, timeout=T)
+    assert time.monotonic() - start < 2
+    assert all(a[1:3] == (1, False) and [m[2] for m in a[3]] == ["k"] for a in answers)
+    assert all(a[3][0][5] is None for a in answers)  # no value_domains: records stripped
+    stats = ray.get(coord.stats.remote(), timeout=T)
+    assert stats["clients"] == 50 and stats["waiting_polls"] == 0
+
+
+def test_register_config_and_stats(coord):
+    ray.get(coord.publish.remote([("cache", "a", None)]), timeout=T)
+    epoch, last = ray.get(coord.register_client.remote("c1", ["cache"], []), timeout=T)
+    assert epoch == ray.get(coord.ping.remote(), timeout=T) and last == 1
+    assert ray.get(coord.get_config.remote(), timeout=T) == {}
+    assert ray.get(coord.stats.remote(), timeout=T)["clients"] == 1
+    assert ray.get(coord.unregister_client.remote("c1"), timeout=T)
+    assert ray.get(coord.stats.remote(), timeout=T)["clients"] == 0
+
+
+def test_a_restart_brings_a_new_epoch_and_old_positions_gap():
+    handle = make_coordinator(max_restarts=1)
+    try:
+        first = ray.get(handle.ping.remote(), timeout=T)
+        ray.get(handle.publish.remote([("cache", str(i), None) for i in range(3)]), timeout=T)
+        ray.kill(handle, no_restart=False)
+        second = _ping_until_back(handle)
+        assert second > first
+        epoch, last, gap, messages = ray.get(handle.poll.remote("c1", 3, ["cache"], [], 0.1), timeout=T)
+        assert (epoch, last, gap, messages) == (second, 0, True, [])
+    finally:
+        ray.kill(handle)
+
+
+def _ping_until_back(handle, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return ray.get(handle.ping.remote(), timeout=T)
+        except ray.exceptions.RayActorError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_an_actor_subscription_gets_updates_in_publish_order(coord):
+    recorder = Recorder.remote()
+    everything = Recorder.remote()
+    sub = ray.get(coord.subscribe_actor.remote("cache", recorder), timeout=T)
+    ray.get(coord.subscribe_actor.remote(None, everything), timeout=T)
+    for batch in range(5):
+        items = [("cache", f"k{i % 3}", rec([batch, i], hlc=batch * 10 + i)) for i in range(4)]
+        ray.get(coord.publish.remote(items + [("session", "s", rec(batch)), ("cache", "x", None)]), timeout=T)
+    wait_until(lambda: len(ray.get(recorder.events.remote(), timeout=T)) == 20, what="20 events")
+    events = ray.get(recorder.events.remote(), timeout=T)
+    assert [e.value for e in events] == [[b, i] for b in range(5) for i in range(4)]
+    assert [e.key for e in events[:4]] == ["k0", "k1", "k2", "k0"]
+    assert all(e.domain == "cache" and not e.deleted for e in events)
+    assert [e.version.timestamp for e in events] == sorted(e.version.timestamp for e in events)
+    wait_until(lambda: len(ray.get(everything.events.remote(), timeout=T)) == 25, what="25 events")
+    assert ray.get(coord.unsubscribe.remote(sub), timeout=T)
+    assert not ray.get(coord.unsubscribe.remote(sub), timeout=T)
+
+
+def test_a_dead_subscriber_is_dropped(coord):
+    recorder = Recorder.remote()
+    ray.get(coord.subscribe_actor.remote("cache", recorder), timeout=T)
+    ray.get(recorder.events.remote(), timeout=T)
+    ray.kill(recorder)
+
+    def dropped():
+        ray.get(coord.publish.remote([("cache", "k", rec(1))]), timeout=T)
+        return ray.get(coord.stats.remote(), timeout=T)["subscriptions"] == 0
+
+    wait_until(dropped, what="the dead subscriber's removal")

@@ -1,0 +1,153 @@
+"""The client's pure parts: local cache tiers, write buffer, group commit."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from erlmcp_ray._cache import PENDING, LocalCache
+from erlmcp_ray._writes import GroupCommit, WriteBuffer
+from tests.strategies import FakeClock
+
+
+def seconds_clock():
+    c = FakeClock(now=1000)
+    return c, (lambda: c.now / 1000.0)
+
+
+def test_l0_then_l1_and_fresh_decoding_is_the_callers_job():
+    cache = LocalCache(l0_entries=2, l1_max_bytes=10_000)
+    cache.store("d", "a", b"A", 10)
+    cache.store("d", "b", b"B", 11)
+    cache.store("d", "c", b"C", 12)  # pushes "a" out of L0, L1 keeps it
+    assert cache.lookup("d", "c").data == b"C" and cache.hits_l0 == 1
+    assert cache.lookup("d", "a").data == b"A" and cache.hits_l1 == 1
+    assert cache.lookup("d", "zzz") is None and cache.misses == 1
+    assert cache.lookup("other", "a") is None
+
+
+def test_l1_is_byte_bounded_and_counts_evictions():
+    cache = LocalCache(l0_entries=1, l1_max_bytes=1000)
+    for i in range(20):
+        cache.store("d", f"k{i}", b"x" * 100, i + 1)
+    _, l1_entries, l1_bytes = cache.sizes()
+    assert l1_bytes <= 1000 and l1_entries < 20
+    assert cache.stats()["evictions"] == 20 - l1_entries
+    assert cache.store("d", "huge", b"x" * 5000, 99) is False  # larger than L1: not cached
+
+
+def test_bounded_staleness_window():
+    c, clock = seconds_clock()
+    cache = LocalCache(clock=clock)
+    cache.store("d", "k", b"v", 5, stale_ms=100.0)
+    assert cache.lookup("d", "k", max_stale_ms=150) is not None
+    c.advance(60)  # 60 ms later: 100 + 60 > 150
+    assert cache.lookup("d", "k", max_stale_ms=150) is None
+    assert cache.lookup("d", "k") is not None  # eventual reads have no window
+    cache.store("d", "mine", b"v", PENDING)
+    c.advance(10_000)
+    assert cache.lookup("d", "mine", max_stale_ms=1) is not None  # our own pending write
+
+
+def test_invalidation_by_version():
+    cache = LocalCache()
+    cache.store("d", "k", b"v", 100)
+    assert cache.invalidate("d", "k", 100) is False  # the version we hold
+    assert cache.invalidate("d", "k", 101) is True and cache.lookup("d", "k") is None
+    cache.store("d", "p", b"mine", PENDING)
+    assert cache.invalidate("d", "p", 500) is False  # our newer pending write stays
+    cache.store("d", "u", b"v", 1)
+    assert cache.invalidate("d", "u") is True  # unconditional
+
+
+def test_fetch_overtaken_by_invalidation_is_not_cached():
+    cache = LocalCache()
+    token = cache.begin_fetch()
+    cache.invalidate("d", "k", 200)  # processed while the fetch was in flight
+    assert cache.store("d", "k", b"old", 150, token=token) is False
+    assert cache.store("d", "k", b"new", 200, token=token) is True  # as new as announced: fine
+    token = cache.begin_fetch()
+    assert cache.store("d", "k2", b"v", 1, token=token) is True
+
+
+def test_forgotten_invalidations_make_old_fetches_uncacheable():
+    cache = LocalCache(remember_invalidations=2)
+    token = cache.begin_fetch()
+    for i in range(5):
+        cache.invalidate("d", f"x{i}", 10)
+    assert cache.store("d", "k", b"v", 1, token=token) is False
+
+
+def test_acknowledge_keeps_own_write_unless_something_newer_was_announced():
+    cache = LocalCache()
+    data = b"mine"
+    cache.store("d", "k", data, PENDING)
+    cache.acknowledge("d", "k", data, 300)
+    assert cache.lookup("d", "k").hlc == 300
+    other = b"mine2"
+    cache.store("d", "j", other, PENDING)
+    cache.invalidate("d", "j", 900)  # someone else wrote j later than we will be versioned
+    cache.acknowledge("d", "j", other, 500)
+    assert cache.lookup("d", "j") is None
+
+
+def test_drop_domains():
+    cache = LocalCache()
+    cache.store("a", "k", b"1", 1)
+    cache.store("b", "k", b"2", 1)
+    assert cache.drop_domains({"a"}) == 1
+    assert cache.lookup("a", "k") is None and cache.lookup("b", "k") is not None
+    assert cache.stats()["evictions"] == 0
+
+
+def test_write_buffer_coalesces_and_batches():
+    buf = WriteBuffer()
+    buf.add("d", 0, ("k", b"1", None, ()))
+    buf.add("d", 0, ("k", b"2", None, ()))
+    for i in range(5):
+        buf.add("d", 1, (f"x{i}", b"v", None, ()))
+    assert len(buf) == 6 and buf.peek("d", 0, "k")[1] == b"2"
+    assert buf.pop("d", 1, "x0")[0] == "x0" and buf.pop("d", 1, "x0") is None
+    batches = buf.take(max_batch=3)
+    assert sorted((d, s, len(ops)) for d, s, ops in batches) == [("d", 0, 1), ("d", 1, 1), ("d", 1, 3)]
+    assert len(buf) == 0 and buf.take(3) == []
+
+
+def test_group_commit_batches_concurrent_callers_and_spreads_errors():
+    calls = []
+    gate = threading.Event()
+
+    def send(domain, shard, ops):
+        calls.append(len(ops))
+        if len(calls) == 1:
+            gate.wait(5)  # hold the first round so the others queue up behind it
+        if any(op[0] == "bad" for op in ops):
+            raise RuntimeError("owner refused")
+        return [op[0].upper() for op in ops]
+
+    gc = GroupCommit(send)
+    results = {}
+
+    def worker(name):
+        try:
+            results[name] = gc.submit("d", 0, (name, b"", None, ()))
+        except RuntimeError as exc:
+            results[name] = exc
+
+    first = threading.Thread(target=worker, args=("first",))
+    first.start()
+    time.sleep(0.05)
+    others = [threading.Thread(target=worker, args=(f"w{i}",)) for i in range(10)]
+    for t in others:
+        t.start()
+    time.sleep(0.1)
+    gate.set()
+    for t in [first, *others]:
+        t.join(5)
+    assert results["first"] == "FIRST" and all(results[f"w{i}"] == f"W{i}" for i in range(10))
+    assert calls[0] == 1 and sum(calls) == 11 and len(calls) <= 3  # the ten went in one or two rounds
+    with pytest.raises(RuntimeError):
+        gc.submit("d", 0, ("bad", b"", None, ()))
+    assert gc.submit("d", 0, ("ok", b"", None, ())) == "OK"

@@ -1,0 +1,211 @@
+"""InvalidationLog: sequence numbers, filtering, gaps, leases, the per-answer cap, subscriptions."""
+
+from __future__ import annotations
+
+import pytest
+
+from erlmcp_ray.core import record as R
+from erlmcp_ray.core.codec import encode_value
+from erlmcp_ray.core.invalidation import MAX_POLL_MESSAGES, InvalidationLog, PollResult
+
+
+class Clock:
+    """Seconds, advanced by hand: lease tests never sleep."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def rec(value, hlc=7, deleted=False) -> bytes:
+    return R.pack({0: 1}, hlc, 0, encode_value(value), deleted=deleted)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def log(clock):
+    return InvalidationLog(epoch=42, clock=clock)
+
+
+def test_seq_numbers_are_consecutive_from_one(log):
+    assert (log.last_seq, log.first_seq) == (0, 1)
+    assert log.publish([("cache", "a", rec(1)), ("cache", "b", rec(2))]) == 2
+    assert log.publish([]) == 2
+    assert log.publish([("session", "c", None)]) == 3
+    res = log.poll("c1", 0, ["cache", "session"], ["cache"])
+    assert [m[0] for m in res.messages] == [1, 2, 3]
+    assert res == PollResult(42, 3, False, res.messages)
+
+
+def test_message_fields_are_read_from_the_record(log):
+    live, tomb = rec("v", hlc=11), rec(None, hlc=12, deleted=True)
+    log.publish([("cache", "a", live), ("cache", "a", tomb), ("cache", "b", None)])
+    res = log.poll("c1", 0, ["cache"], ["cache"])
+    assert res.messages == [
+        (1, "cache", "a", 11, False, live),
+        (2, "cache", "a", 12, True, tomb),
+        (3, "cache", "b", 0, False, None),  # explicit invalidation: unconditional
+    ]
+    assert res.to_tuple() == (42, 3, False, res.messages)
+
+
+def test_only_the_clients_domains_and_values_only_where_asked(log):
+    log.publish([("cache", "a", rec(1)), ("session", "s", rec(2)), ("shared", "x", rec(3))])
+    res = log.poll("c1", 0, ["cache", "session"], ["session"])
+    assert [(m[1], m[2]) for m in res.messages] == [("cache", "a"), ("session", "s")]
+    assert res.messages[0][5] is None and res.messages[0][3] == 7  # stripped, version kept
+    assert res.messages[1][5] == rec(2)
+    assert res.last_seq == 3  # the skipped "shared" message is covered too
+
+
+def test_value_domains_alone_still_receive(log):
+    log.publish([("shared", "x", rec(3))])
+    assert log.poll("c1", 0, [], ["shared"]).messages[0][5] == rec(3)
+
+
+def test_poll_from_the_middle_and_at_the_head(log):
+    log.publish([("cache", str(i), rec(i)) for i in range(5)])
+    assert [m[0] for m in log.poll("c1", 3, ["cache"]).messages] == [4, 5]
+    res = log.poll("c1", 5, ["cache"])
+    assert res.messages == [] and res.last_seq == 5 and not res.gap
+
+
+def test_poll_keeps_registered_domains_when_none_given(log):
+    log.register("c1", ["cache"], ["cache"])
+    log.publish([("cache", "a", rec(1))])
+    assert log.poll("c1", 0).messages[0][5] == rec(1)
+    assert log.poll("stranger", 0).messages == []  # unknown and no domains: nothing
+
+
+def test_register_returns_where_an_empty_cache_starts(log):
+    log.publish([("cache", "a", rec(1))])
+    assert log.register("c1", ["cache"]) == (42, 1)
+    with pytest.raises(TypeError):
+        log.register("c1", "cache")
+
+
+def test_capacity_trims_the_oldest_and_late_clients_see_a_gap(clock):
+    log = InvalidationLog(epoch=1, capacity=3, clock=clock)
+    log.publish([("cache", str(i), rec(i)) for i in range(5)])
+    assert (log.first_seq, log.last_seq, log.stats()["messages"]) == (3, 5, 3)
+    assert not log.poll("c1", 2, ["cache"]).gap  # saw up to 2, 3.. are held
+    res = log.poll("c1", 1, ["cache"])  # message 2 is gone
+    assert res == PollResult(1, 5, True, [])
+
+
+def test_max_bytes_trims_by_record_bytes(clock):
+    r = rec("x" * 100)
+    log = InvalidationLog(epoch=1, max_bytes=2 * len(r) + 1, clock=clock)
+    log.publish([("cache", "a", r), ("cache", "b", None), ("cache", "c", r), ("cache", "d", r)])
+    assert log.first_seq == 2 and log.stats()["bytes"] == 2 * len(r)
+    assert log.poll("c1", 0, ["cache"]).gap
+    assert [m[2] for m in log.poll("c1", 1, ["cache"]).messages] == ["b", "c", "d"]
+
+
+def test_a_record_larger_than_max_bytes_empties_the_log(clock):
+    log = InvalidationLog(epoch=1, max_bytes=10, clock=clock)
+    log.publish([("cache", "a", rec("x" * 100))])
+    assert (log.first_seq, log.last_seq) == (2, 1)
+    assert log.poll("c1", 0, ["cache"]).gap  # the client would otherwise miss "a"
+    assert not log.poll("c1", 1, ["cache"]).gap
+
+
+def test_since_seq_from_the_future_is_a_gap(log):
+    log.publish([("cache", "a", rec(1))])
+    res = log.poll("c1", 99, ["cache"])  # the client knew another incarnation's log
+    assert res.gap and res.last_seq == 1 and res.messages == []
+
+
+def test_trimming_compacts_and_keeps_indexing_right(clock):
+    log = InvalidationLog(epoch=1, capacity=100, clock=clock)
+    for i in range(100):
+        log.publish([("cache", str(i * 100 + j), None) for j in range(100)])
+    assert (log.first_seq, log.last_seq) == (9901, 10000)
+    assert [m[0] for m in log.poll("c1", 9990, ["cache"]).messages] == list(range(9991, 10001))
+
+
+def test_answers_are_capped_and_resume_where_they_stopped(log):
+    total = 2 * MAX_POLL_MESSAGES + 5
+    log.publish([("cache", str(i), None) if i % 2 else ("other", str(i), None) for i in range(2 * total)])
+    seen, since, answers = [], 0, 0
+    while True:
+        res = log.poll("c1", since, ["cache"])
+        answers += 1
+        assert not res.gap and len(res.messages) <= MAX_POLL_MESSAGES
+        if res.messages and len(res.messages) == MAX_POLL_MESSAGES:
+            assert res.last_seq == res.messages[-1][0]  # resume right after the last one returned
+        seen += [m[0] for m in res.messages]
+        since = res.last_seq
+        if not res.messages:
+            break
+    assert seen == list(range(2, 2 * total + 1, 2)) and answers == 4
+    assert since == log.last_seq
+
+
+def test_leases_expire_on_the_injected_clock(log, clock):
+    log.register("a", ["cache"])
+    clock.now += 5
+    log.poll("b", 0, ["cache"])
+    assert log.expired() == [] and sorted(log.live_clients()) == ["a", "b"]
+    clock.now += 5  # a: 10 s since its register, the default lease
+    assert log.expired() == ["a"] and log.live_clients() == ["b"]
+    assert log.expired(now=clock.now + 5) == ["a", "b"]
+    log.poll("a", 0)  # a poll renews, and keeps the registered domains
+    assert log.expired() == [] and log.client_info()["a"]["domains"] == ["cache"]
+
+
+def test_forget_expired_and_unregister(log, clock):
+    log.register("a", ["cache"])
+    log.register("b", ["cache"])
+    assert log.unregister("b") and not log.unregister("b")
+    clock.now += 11
+    assert log.forget_expired() == ["a"] and log.stats()["clients"] == 0
+
+
+def test_client_info_reports_acks_and_leases(log, clock):
+    log.publish([("cache", "a", None), ("cache", "b", None)])
+    log.poll("a", 1, ["cache", "session"], ["session"])
+    clock.now += 4
+    info = log.client_info()["a"]
+    assert info == {
+        "domains": ["cache", "session"],
+        "value_domains": ["session"],
+        "acked_seq": 1,
+        "lease_remaining_ms": pytest.approx(6000),
+        "expired": False,
+    }
+
+
+def test_subscriptions_for_a_domain_and_for_all(log):
+    log.add_subscription("s1", "cache", "t1")
+    log.add_subscription("s2", None, "t2")
+    log.add_subscription("s3", "session", "t3")
+    assert log.subscriptions_for("cache") == [("s1", "t1"), ("s2", "t2")]
+    assert log.subscriptions_for("shared") == [("s2", "t2")]
+    assert log.subscriptions_for(None) == [("s2", "t2")]
+    log.add_subscription("s1", "session", "t1")  # the same id again moves it
+    assert log.subscriptions_for("cache") == [("s2", "t2")]
+    assert log.remove_subscription("s2") and not log.remove_subscription("s2")
+    assert log.subscriptions_for("session") == [("s3", "t3"), ("s1", "t1")]
+    assert log.stats()["subscriptions"] == 2
+
+
+def test_stats(log):
+    log.publish([("cache", "a", rec(1)), ("cache", "b", None)])
+    log.register("c", ["cache"])
+    stats = log.stats()
+    assert {k: stats[k] for k in ("epoch", "last_seq", "first_seq", "messages", "clients", "live_clients")} == {
+        "epoch": 42, "last_seq": 2, "first_seq": 1, "messages": 2, "clients": 1, "live_clients": 1,
+    }
+    assert stats["bytes"] == len(rec(1))
+
+
+def test_bad_bounds_are_refused():
+    with pytest.raises(ValueError):
+        InvalidationLog(epoch=1, capacity=0)
