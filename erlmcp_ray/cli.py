@@ -47,5 +47,17 @@ def config_check(source: str) -> None:
     click.echo(f"ok: {len(cfg.domains)} domains: {domains}")
 
 
+@main.command("demo", context_settings={"ignore_unknown_options": False})
+@click.option("--agents", default=4, show_default=True, help="agents (Ray actors) sharing memory")
+@click.option("--rounds", default=10, show_default=True)
+@click.option("--ops", default=50, show_default=True, help="shared writes per agent per round")
+@click.option("--namespace", default="erlmcp-demo", show_default=True)
+def demo(agents: int, rounds: int, ops: int, namespace: str) -> None:
+    """Run agents on a local Ray sharing memory at three consistency levels (no Redis, no cluster)."""
+    from erlmcp_ray.demo import run_demo  # imports Ray: only when asked for
+
+    run_demo(agents, rounds, ops, namespace)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import random
+import sys
 import threading
 import time
 import uuid
@@ -107,7 +108,11 @@ class MemoryClient:
         self._wb_lock = threading.Lock()
         self._wb_wake = threading.Condition(self._wb_lock)
         self._inflight: list[list] = []  # [domain, shard, seq, ops, ref, attempts, sent_at]
-        self._written: dict[tuple[str, int], int] = {}  # (domain, shard) -> highest owner seq acked to us
+        # Writes an owner applied but has not yet reported replicated and published:
+        # (domain, shard) -> [(owner incarnation, owner seq, ops)]. If the owner
+        # restarts (new incarnation) before confirming them, they are sent again.
+        self._unconfirmed: dict[tuple[str, int], list[tuple[str, int, list]]] = {}
+        self._last_confirm = 0.0
         self._write_errors: list[ErlmcpRayError] = []
         self._flush_now = False
         self._group = GroupCommit(self._send_strong)
@@ -116,9 +121,7 @@ class MemoryClient:
         self._last_poll_ok = time.monotonic()
         self._lease_s = config.cache_coordinator.lease_ms / 1000.0
         self._coord_epoch: int | None = None
-        stats = _ray.get(self._coordinator.stats.remote(), timeout=self._timeout, what="coordinator")
-        self._since = stats["last_seq"]
-        self._coord_epoch = stats["epoch"]
+        self._coord_epoch, self._since = self._register()
         self._threads = [
             threading.Thread(target=self._flusher, name="erlmcp-write-behind", daemon=True),
             threading.Thread(target=self._poller, name="erlmcp-coherence", daemon=True),
@@ -219,7 +222,7 @@ class MemoryClient:
             slot = random.randrange(1, d.copies)
             limit = d.staleness_ms if level is BOUNDED else REPLICA_FRESH_LIMIT_MS
             try:
-                status, rec, staleness = self._call(d, shard, slot, "read", key, limit)
+                status, rec, staleness = self._call(d, shard, slot, "read", key, limit, retry=False)
                 self.counters["replica_reads"] += 1
                 to_owner = status != "ok"
                 if to_owner:
@@ -236,14 +239,25 @@ class MemoryClient:
             pass  # absent keys are not cached: a later write by anyone must be seen at once
         return rec
 
-    def _call(self, d: _Domain, shard: int, slot: int, method: str, *args: Any) -> Any:
-        try:
-            handle = self._handle(d, shard, slot)
-            return _ray.get(getattr(handle, method).remote(*args), timeout=self._timeout,
-                            what=f"{d.name} shard {shard} slot {slot}")
-        except UnavailableError:
-            self._forget_handle(d, shard, slot)
-            raise
+    def _call(self, d: _Domain, shard: int, slot: int, method: str, *args: Any, retry: bool = True) -> Any:
+        """Call a shard copy. Only idempotent calls come here (reads, and writes with a request
+        seq), so while Ray restarts the copy's process they are retried, with backoff, until
+        ``call_timeout_s`` runs out."""
+        deadline = time.monotonic() + self._timeout
+        attempt = 0
+        while True:
+            try:
+                handle = self._handle(d, shard, slot)
+                return _ray.get(getattr(handle, method).remote(*args), timeout=self._timeout,
+                                what=f"{d.name} shard {shard} slot {slot}")
+            except UnavailableError:
+                self._forget_handle(d, shard, slot)
+                attempt += 1
+                pause = min(0.5, 0.02 * 2**attempt) * (0.5 + random.random())  # jittered backoff
+                if not retry or isinstance(sys.exc_info()[1], OperationTimeoutError) or (
+                        time.monotonic() + pause > deadline):
+                    raise
+                time.sleep(pause)
 
     # ---------------------------------------------------------------- writes
     def put(self, domain: str, key: str, value: Any, *, consistency: Any = None, ttl: float | None = None,
@@ -303,35 +317,31 @@ class MemoryClient:
 
     def _sync_write(self, d: _Domain, shard: int, op: tuple) -> bytes | None:
         seq = self._next_seq()
-        for attempt in range(3):
-            try:
-                _epoch, _s, items = self._call(d, shard, 0, "write", self.client_id, seq, [op], True)
-                return items[0][1]
-            except UnavailableError:
-                if attempt == 2:
-                    raise
-                time.sleep(0.05 * (attempt + 1))  # Ray restarts a dead owner; the same seq is not reapplied
-        raise AssertionError("unreachable")  # pragma: no cover
+        _epoch, owner_seq, items, incarnation = self._call(d, shard, 0, "write", self.client_id, seq, [op], True)
+        with self._wb_lock:
+            self._unconfirmed.setdefault((d.name, shard), []).append((incarnation, owner_seq, [op]))
+        return items[0][1]
 
     def _send_strong(self, domain: str, shard: int, ops: list) -> list[bytes | None]:
         """One group-commit round: owner applies, every replica applies the owner's answer."""
         d = self._domains[domain]
         seq = self._next_seq()
-        owner = self._handle(d, shard, 0)
-        answer = owner.write.remote(self.client_id, seq, ops, True)
-        replicas = []
-        for slot in range(1, d.copies):
-            try:
-                replicas.append((slot, self._handle(d, shard, slot).apply_write.remote(answer)))
-            except UnavailableError:
-                replicas.append((slot, None))
-        try:
-            _epoch, _s, items = _ray.get(answer, timeout=self._timeout, what=f"{domain} shard {shard} owner")
-        except UnavailableError:
-            self._forget_handle(d, shard, 0)
-            raise
-        acked, failures = 1, []
         deadline = time.monotonic() + self._timeout
+        attempt = 0
+        while True:  # retried while Ray restarts the owner (same request seq)
+            try:
+                answer, replicas = self._start_strong(d, shard, seq, ops)
+                _epoch, _s, items, _inc = _ray.get(answer, timeout=self._timeout,
+                                                   what=f"{domain} shard {shard} owner")
+                break
+            except UnavailableError as exc:
+                self._forget_handle(d, shard, 0)
+                attempt += 1
+                pause = min(0.5, 0.02 * 2**attempt)
+                if isinstance(exc, OperationTimeoutError) or time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+        acked, failures = 1, []
         for slot, ref in replicas:
             if ref is None:
                 failures.append(f"slot {slot}: unreachable")
@@ -347,6 +357,17 @@ class MemoryClient:
                 f"{domain} shard {shard}: applied by {acked} of {d.copies} copies, {d.min_insync} required; "
                 f"the write is not acknowledged ({'; '.join(failures)})")
         return [rec for _key, rec in items]
+
+    def _start_strong(self, d: _Domain, shard: int, seq: int, ops: list) -> tuple[Any, list]:
+        """Submit the owner's write and, chained on its answer, every replica's apply."""
+        answer = self._handle(d, shard, 0).write.remote(self.client_id, seq, ops, True)
+        replicas = []
+        for slot in range(1, d.copies):
+            try:
+                replicas.append((slot, self._handle(d, shard, slot).apply_write.remote(answer)))
+            except UnavailableError:
+                replicas.append((slot, None))
+        return answer, replicas
 
     def _send_key_now(self, d: _Domain, key: str) -> None:
         """Send a buffered write of ``key`` before a direct call on it, so the two stay in order."""
@@ -407,6 +428,9 @@ class MemoryClient:
                 inflight = list(self._inflight)
             if inflight:
                 self._collect(inflight)
+            if self._unconfirmed and time.monotonic() - self._last_confirm > 0.05:
+                self._last_confirm = time.monotonic()
+                self._confirm_all(raise_errors=False)
 
     def _collect(self, inflight: list) -> None:
         refs = [b[4] for b in inflight if not isinstance(b[4], Exception)]
@@ -424,14 +448,14 @@ class MemoryClient:
                 try:
                     if isinstance(ref, Exception):
                         raise ref
-                    _epoch, owner_seq, hlcs = _ray.get(ref, timeout=self._timeout, what=f"{domain} owner")
+                    _epoch, owner_seq, hlcs, incarnation = _ray.get(ref, timeout=self._timeout,
+                                                                    what=f"{domain} owner")
                 except ErlmcpRayError as exc:
                     error = exc
                 else:
                     with self._wb_lock:
                         self._inflight.remove(batch)
-                        key = (domain, shard)
-                        self._written[key] = max(self._written.get(key, 0), owner_seq)
+                        self._unconfirmed.setdefault((domain, shard), []).append((incarnation, owner_seq, ops))
                     for (k, data, _ttl, _tags), hlc in zip(ops, hlcs):
                         if hlc:
                             self._cache.acknowledge(domain, k, data, hlc)
@@ -439,16 +463,44 @@ class MemoryClient:
             self._forget_handle(self._domains[domain], shard, 0)
             with self._wb_lock:
                 self._inflight.remove(batch)
-                if error.retryable and attempts < 5:
-                    # same request seq: an owner that did apply it answers from its idempotency table
+                if error.retryable and attempts < 40:
+                    # same request seq: an owner that did apply it answers from its idempotency table;
+                    # ~12 s of retries covers Ray restarting the owner's process
                     self.counters["batch_retries"] += 1
-                    time.sleep(0.02 * (attempts + 1))
+                    time.sleep(min(0.5, 0.02 * (attempts + 1)))
                     self._submit_batch(domain, shard, ops, seq, attempts + 1)
                 else:
                     self.counters["write_errors"] += len(ops)
                     self._write_errors.append(error)
                     for k, *_ in ops:
                         self._cache.drop(domain, k)
+
+    def _confirm_all(self, raise_errors: bool) -> None:
+        """Ask owners how far they replicated; forget confirmed writes, resend those a restart lost."""
+        with self._wb_lock:
+            shards = list(self._unconfirmed)
+        for domain, shard in shards:
+            d = self._domains[domain]
+            try:
+                incarnation, _applied, _replicated, published = self._call(
+                    d, shard, 0, "progress", retry=raise_errors)
+            except UnavailableError:
+                if raise_errors:
+                    raise
+                continue
+            with self._wb_lock:
+                pending = self._unconfirmed.pop((domain, shard), [])
+                keep, lost = [], []
+                for entry in pending:
+                    if entry[0] != incarnation:
+                        lost.extend(entry[2])  # applied by an owner that died before replicating it
+                    elif entry[1] > published:
+                        keep.append(entry)
+                if keep:
+                    self._unconfirmed[(domain, shard)] = keep
+                if lost:
+                    self.counters["resent_after_restart"] = self.counters.get("resent_after_restart", 0) + len(lost)
+                    self._submit_batch(domain, shard, lost)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every buffered write reached its owner, its replicas, and the coordinator
@@ -460,25 +512,23 @@ class MemoryClient:
         while True:
             with self._wb_lock:
                 idle = not self._buffer and not self._inflight
-                if idle:
-                    targets = dict(self._written)
-                    errors, self._write_errors = self._write_errors, []
-            if idle:
-                break
+                done = idle and not self._unconfirmed
+                errors, self._write_errors = self._write_errors, []
+            if errors:
+                raise errors[0]
+            if done:
+                return
             if time.monotonic() > deadline:
-                raise OperationTimeoutError(f"flush: writes still in flight after {timeout} s")
-            time.sleep(0.0005)
-        if errors:
-            raise errors[0]
-        for (domain, shard), seq in targets.items():
-            d = self._domains[domain]
-            while True:
-                _e, _applied, _replicated, published = self._call(d, shard, 0, "progress")
-                if published >= seq:
-                    break
-                if time.monotonic() > deadline:
-                    raise OperationTimeoutError(f"flush: {domain} shard {shard} has not replicated seq {seq} yet")
+                raise OperationTimeoutError(f"flush: writes not yet replicated after {timeout} s")
+            if idle:
+                try:
+                    self._confirm_all(raise_errors=True)
+                except UnavailableError:
+                    time.sleep(0.05)  # the owner is restarting; its writes will be resent
+                    continue
                 time.sleep(0.001)
+            else:
+                time.sleep(0.0005)
 
     # -------------------------------------------------------------- coherence
     def _cache_usable(self) -> bool:
@@ -489,11 +539,11 @@ class MemoryClient:
         timeout = self.config.client.poll_timeout_s
         backoff = 0.05
         while not self._closed:
-            domains = list(self._domains)
-            value_domains = [d for d, cbs in self._callbacks.items() if cbs]
             try:
+                # Domains travel with register_client, not with every poll: a poll sent just
+                # before a subscribe() must not overwrite the registration it made.
                 epoch, last, gap, messages = _ray.get(
-                    self._coordinator.poll.remote(self.client_id, self._since, domains, value_domains, timeout),
+                    self._coordinator.poll.remote(self.client_id, self._since, None, None, timeout),
                     timeout=timeout + self._timeout, what="coordinator poll")
             except ErlmcpRayError as exc:
                 if self._closed:
@@ -510,6 +560,10 @@ class MemoryClient:
             if gap or epoch != self._coord_epoch:
                 self.counters["gaps"] += 1
                 self._cache.drop_domains()
+                try:  # a new coordinator, or one that forgot us, must learn our domains again
+                    epoch, last = self._register()
+                except ErlmcpRayError:
+                    continue
                 self._coord_epoch = epoch
             for _seq, domain, key, hlc, _deleted, record in messages:
                 self._cache.invalidate(domain, key, hlc)
@@ -546,7 +600,21 @@ class MemoryClient:
                                     where="target")
         sub_id = uuid.uuid4().hex
         self._callbacks.setdefault(domain, {})[sub_id] = target
-        return Subscription(lambda: self._callbacks.get(domain, {}).pop(sub_id, None), sub_id)
+        self._register()  # the coordinator sends this domain's values from now on, even to a waiting poll
+
+        def cancel() -> None:
+            self._callbacks.get(domain, {}).pop(sub_id, None)
+            if not self._closed:
+                self._register()
+
+        return Subscription(cancel, sub_id)
+
+    def _register(self) -> tuple[int, int]:
+        """Tell the coordinator what we cache and subscribe to; returns its (epoch, last seq)."""
+        value_domains = [d for d, cbs in self._callbacks.items() if cbs]
+        return tuple(_ray.get(
+            self._coordinator.register_client.remote(self.client_id, list(self._domains), value_domains),
+            timeout=self._timeout, what="coordinator register"))
 
     # -------------------------------------------------------------- settings
     def set_consistency(self, level: Any) -> None:

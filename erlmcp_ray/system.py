@@ -97,6 +97,18 @@ def start(config: Any = None, *, namespace: str = "erlmcp", address: str | None 
 
 
 def _create(cfg: MemoryConfig, namespace: str) -> None:
+    # Ray warns that a restartable detached actor in a placement group dies with
+    # the group. That is what we want: the group is removed only by shutdown().
+    ray_actor_log = logging.getLogger("ray.actor")
+    level = ray_actor_log.level
+    ray_actor_log.setLevel(logging.ERROR)
+    try:
+        _create_actors(cfg, namespace)
+    finally:
+        ray_actor_log.setLevel(level)
+
+
+def _create_actors(cfg: MemoryConfig, namespace: str) -> None:
     coordinator = actor_class(CoordinatorActor, coordinator_options(namespace)).remote(cfg.to_dict(), namespace)
     alive = sum(1 for n in ray.nodes() if n.get("Alive"))
     pings = [coordinator.ping.remote()]

@@ -127,6 +127,10 @@ class CoordinatorActor:
         See ``PollResult`` for what the fields mean and how the client resumes.
         """
         self._forget_lapsed_clients()
+        if domains is None and not self._log.knows(client_id):
+            # A client we forgot (its lease lapsed) or never met (we restarted): it may have
+            # missed messages, so it gets a gap, drops its caches and registers again.
+            return (self._log.epoch, self._log.last_seq, True, [])
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s(timeout_s)
         self._waiting += 1
@@ -138,6 +142,9 @@ class CoordinatorActor:
                     return result.to_tuple()
                 # What was scanned held nothing for this client; don't rescan it on every wake.
                 since_seq = result.last_seq
+                # From here on use what the client registered: a subscribe() made while this
+                # poll waits re-registers its value domains, and must apply to this answer.
+                domains = value_domains = None
                 try:
                     await asyncio.wait_for(self._published.wait(), remaining)
                 except asyncio.TimeoutError:
@@ -160,7 +167,9 @@ class CoordinatorActor:
             self._log.forget_expired()
 
     # ------------------------------------------------------------------ clients, subscriptions
-    async def register_client(self, client_id: str, domains: list[str], value_domains: list[str]) -> tuple[int, int]:
+    async def register_client(
+        self, client_id: str, domains: list[str], value_domains: list[str]
+    ) -> tuple[int, int]:
         """Returns ``(epoch, last_seq)``, where a client with an empty cache starts polling."""
         return self._log.register(client_id, domains, value_domains)
 

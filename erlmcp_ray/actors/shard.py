@@ -96,7 +96,7 @@ class ShardActor:
     def write(self, client_id: str, request_seq: int, ops: list, full: bool = True) -> tuple:
         """Apply ``ops`` — ``(key, data | None, ttl_ms | None, tags)``, data None deletes.
 
-        Returns ``(epoch, seq, items)``: items are ``(key, record | None)`` when
+        Returns ``(epoch, seq, items, incarnation)``: items are ``(key, record | None)`` when
         ``full`` (a strong write: the replicas apply these records), else the HLC
         timestamp of each op (0 for a delete of nothing). A retried request with
         the same ``(client_id, request_seq)`` gets the first answer, applied once.
@@ -115,7 +115,7 @@ class ShardActor:
                     items.append((key, None if res is None else res[1]))
                 else:
                     items.append(0 if res is None else R.record_hlc(res[1]))
-            answer = (self._epoch, state.last_seq, items)
+            answer = (self._epoch, state.last_seq, items, self._incarnation)
             self._dedup.remember(client_id, request_seq, answer)
         self._wake.set()
         return answer
@@ -132,15 +132,19 @@ class ShardActor:
         with self._lock:
             return OK, self._state.get_record(key), staleness
 
-    def progress(self) -> tuple[int, int, int, int]:
-        """``(epoch, applied seq, replicated seq, published seq)``: what ``flush`` waits on."""
+    def progress(self) -> tuple[str, int, int, int]:
+        """``(incarnation, applied seq, replicated seq, published seq)``: what ``flush`` waits on.
+
+        Sequence numbers count in this incarnation's op-log; a restarted owner has
+        a new incarnation, and clients resend what it never confirmed.
+        """
         with self._lock:
-            return self._epoch, self._state.last_seq, self._replicated_seq, self._published_seq
+            return self._incarnation, self._state.last_seq, self._replicated_seq, self._published_seq
 
     # -------------------------------------------------------------- replica
     def apply_write(self, answer: tuple) -> int:
         """Apply the owner's answer to a strong write (records passed through by the client)."""
-        epoch, _seq, items = answer
+        epoch, _seq, items, _incarnation = answer
         self._check_epoch(epoch)
         with self._lock:
             for key, rec in items:

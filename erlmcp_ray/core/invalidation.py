@@ -150,7 +150,9 @@ class InvalidationLog:
             self._head = 0
 
     # ------------------------------------------------------------------ clients
-    def register(self, client_id: str, domains: Iterable[str], value_domains: Iterable[str] = ()) -> tuple[int, int]:
+    def register(
+        self, client_id: str, domains: Iterable[str], value_domains: Iterable[str] = ()
+    ) -> tuple[int, int]:
         """Set the domains a client caches / wants values of, renew its lease.
 
         Returns ``(epoch, last_seq)``: a client with an empty cache starts polling there, since
@@ -159,10 +161,16 @@ class InvalidationLog:
         self._renew(client_id, domains, value_domains)
         return self.epoch, self._last_seq
 
+    def knows(self, client_id: str) -> bool:
+        """True while ``client_id`` is registered (its lease may have lapsed but not been forgotten)."""
+        return client_id in self._clients
+
     def unregister(self, client_id: str) -> bool:
         return self._clients.pop(client_id, None) is not None
 
-    def _renew(self, client_id: str, domains: Iterable[str] | None, value_domains: Iterable[str] | None) -> _Client:
+    def _renew(
+        self, client_id: str, domains: Iterable[str] | None, value_domains: Iterable[str] | None
+    ) -> _Client:
         client = self._clients.get(client_id)
         if client is None:
             client = self._clients[client_id] = _Client(frozenset(), frozenset(), 0.0)

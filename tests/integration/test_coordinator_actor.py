@@ -27,7 +27,8 @@ def ray_local():
 
 
 def make_coordinator(**options):
-    return ray.remote(max_concurrency=1000, num_cpus=0, **options)(CoordinatorActor).remote(config={}, namespace=NS)
+    cls = ray.remote(max_concurrency=1000, num_cpus=0, **options)(CoordinatorActor)
+    return cls.remote(config={}, namespace=NS)
 
 
 @pytest.fixture
@@ -51,7 +52,10 @@ def wait_until(predicate, timeout=10.0, what="condition"):
 
 
 def waiting_polls(handle, n):
-    wait_until(lambda: ray.get(handle.stats.remote(), timeout=T)["waiting_polls"] >= n, what=f"{n} waiting polls")
+    def waiting():
+        return ray.get(handle.stats.remote(), timeout=T)["waiting_polls"] >= n
+
+    wait_until(waiting, what=f"{n} waiting polls")
 
 
 @ray.remote(num_cpus=0)
@@ -117,13 +121,17 @@ def test_register_config_and_stats(coord):
     assert ray.get(coord.stats.remote(), timeout=T)["clients"] == 0
 
 
-def test_a_restart_brings_a_new_epoch_and_old_positions_gap():
-    handle = make_coordinator(max_restarts=1)
+@pytest.mark.parametrize("epoch", [None, 5], ids=["default-epoch", "given-epoch"])
+def test_a_restart_brings_a_new_epoch_and_old_positions_gap(epoch):
+    # Ray reruns the constructor with the same arguments, so a given epoch must not come back.
+    cls = ray.remote(max_concurrency=1000, num_cpus=0, max_restarts=1)(CoordinatorActor)
+    handle = cls.remote(config={}, namespace=NS, epoch=epoch)
     try:
         first = ray.get(handle.ping.remote(), timeout=T)
+        assert epoch is None or first == epoch
         ray.get(handle.publish.remote([("cache", str(i), None) for i in range(3)]), timeout=T)
         ray.kill(handle, no_restart=False)
-        second = _ping_until_back(handle)
+        second = _ping_until_changed(handle, first)
         assert second > first
         epoch, last, gap, messages = ray.get(handle.poll.remote("c1", 3, ["cache"], [], 0.1), timeout=T)
         assert (epoch, last, gap, messages) == (second, 0, True, [])
@@ -131,15 +139,18 @@ def test_a_restart_brings_a_new_epoch_and_old_positions_gap():
         ray.kill(handle)
 
 
-def _ping_until_back(handle, timeout=30.0):
+def _ping_until_changed(handle, epoch, timeout=30.0):
+    # ray.kill is asynchronous: a ping may still reach the old incarnation, or find none.
     deadline = time.monotonic() + timeout
-    while True:
+    while time.monotonic() < deadline:
         try:
-            return ray.get(handle.ping.remote(), timeout=T)
+            answer = ray.get(handle.ping.remote(), timeout=T)
         except ray.exceptions.RayActorError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.1)
+            answer = epoch
+        if answer != epoch:
+            return answer
+        time.sleep(0.05)
+    raise AssertionError("the coordinator did not come back with a new epoch")
 
 
 def test_an_actor_subscription_gets_updates_in_publish_order(coord):
@@ -172,3 +183,12 @@ def test_a_dead_subscriber_is_dropped(coord):
         return ray.get(coord.stats.remote(), timeout=T)["subscriptions"] == 0
 
     wait_until(dropped, what="the dead subscriber's removal")
+
+
+def test_a_client_the_coordinator_does_not_know_gets_a_gap(coord):
+    last = ray.get(coord.stats.remote(), timeout=T)["last_seq"]
+    epoch, _, gap, messages = ray.get(coord.poll.remote("never-registered", last, None, None, 0.2), timeout=T)
+    assert gap and messages == []
+    ray.get(coord.register_client.remote("now-registered", ["shared"], []), timeout=T)
+    _, _, gap, _ = ray.get(coord.poll.remote("now-registered", last, None, None, 0.2), timeout=T)
+    assert not gap

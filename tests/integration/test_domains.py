@@ -175,7 +175,7 @@ def test_a_retried_write_applies_once(system, client):
 def test_replica_refuses_an_older_epoch(system):
     replica = owner_of(system, "shared", "k", slot=1)
     with pytest.raises(erlmcp_ray.StaleEpochError):
-        _ray.get(replica.apply_write.remote((0, 1, [])), timeout=30, what="replica")
+        _ray.get(replica.apply_write.remote((0, 1, [], "x")), timeout=30, what="replica")
 
 
 def test_from_sixteen_threads_sharing_one_client(client):
@@ -237,12 +237,12 @@ def test_subscribers_get_updates_in_per_key_order(system, client):
                  what="actor events")
     finally:
         writer.close()
-    for seen in ([e for e in events if e.key == "counter"],
-                 [e for e in ray.get(recorder.events.remote(), timeout=30) if e.key == "counter"]):
+    for via, seen in (("callable", [e for e in events if e.key == "counter"]),
+                      ("actor", [e for e in ray.get(recorder.events.remote(), timeout=30) if e.key == "counter"])):
         timestamps = [e.version.timestamp for e in seen]
         assert timestamps == sorted(timestamps) and len(set(timestamps)) == len(timestamps)
         values = [e.value for e in seen if not e.deleted]
-        assert values == sorted(values) and values[-1] == 1000
+        assert values and values == sorted(values) and values[-1] == 1000, (via, seen)
         assert seen[-1].deleted and seen[-1].domain == "shared"
     sub.cancel()
     actor_sub.cancel()

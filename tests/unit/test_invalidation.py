@@ -200,12 +200,22 @@ def test_stats(log):
     log.publish([("cache", "a", rec(1)), ("cache", "b", None)])
     log.register("c", ["cache"])
     stats = log.stats()
-    assert {k: stats[k] for k in ("epoch", "last_seq", "first_seq", "messages", "clients", "live_clients")} == {
-        "epoch": 42, "last_seq": 2, "first_seq": 1, "messages": 2, "clients": 1, "live_clients": 1,
-    }
+    keys = ("epoch", "last_seq", "first_seq", "messages", "clients", "live_clients")
+    assert [stats[k] for k in keys] == [42, 2, 1, 2, 1, 1]
     assert stats["bytes"] == len(rec(1))
 
 
 def test_bad_bounds_are_refused():
     with pytest.raises(ValueError):
         InvalidationLog(epoch=1, capacity=0)
+
+
+def test_knows_registered_clients_only():
+    from erlmcp_ray.core.invalidation import InvalidationLog
+
+    log = InvalidationLog(epoch=1)
+    assert not log.knows("c1")
+    log.register("c1", ["shared"])
+    assert log.knows("c1")
+    log.unregister("c1")
+    assert not log.knows("c1")
