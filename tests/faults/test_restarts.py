@@ -9,7 +9,7 @@ import ray
 
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
 from erlmcp_ray.core.routing import shard_for
-from tests.faults.conftest import one_coherence_round, wait_for
+from tests.conftest import one_coherence_round, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -19,7 +19,7 @@ from erlmcp_ray.errors import (
     InvalidValueError,
     UnknownDomainError,
 )
-from tests.integration.conftest import one_coherence_round, wait_for
+from tests.conftest import one_coherence_round, wait_for
 
 pytestmark = pytest.mark.ray
 

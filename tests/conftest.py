@@ -1,4 +1,4 @@
-"""Fixtures for tests against a real local Ray (one Ray per test module)."""
+"""Fixtures for tests against a real local Ray (one Ray per test module) and small helpers."""
 
 from __future__ import annotations
 
