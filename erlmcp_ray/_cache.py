@@ -23,22 +23,18 @@ from typing import Any
 
 from cachetools import LRUCache
 
-__all__ = ["PENDING", "CacheEntry", "LocalCache"]
+__all__ = ["DATA", "HLC", "PENDING", "RECORD", "CacheEntry", "LocalCache"]
 
 #: The HLC of a write this client buffered that no owner has versioned yet: newer than anything.
 PENDING = 1 << 64
 _ENTRY_OVERHEAD = 120  # bytes counted per L1 entry beyond key and value
 
 
-class CacheEntry(tuple):
-    """``(data, hlc, fetched_at, stale_ms, record)`` — a tuple for speed."""
-
-    __slots__ = ()
-    data = property(lambda self: self[0])
-    hlc = property(lambda self: self[1])
-    fetched_at = property(lambda self: self[2])
-    stale_ms = property(lambda self: self[3])
-    record = property(lambda self: self[4])
+#: A cached entry is a plain tuple ``(data, hlc, fetched_at, stale_ms, record)``: plain
+#: tuples of atomic values are untracked by the garbage collector, so a large cache
+#: adds nothing to collection pauses (a tuple subclass would stay tracked).
+CacheEntry = tuple
+DATA, HLC, FETCHED_AT, STALE_MS, RECORD = range(5)
 
 
 class LocalCache:
@@ -107,12 +103,34 @@ class LocalCache:
         """A token for a remote read about to start; pass it to ``store``."""
         return self._seq
 
+    def store_pending(self, domain: str, key: str, data: bytes) -> None:
+        """Our own buffered write: L0 only, no lock, so an eventual ``put`` stays cheap.
+
+        ``acknowledge`` (on the write-behind thread) moves it to L1 with its version.
+        Should L0 drop it first, the client reads its buffer or the owner instead.
+        """
+        k = (domain, key)
+        l0 = self._l0
+        l1 = self._l1.get(domain)
+        if l1 is not None and k in l1:  # an older cached version must not outlive L0's copy
+            with self._lock:
+                l1.pop(k, None)
+        if k not in l0 and len(l0) >= self._l0_entries:
+            try:
+                del l0[next(iter(l0))]
+            except (StopIteration, KeyError, RuntimeError):
+                pass
+        l0[k] = (data, PENDING, 0.0, 0.0, None)
+
     def store(self, domain: str, key: str, data: bytes, hlc: int, stale_ms: float = 0.0,
               record: bytes | None = None, token: int | None = None) -> bool:
         """Cache a value; False (not cached) when an invalidation overtook the fetch."""
         k = (domain, key)
-        e = CacheEntry((data, hlc, self._clock(), stale_ms, record))
+        e = (data, hlc, self._clock(), stale_ms, record)
         with self._lock:
+            pending = self._l0.get(k)
+            if pending is not None and pending[1] == PENDING and token is not None:
+                return False  # our own unacknowledged write is newer than anything fetched
             if token is not None and hlc != PENDING:
                 if token < self._forgotten_upto:
                     return False
@@ -132,21 +150,27 @@ class LocalCache:
         return True
 
     def acknowledge(self, domain: str, key: str, data: bytes, hlc: int) -> None:
-        """Our pending write of ``data`` got version ``hlc``; keep it unless something newer was announced."""
+        """Our pending write of ``data`` got version ``hlc``: cache it in L1 with that version,
+        unless a newer version was announced meanwhile or another write replaced it here."""
         k = (domain, key)
         with self._lock:
-            l1 = self._l1.get(domain)
-            e = None if l1 is None else l1.get(k)
-            if e is None or e[1] != PENDING or e[0] is not data:
-                return
+            e = self._l0.get(k)
+            if e is not None and (e[1] != PENDING or e[0] is not data):
+                return  # replaced since (a newer write of ours, or a fetched newer version)
             seen = self._recent.get(k)
             if seen is not None and seen[1] > hlc:
-                l1.pop(k, None)
                 self._l0.pop(k, None)
                 return
-            new = CacheEntry((data, hlc, self._clock(), 0.0, None))
-            l1[k] = new
-            if k in self._l0:
+            l1 = self._l1.get(domain)
+            if l1 is None:
+                l1 = self._l1[domain] = self._l1_factory(self._l1_max_bytes, _entry_size)
+            new = (data, hlc, self._clock(), 0.0, None)
+            try:
+                l1[k] = new
+            except ValueError:
+                self._l0.pop(k, None)
+                return
+            if e is not None:
                 self._l0[k] = new
 
     def invalidate(self, domain: str, key: str, hlc: int = 0) -> bool:

@@ -72,6 +72,7 @@ def _shard_settings(config: MemoryConfig, domain: str) -> dict[str, Any]:
         # Heartbeats keep a replica's staleness bound fresh; a quarter of the window
         # leaves room for a late one and the transit time.
         "heartbeat_ms": min(250.0, max(10.0, staleness / 4)),
+        "linger_ms": 2.0,
         "oplog_capacity": 65536,
         "sync_timeout_s": min(5.0, config.client.call_timeout_s),
         "out_of_sync_after_s": 5.0,

@@ -188,8 +188,12 @@ class ShardActor:
     # --------------------------------------------------------- replication
     def _replication_loop(self) -> None:
         heartbeat_s = self._settings.get("heartbeat_ms", 100) / 1000.0
+        linger_s = self._settings.get("linger_ms", 2.0) / 1000.0
         while not self._stopping.is_set():
-            self._wake.wait(timeout=heartbeat_s)
+            if self._wake.wait(timeout=heartbeat_s) and linger_s:
+                # Woken by a write: linger a moment so the writes right behind it share
+                # this round's calls (as Kafka's linger.ms), instead of one round each.
+                time.sleep(linger_s)
             self._wake.clear()
             try:
                 self._replicate_once()

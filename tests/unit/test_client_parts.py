@@ -22,8 +22,8 @@ def test_l0_then_l1_and_fresh_decoding_is_the_callers_job():
     cache.store("d", "a", b"A", 10)
     cache.store("d", "b", b"B", 11)
     cache.store("d", "c", b"C", 12)  # pushes "a" out of L0, L1 keeps it
-    assert cache.lookup("d", "c").data == b"C" and cache.hits_l0 == 1
-    assert cache.lookup("d", "a").data == b"A" and cache.hits_l1 == 1
+    assert cache.lookup("d", "c")[0] == b"C" and cache.hits_l0 == 1
+    assert cache.lookup("d", "a")[0] == b"A" and cache.hits_l1 == 1
     assert cache.lookup("d", "zzz") is None and cache.misses == 1
     assert cache.lookup("other", "a") is None
 
@@ -46,7 +46,7 @@ def test_bounded_staleness_window():
     c.advance(60)  # 60 ms later: 100 + 60 > 150
     assert cache.lookup("d", "k", max_stale_ms=150) is None
     assert cache.lookup("d", "k") is not None  # eventual reads have no window
-    cache.store("d", "mine", b"v", PENDING)
+    cache.store_pending("d", "mine", b"v")
     c.advance(10_000)
     assert cache.lookup("d", "mine", max_stale_ms=1) is not None  # our own pending write
 
@@ -56,7 +56,7 @@ def test_invalidation_by_version():
     cache.store("d", "k", b"v", 100)
     assert cache.invalidate("d", "k", 100) is False  # the version we hold
     assert cache.invalidate("d", "k", 101) is True and cache.lookup("d", "k") is None
-    cache.store("d", "p", b"mine", PENDING)
+    cache.store_pending("d", "p", b"mine")
     assert cache.invalidate("d", "p", 500) is False  # our newer pending write stays
     cache.store("d", "u", b"v", 1)
     assert cache.invalidate("d", "u") is True  # unconditional
@@ -83,11 +83,11 @@ def test_forgotten_invalidations_make_old_fetches_uncacheable():
 def test_acknowledge_keeps_own_write_unless_something_newer_was_announced():
     cache = LocalCache()
     data = b"mine"
-    cache.store("d", "k", data, PENDING)
+    cache.store_pending("d", "k", data)
     cache.acknowledge("d", "k", data, 300)
-    assert cache.lookup("d", "k").hlc == 300
+    assert cache.lookup("d", "k")[1] == 300
     other = b"mine2"
-    cache.store("d", "j", other, PENDING)
+    cache.store_pending("d", "j", other)
     cache.invalidate("d", "j", 900)  # someone else wrote j later than we will be versioned
     cache.acknowledge("d", "j", other, 500)
     assert cache.lookup("d", "j") is None
@@ -151,3 +151,28 @@ def test_group_commit_batches_concurrent_callers_and_spreads_errors():
     with pytest.raises(RuntimeError):
         gc.submit("d", 0, ("bad", b"", None, ()))
     assert gc.submit("d", 0, ("ok", b"", None, ())) == "OK"
+
+
+def test_pending_write_replaces_an_older_cached_version_and_moves_to_l1_on_ack():
+    cache = LocalCache(l0_entries=4)
+    cache.store("d", "k", b"old", 10)
+    data = b"new"
+    cache.store_pending("d", "k", data)
+    assert cache.lookup("d", "k")[0] == b"new"
+    cache.acknowledge("d", "k", data, 20)
+    for i in range(10):  # push k out of L0: L1 now has the acknowledged version
+        cache.store("d", f"x{i}", b"v", 1)
+    assert cache.lookup("d", "k")[:2] == (b"new", 20)
+    newer = b"newer"
+    cache.store_pending("d", "k", newer)
+    cache.acknowledge("d", "k", data, 20)  # a late ack of the older write changes nothing
+    assert cache.lookup("d", "k")[0] == b"newer"
+
+
+def test_cache_entries_are_untracked_by_the_gc():
+    import gc
+
+    cache = LocalCache()
+    cache.store("d", "k", b"v", 5)
+    gc.collect()
+    assert not gc.is_tracked(cache.lookup("d", "k"))
