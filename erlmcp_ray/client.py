@@ -364,7 +364,7 @@ class MemoryClient:
 
     def _start_strong(self, d: _Domain, shard: int, seq: int, ops: list) -> tuple[Any, list]:
         """Submit the owner's write and, chained on its answer, every replica's apply."""
-        answer = self._handle(d, shard, 0).write.remote(self.client_id, seq, ops, True)
+        answer = self._handle(d, shard, 0).write.remote(self.client_id, seq, ops, True, True)
         replicas = []
         for slot in range(1, d.copies):
             try:

@@ -59,6 +59,7 @@ class ShardActor:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._held_until = 0.0
+        self._strong_dirty = False
         self._syncs = {"completed": 0, "failed": 0, "bytes": 0, "last_sync_time": None}
         if ray.get_runtime_context().was_current_actor_reconstructed:
             self._recover_from_peers()
@@ -93,13 +94,14 @@ class ShardActor:
             return
 
     # ---------------------------------------------------------------- owner
-    def write(self, client_id: str, request_seq: int, ops: list, full: bool = True) -> tuple:
+    def write(self, client_id: str, request_seq: int, ops: list, full: bool = True, chained: bool = False) -> tuple:
         """Apply ``ops`` — ``(key, data | None, ttl_ms | None, tags)``, data None deletes.
 
         Returns ``(epoch, seq, items, incarnation)``: items are ``(key, record | None)`` when
         ``full`` (a strong write: the replicas apply these records), else the HLC
         timestamp of each op (0 for a delete of nothing). A retried request with
         the same ``(client_id, request_seq)`` gets the first answer, applied once.
+        ``chained``: the client passes this answer to every replica itself (a strong write).
         """
         with self._lock:
             answer = self._dedup.lookup(client_id, request_seq)
@@ -117,7 +119,12 @@ class ShardActor:
                     items.append(0 if res is None else R.record_hlc(res[1]))
             answer = (self._epoch, state.last_seq, items, self._incarnation)
             self._dedup.remember(client_id, request_seq, answer)
-        self._wake.set()
+        if chained:
+            # A strong write reached the replicas through the client already; syncing and
+            # publishing it can wait for the next lazy round and share it with the next ones.
+            self._strong_dirty = True
+        else:
+            self._wake.set()
         return answer
 
     def read(self, key: str, max_staleness_ms: float | None = None) -> tuple[str, bytes | None, float]:
@@ -189,12 +196,22 @@ class ShardActor:
     def _replication_loop(self) -> None:
         heartbeat_s = self._settings.get("heartbeat_ms", 100) / 1000.0
         linger_s = self._settings.get("linger_ms", 2.0) / 1000.0
+        lazy_s = self._settings.get("strong_publish_delay_ms", 20.0) / 1000.0
+        tick = min(heartbeat_s, lazy_s)
+        last_round = 0.0
         while not self._stopping.is_set():
-            if self._wake.wait(timeout=heartbeat_s) and linger_s:
+            woke = self._wake.wait(timeout=tick)
+            if woke and linger_s:
                 # Woken by a write: linger a moment so the writes right behind it share
                 # this round's calls (as Kafka's linger.ms), instead of one round each.
                 time.sleep(linger_s)
             self._wake.clear()
+            now = time.monotonic()
+            lazy_due = self._strong_dirty and now - last_round >= lazy_s
+            if not (woke or lazy_due or now - last_round >= heartbeat_s):
+                continue
+            self._strong_dirty = False
+            last_round = now
             try:
                 self._replicate_once()
                 self._publish_once()
