@@ -46,8 +46,10 @@ class LocalCache:
         clock: Callable[[], float] = time.monotonic,
         l1_factory: Callable[[int, Callable[[Any], int]], Any] | None = None,
         remember_invalidations: int = 65536,
+        max_age_s: float = float("inf"),
     ) -> None:
         self._clock = clock
+        self._max_age_s = max_age_s
         self._l0: dict[tuple[str, str], CacheEntry] = {}
         self._l0_entries = l0_entries
         self._l1: dict[str, Any] = {}
@@ -62,32 +64,35 @@ class LocalCache:
 
     # ------------------------------------------------------------------ reads
     def lookup(self, domain: str, key: str, max_stale_ms: float | None = None) -> CacheEntry | None:
-        """The cached entry if present and, with ``max_stale_ms``, fresh enough."""
+        """The cached entry if present, younger than ``max_age_s`` and, with ``max_stale_ms``,
+        fresh enough."""
         k = (domain, key)
         e = self._l0.get(k)
         if e is None:
             with self._lock:
                 l1 = self._l1.get(domain)
                 e = None if l1 is None else l1.get(k)
-            if e is None:
-                self.misses += 1
-                return None
-            if max_stale_ms is not None and not self._fresh(e, max_stale_ms):
+            if e is None or not self._usable(e, max_stale_ms):
                 self.misses += 1
                 return None
             self.hits_l1 += 1
             self._promote(k, e)
             return e
-        if max_stale_ms is not None and not self._fresh(e, max_stale_ms):
+        if not self._usable(e, max_stale_ms):
             self.misses += 1
             return None
         self.hits_l0 += 1
         return e
 
-    def _fresh(self, e: CacheEntry, max_stale_ms: float) -> bool:
+    def _usable(self, e: CacheEntry, max_stale_ms: float | None) -> bool:
         if e[1] == PENDING:
             return True  # our own write: read-your-writes beats any window
-        return (self._clock() - e[2]) * 1000.0 + e[3] <= max_stale_ms
+        age = self._clock() - e[2]
+        # Past max_age_s an entry is not served even without an invalidation: a lost
+        # message can leave a copy stale for at most that long (the client's lease).
+        if age > self._max_age_s:
+            return False
+        return max_stale_ms is None or age * 1000.0 + e[3] <= max_stale_ms
 
     def _promote(self, k: tuple[str, str], e: CacheEntry) -> None:
         l0 = self._l0

@@ -24,7 +24,7 @@ from erlmcp_ray.errors import (
     UnavailableError,
 )
 
-__all__ = ["get", "get_actor", "translate", "wait"]
+__all__ = ["get", "get_actor", "translate", "wait", "was_restarted"]
 
 _UNAVAILABLE = (
     rex.RayActorError,
@@ -81,3 +81,13 @@ def get_actor(name: str, namespace: str) -> Any:
         raise UnavailableError(f"no actor {name!r} in namespace {namespace!r}: is the system started?") from exc
     except Exception as exc:  # noqa: BLE001
         raise translate(exc, f"looking up {name!r}") from exc
+
+
+def was_restarted() -> bool:
+    """True inside an actor that Ray restarted (its constructor runs again, with empty state)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        # Ray's own implementation reads a deprecated attribute and warns about itself.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return bool(ray.get_runtime_context().was_current_actor_reconstructed)

@@ -30,10 +30,12 @@ from erlmcp_ray import _ray
 from erlmcp_ray._cache import PENDING, LocalCache
 from erlmcp_ray._writes import GroupCommit, WriteBuffer
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
-from erlmcp_ray.config import Consistency, MemoryConfig
+from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
+from erlmcp_ray.coordination import CacheCoordinator
+from erlmcp_ray.core.invalidation import RELAXED as RELAXED_REASON
 from erlmcp_ray.core import record as R
 from erlmcp_ray.core.codec import MAX_KEY_BYTES, decode_value, encode_value, validate_key
-from erlmcp_ray.core.entry import Entry, MemoryUpdate, Version
+from erlmcp_ray.core.entry import CacheInvalidated, Entry, MemoryUpdate, Subscription, Version
 from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.errors import (
     ErlmcpRayError,
@@ -44,11 +46,12 @@ from erlmcp_ray.errors import (
     UnknownDomainError,
 )
 
-__all__ = ["MemoryClient", "Subscription"]
+__all__ = ["MemoryClient", "Subscription"]  # Subscription lives in core.entry; re-exported
 
 log = logging.getLogger(__name__)
 
 EVENTUAL, BOUNDED, STRONG = Consistency.EVENTUAL, Consistency.BOUNDED_STALE, Consistency.STRONG
+STRONG_COH, RELAXED_COH = CoherenceLevel.STRONG, CoherenceLevel.RELAXED
 _FAST_KEY_CHARS = MAX_KEY_BYTES // 4  # any str this short is within 1 KiB of UTF-8
 #: A replica that has not heard from its owner for this long stops serving eventual reads.
 REPLICA_FRESH_LIMIT_MS = 5000.0
@@ -68,32 +71,58 @@ class _Domain:
     handles: list[list[Any]] = field(default_factory=list)
 
 
-class Subscription:
-    """Returned by ``subscribe``; ``cancel()`` stops the deliveries."""
+class _Flight:
+    """One remote read that other threads missing the same key wait for."""
 
-    def __init__(self, cancel: Callable[[], None], sub_id: str) -> None:
-        self._cancel = cancel
-        self.id = sub_id
-        self.active = True
+    __slots__ = ("_done", "error", "result")
 
-    def cancel(self) -> None:
-        if self.active:
-            self.active = False
-            self._cancel()
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        self.result: bytes | None = None
+        self.error: BaseException | None = None
+
+    def done(self, result: bytes | None, error: BaseException | None) -> None:
+        self.result, self.error = result, error
+        self._done.set()
+
+    def wait(self, timeout: float) -> bytes | None:
+        if not self._done.wait(timeout):
+            raise OperationTimeoutError(f"a shared fetch did not finish within {timeout} s")
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class MemoryClient:
     """Shared memory for agents; safe to share between threads; picklable into tasks and actors."""
 
-    def __init__(self, namespace: str, config: MemoryConfig) -> None:
+    def __init__(self, namespace: str, config: MemoryConfig, *,
+                 poll_hook: Callable[[list], list] | None = None) -> None:
+        """Use ``erlmcp_ray.connect()`` or ``system.client()`` rather than this.
+
+        ``poll_hook`` is a fault-injection seam for tests: it sees every batch of coordinator
+        messages before the client applies it and returns what to apply (it may drop some,
+        or block to freeze this client's coherence thread).
+        """
         self.namespace = namespace
+        self._poll_hook = poll_hook
         self.config = config
         self.client_id = uuid.uuid4().hex
         cc = config.client
         self._timeout = cc.call_timeout_s
         self._default: Consistency | None = None
         self._domains = {name: self._make_domain(name) for name in config.domains}
-        self._cache = LocalCache(cc.l0_entries, cc.l1_max_bytes)
+        cco = config.cache_coordinator
+        self._lease_s = cco.lease_ms / 1000.0
+        # Cached reads are served only while a poll answered within this window. It is shorter
+        # than a synchronous invalidation's timeout, so a client that invalidate() reports as
+        # missing has stopped serving its cache before invalidate() returns.
+        self._trust_s = min(cco.lease_ms, cco.invalidation_timeout) / 1000.0 * 0.8
+        self._coherence = cco.coherence_level
+        self._cache = LocalCache(cc.l0_entries, cc.l1_max_bytes, max_age_s=self._lease_s)
+        self._incarnations: dict[tuple[str, int], str] = {}  # owner incarnation last seen per shard
+        self._flights: dict[tuple, _Flight] = {}  # remote reads in progress (stampede protection)
+        self._flights_lock = threading.Lock()
         self._seq = 0
         self._seq_lock = threading.Lock()
         self._closed = False
@@ -101,7 +130,8 @@ class MemoryClient:
         self._coordinator = _ray.get_actor(COORDINATOR, namespace)
         self.counters = {"replica_reads": 0, "owner_reads": 0, "stale_replica_fallbacks": 0,
                          "buffered_puts": 0, "batches_sent": 0, "batch_retries": 0, "strong_writes": 0,
-                         "sync_writes": 0, "events_delivered": 0, "gaps": 0, "write_errors": 0, "polls": 0}
+                         "sync_writes": 0, "events_delivered": 0, "gaps": 0, "write_errors": 0, "polls": 0,
+                         "invalidations_received": 0, "shared_fetches": 0, "owner_restarts_seen": 0}
         self._latency: dict[str, deque] = {k: deque(maxlen=4096) for k in ("remote_get", "strong_put", "sync_put")}
         # write-behind
         self._buffer = WriteBuffer()
@@ -118,8 +148,8 @@ class MemoryClient:
         self._group = GroupCommit(self._send_strong)
         # coherence
         self._callbacks: dict[str, dict[str, Callable[[MemoryUpdate], Any]]] = {}
+        self._inval_callbacks: dict[str, Callable[[CacheInvalidated], Any]] = {}
         self._last_poll_ok = time.monotonic()
-        self._lease_s = config.cache_coordinator.lease_ms / 1000.0
         self._coord_epoch: int | None = None
         self._coord_epoch, self._since = self._register()
         self._threads = [
@@ -190,7 +220,7 @@ class MemoryClient:
         if type(key) is not str or not 0 < len(key) <= _FAST_KEY_CHARS:
             key = validate_key(key)
         level = (self._default or d.consistency) if consistency is None else Consistency.parse(consistency)
-        if level is not STRONG and time.monotonic() - self._last_poll_ok < self._lease_s:
+        if level is not STRONG and time.monotonic() - self._last_poll_ok < self._trust_s:
             e = self._cache.lookup(domain, key, d.staleness_ms if level is BOUNDED else None)
             if e is not None:
                 return decode_value(e[0])
@@ -218,6 +248,28 @@ class MemoryClient:
         pending = self._buffer_peek(d, shard, key)
         if pending is not None and pending[1] is not None:
             return _pending_record(pending)
+        # Stampede protection: concurrent misses of one key in this client make one fetch.
+        flight_key = (d.name, key, level is STRONG)
+        with self._flights_lock:
+            flight = self._flights.get(flight_key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[flight_key] = _Flight()
+        if not leader:
+            self.counters["shared_fetches"] += 1
+            return flight.wait(self._timeout)
+        try:
+            rec = self._fetch(d, shard, key, level)
+            flight.done(rec, None)
+            return rec
+        except BaseException as exc:
+            flight.done(None, exc)
+            raise
+        finally:
+            with self._flights_lock:
+                self._flights.pop(flight_key, None)
+
+    def _fetch(self, d: _Domain, shard: int, key: str, level: Consistency) -> bytes | None:
         token = self._cache.begin_fetch()
         t0 = time.perf_counter()
         to_owner = level is STRONG or d.copies == 1 or self._written_recently(d.name, key)
@@ -226,7 +278,7 @@ class MemoryClient:
             slot = random.randrange(1, d.copies)
             limit = d.staleness_ms if level is BOUNDED else REPLICA_FRESH_LIMIT_MS
             try:
-                status, rec, staleness = self._call(d, shard, slot, "read", key, limit, retry=False)
+                status, rec, staleness, _inc = self._call(d, shard, slot, "read", key, limit, retry=False)
                 self.counters["replica_reads"] += 1
                 to_owner = status != "ok"
                 if to_owner:
@@ -234,14 +286,25 @@ class MemoryClient:
             except UnavailableError:
                 to_owner = True
         if to_owner:
-            _, rec, staleness = self._call(d, shard, 0, "read", key, None)
+            _, rec, staleness, incarnation = self._call(d, shard, 0, "read", key, None)
             self.counters["owner_reads"] += 1
+            if not self._same_owner(d.name, shard, incarnation):
+                token = self._cache.begin_fetch()  # taken after the drop: this answer may be cached
         self._latency["remote_get"].append(time.perf_counter() - t0)
         if rec is not None:
             self._cache.store(d.name, key, R.record_value(rec), R.record_hlc(rec), staleness, rec, token)
-        elif level is not STRONG:
-            pass  # absent keys are not cached: a later write by anyone must be seen at once
         return rec
+
+    def _same_owner(self, domain: str, shard: int, incarnation: str) -> bool:
+        """Note the owner's incarnation; a new one (Ray restarted it, and it recovered from a
+        replica that may lack the last writes) makes us drop what we cached of its domain."""
+        seen = self._incarnations.get((domain, shard))
+        self._incarnations[(domain, shard)] = incarnation
+        if seen is None or seen == incarnation:
+            return True
+        self.counters["owner_restarts_seen"] += 1
+        self._cache.drop_domains({domain})
+        return False
 
     def _call(self, d: _Domain, shard: int, slot: int, method: str, *args: Any, retry: bool = True) -> Any:
         """Call a shard copy. Only idempotent calls come here (reads, and writes with a request
@@ -265,16 +328,25 @@ class MemoryClient:
 
     # ---------------------------------------------------------------- writes
     def put(self, domain: str, key: str, value: Any, *, consistency: Any = None, ttl: float | None = None,
-            tags: tuple[str, ...] | list[str] = ()) -> Version | None:
+            tags: tuple[str, ...] | list[str] = (), coherence: Any = None) -> Version | None:
         """Store ``value``. Returns the version the owner assigned; ``None`` for an eventual put,
-        which returns as soon as the write is buffered (``flush()`` waits for it)."""
+        which returns as soon as the write is buffered (``flush()`` waits for it).
+
+        ``coherence`` (default: the system's ``cache_coordinator.coherence_level``) says what
+        happens to other clients' cached copies: "eventual" — dropped asynchronously; "strong" —
+        dropped before ``put`` returns (an eventual put is then sent at once); "relaxed" — left
+        alone (they age out after the lease), only subscribers hear of the write.
+        """
         d = self._domain(domain)
         key = self._key(key)
         level = self._level(d, consistency)
+        coh = self._coherence if coherence is None else CoherenceLevel.parse(coherence)
         data = encode_value(value)
-        op = (key, data, self._ttl_ms(d, ttl), _tags(tags))
+        op = (key, data, self._ttl_ms(d, ttl), _tags(tags), coh is RELAXED_COH)
         self._check_open()
         shard = shard_for(key, d.shards)
+        if coh is STRONG_COH:
+            return self._write_now(d, shard, op, BOUNDED if level is EVENTUAL else level, coh)
         if level is EVENTUAL:
             with self._wb_lock:
                 self._buffer.add(domain, shard, op)
@@ -284,19 +356,22 @@ class MemoryClient:
                     self._wb_wake.notify()
             self.counters["buffered_puts"] += 1
             return None
-        return self._write_now(d, shard, op, level)
+        return self._write_now(d, shard, op, level, coh)
 
-    def delete(self, domain: str, key: str, *, consistency: Any = None) -> bool:
-        """Delete ``key``; True if a live entry was removed. Never write-behind: it reports existence."""
+    def delete(self, domain: str, key: str, *, consistency: Any = None, coherence: Any = None) -> bool:
+        """Delete ``key``; True if a live entry was removed. Never write-behind: it reports existence.
+        ``coherence`` as for ``put``."""
         d = self._domain(domain)
         key = self._key(key)
         level = self._level(d, consistency)
+        coh = self._coherence if coherence is None else CoherenceLevel.parse(coherence)
         self._check_open()
         shard = shard_for(key, d.shards)
-        version = self._write_now(d, shard, (key, None, None, ()), level)
+        version = self._write_now(d, shard, (key, None, None, (), coh is RELAXED_COH), level, coh)
         return version is not None
 
-    def _write_now(self, d: _Domain, shard: int, op: tuple, level: Consistency) -> Version | None:
+    def _write_now(self, d: _Domain, shard: int, op: tuple, level: Consistency,
+                   coherence: CoherenceLevel = CoherenceLevel.EVENTUAL) -> Version | None:
         key = op[0]
         self._send_key_now(d, key)
         t0 = time.perf_counter()
@@ -309,19 +384,20 @@ class MemoryClient:
             rec = self._sync_write(d, shard, op)
             self._latency["sync_put"].append(time.perf_counter() - t0)
         self._note_write(d.name, key)
+        self._cache.drop(d.name, key)
         if rec is None:
-            self._cache.drop(d.name, key)
             return None
-        if op[1] is None:
-            self._cache.drop(d.name, key)
-        else:
-            self._cache.drop(d.name, key)
+        if op[1] is not None:
             self._cache.store(d.name, key, op[1], R.record_hlc(rec), 0.0, rec)
+        if coherence is STRONG_COH:
+            # Other clients drop copies older than this version before we return.
+            self.coordinator._invalidate_sync([(d.name, key, None, "write", R.record_hlc(rec))])
         return Version.from_record(rec)
 
     def _sync_write(self, d: _Domain, shard: int, op: tuple) -> bytes | None:
         seq = self._next_seq()
         _epoch, owner_seq, items, incarnation = self._call(d, shard, 0, "write", self.client_id, seq, [op], True)
+        self._same_owner(d.name, shard, incarnation)
         with self._wb_lock:
             self._unconfirmed.setdefault((d.name, shard), []).append((incarnation, owner_seq, [op]))
         return items[0][1]
@@ -375,11 +451,15 @@ class MemoryClient:
 
     def _send_key_now(self, d: _Domain, key: str) -> None:
         """Send a buffered write of ``key`` before a direct call on it, so the two stay in order."""
-        shard = shard_for(key, d.shards)
+        self._send_key_now_many(d, [key])
+
+    def _send_key_now_many(self, d: _Domain, keys: list[str]) -> None:
         with self._wb_lock:
-            op = self._buffer.pop(d.name, shard, key)
-            if op is not None:
-                self._submit_batch(d.name, shard, [op])
+            for key in keys:
+                shard = shard_for(key, d.shards)
+                op = self._buffer.pop(d.name, shard, key)
+                if op is not None:
+                    self._submit_batch(d.name, shard, [op])
 
     def _buffer_peek(self, d: _Domain, shard: int, key: str) -> tuple | None:
         with self._wb_lock:
@@ -416,6 +496,16 @@ class MemoryClient:
         self.counters["batches_sent"] += 1
 
     def _flusher(self) -> None:
+        # A bug here must not silently stop every later write: log it and carry on.
+        while not (self._closed and not self._buffer and not self._inflight):
+            try:
+                self._flush_loop()
+                return
+            except Exception:  # noqa: BLE001
+                log.exception("write-behind thread failed; restarting it")
+                time.sleep(0.05)
+
+    def _flush_loop(self) -> None:
         interval = self.config.client.write_behind_interval_ms / 1000.0
         max_batch = self.config.client.write_behind_max_batch
         while True:
@@ -460,9 +550,9 @@ class MemoryClient:
                     with self._wb_lock:
                         self._inflight.remove(batch)
                         self._unconfirmed.setdefault((domain, shard), []).append((incarnation, owner_seq, ops))
-                    for (k, data, _ttl, _tags), hlc in zip(ops, hlcs):
+                    for op, hlc in zip(ops, hlcs):
                         if hlc:
-                            self._cache.acknowledge(domain, k, data, hlc)
+                            self._cache.acknowledge(domain, op[0], op[1], hlc)
                     continue
             self._forget_handle(self._domains[domain], shard, 0)
             with self._wb_lock:
@@ -537,9 +627,18 @@ class MemoryClient:
     # -------------------------------------------------------------- coherence
     def _cache_usable(self) -> bool:
         # Without a recent answer from the coordinator we may have missed invalidations.
-        return time.monotonic() - self._last_poll_ok < self._lease_s
+        return time.monotonic() - self._last_poll_ok < self._trust_s
 
     def _poller(self) -> None:
+        while not self._closed:
+            try:
+                self._poll_loop()
+            except Exception:  # noqa: BLE001 - never leave the cache without coherence
+                log.exception("coherence thread failed; dropping caches and restarting it")
+                self._cache.drop_domains()
+                time.sleep(0.05)
+
+    def _poll_loop(self) -> None:
         timeout = self.config.client.poll_timeout_s
         backoff = 0.05
         while not self._closed:
@@ -569,8 +668,14 @@ class MemoryClient:
                 except ErlmcpRayError:
                     continue
                 self._coord_epoch = epoch
-            for _seq, domain, key, hlc, _deleted, record in messages:
-                self._cache.invalidate(domain, key, hlc)
+            if self._poll_hook is not None:
+                messages = self._poll_hook(messages)
+            for seq, domain, key, hlc, _deleted, record, reason in messages:
+                if reason != RELAXED_REASON:
+                    self._cache.invalidate(domain, key, hlc)
+                    self.counters["invalidations_received"] += 1
+                    if self._inval_callbacks:
+                        self._notify_invalidated(CacheInvalidated(domain, key, reason, hlc, seq))
                 if record is not None:
                     self._deliver(domain, key, record)
             self._since = last
@@ -588,6 +693,18 @@ class MemoryClient:
                 self.counters["events_delivered"] += 1
             except Exception:  # noqa: BLE001 - a subscriber's bug must not stop coherence
                 log.exception("subscriber callback failed for %s/%s", domain, key)
+
+    def _notify_invalidated(self, event: CacheInvalidated) -> None:
+        for cb in list(self._inval_callbacks.values()):
+            try:
+                cb(event)
+            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop coherence
+                log.exception("invalidation callback failed for %s/%s", event.domain, event.key)
+
+    @functools.cached_property
+    def coordinator(self) -> CacheCoordinator:
+        """The cache coordination protocols (spec ``erlmcp_cache_coordinator``)."""
+        return CacheCoordinator(self)
 
     def subscribe(self, domain: str, target: Any) -> Subscription:
         """Deliver a ``MemoryUpdate`` for every write to ``domain``, in per-key order, to ``target``:

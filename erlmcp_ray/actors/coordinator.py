@@ -21,10 +21,13 @@ import uuid
 from typing import Any
 
 import ray
+import ray.cloudpickle as cloudpickle
+from ray.experimental import internal_kv
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
-from erlmcp_ray.core.entry import MemoryUpdate
-from erlmcp_ray.core.invalidation import InvalidationLog
+from erlmcp_ray import _ray
+from erlmcp_ray.core.entry import CacheInvalidated, MemoryUpdate
+from erlmcp_ray.core.invalidation import RELAXED, WRITE, InvalidationLog
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +45,7 @@ def _incarnation_epoch(epoch: int | None) -> int:
     now = time.time_ns()
     if epoch is None:
         return now
-    if ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed:
+    if ray.is_initialized() and _ray.was_restarted():
         return max(epoch + 1, now)
     return epoch
 
@@ -60,6 +63,11 @@ class CoordinatorActor:
         self._waiting = 0
         self._watched: dict[str, asyncio.Future] = {}  # sub_id -> the one delivery we check
         self._rng = rng if rng is not None else random.Random()
+        # Set (and swapped) whenever a poll acknowledges: synchronous invalidations wait on it.
+        self._acked = asyncio.Event()
+        self._kinds: dict[str, str] = {}  # sub_id -> "update" | "invalidation"
+        self._kv_key = f"erlmcp:{namespace}:coordinator".encode()
+        self._restore()
 
     # ------------------------------------------------------------------ writes
     async def publish(self, items: list) -> int:
@@ -70,26 +78,61 @@ class CoordinatorActor:
         """
         if not items:
             return self._log.last_seq
+        first = self._log.last_seq + 1
         last_seq = self._log.publish(items)
         event, self._published = self._published, asyncio.Event()
         event.set()
-        self._deliver(items)
+        self._deliver(items, first)
         return last_seq
 
-    def _deliver(self, items: list) -> None:
-        for domain, key, record in items:
-            if record is None:
-                continue
-            subscribers = self._log.subscriptions_for(domain)
-            if subscribers:
-                update = MemoryUpdate.from_record(domain, key, record)
-                for sub_id, target in subscribers:
-                    self._send(sub_id, target, update)
+    async def invalidate(self, items: list, wait: bool, timeout_s: float) -> tuple[int, list, list]:
+        """Publish explicit invalidations; with ``wait``, answer once every live client that
+        receives those domains acknowledged them (polled past them), or at ``timeout_s``.
 
-    def _send(self, sub_id: str, target: Any, update: MemoryUpdate) -> None:
+        Returns ``(seq, acked client ids, missing client ids)``. A client that is missing has
+        stopped trusting its cache by then (its trust window is shorter than the timeout).
+        """
+        seq = await self.publish(items)
+        if not wait:
+            return seq, [], []
+        domains = {item[0] for item in items}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + min(max(float(timeout_s), 0.0), MAX_POLL_TIMEOUT_S)
+        while True:
+            acked, missing = self._log.ack_status(seq, domains)
+            remaining = deadline - loop.time()
+            if not missing or remaining <= 0:
+                return seq, acked, missing
+            try:
+                await asyncio.wait_for(self._acked.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass
+
+    def _ack_changed(self) -> None:
+        event, self._acked = self._acked, asyncio.Event()
+        event.set()
+
+    def _deliver(self, items: list, first_seq: int) -> None:
+        for seq, item in enumerate(items, first_seq):
+            domain, key, record = item[0], item[1], item[2]
+            reason = item[3] if len(item) > 3 else WRITE
+            subscribers = self._log.subscriptions_for(domain)
+            if not subscribers:
+                continue
+            update = None
+            for sub_id, target in subscribers:
+                if self._kinds.get(sub_id) == "invalidation":
+                    if reason != RELAXED:
+                        self._send(sub_id, target, "on_cache_invalidated",
+                                   CacheInvalidated.of(domain, key, reason, record, seq))
+                elif record is not None:
+                    update = update or MemoryUpdate.from_record(domain, key, record)
+                    self._send(sub_id, target, "on_memory_update", update)
+
+    def _send(self, sub_id: str, target: Any, method: str, event: Any) -> None:
         try:
-            ref = target.on_memory_update.remote(update)
-        except Exception as exc:  # noqa: BLE001 - not an actor with on_memory_update
+            ref = getattr(target, method).remote(event)
+        except Exception as exc:  # noqa: BLE001 - not an actor with that method
             self._drop_subscription(sub_id, exc)
             return
         # Calls from this actor to one target run in submission order: per-key order for free.
@@ -137,6 +180,7 @@ class CoordinatorActor:
         try:
             while True:
                 result = self._log.poll(client_id, since_seq, domains, value_domains)
+                self._ack_changed()
                 remaining = deadline - loop.time()
                 if result.messages or result.gap or remaining <= 0:
                     return result.to_tuple()
@@ -171,24 +215,69 @@ class CoordinatorActor:
         self, client_id: str, domains: list[str], value_domains: list[str]
     ) -> tuple[int, int]:
         """Returns ``(epoch, last_seq)``, where a client with an empty cache starts polling."""
-        return self._log.register(client_id, domains, value_domains)
+        answer = self._log.register(client_id, domains, value_domains)
+        self._persist()
+        return answer
 
     async def unregister_client(self, client_id: str) -> bool:
-        return self._log.unregister(client_id)
+        gone = self._log.unregister(client_id)
+        self._persist()
+        return gone
 
-    async def subscribe_actor(self, domain: str | None, target: Any) -> str:
-        """Push a ``MemoryUpdate`` per write of ``domain`` (None: all) to ``target.on_memory_update``.
-
-        Subscriptions live in this incarnation only: a subscriber that must survive a coordinator
-        restart watches ``ping()`` (the epoch) and subscribes again when it changes.
+    async def subscribe_actor(self, domain: str | None, target: Any, kind: str = "update") -> str:
+        """Push events of ``domain`` (None: all) to an actor: ``kind="update"`` calls
+        ``target.on_memory_update(MemoryUpdate)`` per write; ``kind="invalidation"`` calls
+        ``target.on_cache_invalidated(CacheInvalidated)`` per invalidation. Kept across restarts.
         """
+        if kind not in ("update", "invalidation"):
+            raise ValueError(f"kind must be 'update' or 'invalidation', got {kind!r}")
         sub_id = uuid.uuid4().hex
         self._log.add_subscription(sub_id, domain, target)
+        self._kinds[sub_id] = kind
+        self._persist()
         return sub_id
 
     async def unsubscribe(self, sub_id: str) -> bool:
         self._watched.pop(sub_id, None)
-        return self._log.remove_subscription(sub_id)
+        self._kinds.pop(sub_id, None)
+        gone = self._log.remove_subscription(sub_id)
+        self._persist()
+        return gone
+
+    # ------------------------------------------------------------------ surviving restarts
+    # Ray reruns the constructor of a restarted actor with empty state. Clients and
+    # subscriptions are kept in the GCS key-value store (it outlives actors), so a new
+    # incarnation still delivers to subscribers and a synchronous invalidation still
+    # waits for every client that may hold a stale entry. Messages are not kept: the new
+    # epoch tells clients to drop their caches instead.
+    def _persist(self) -> None:
+        state = {
+            "clients": self._log.snapshot_clients(),
+            "subs": [(sid, domain, target, self._kinds.get(sid, "update"))
+                     for sid, domain, target in self._log.subscriptions()],
+        }
+        try:
+            internal_kv._internal_kv_put(self._kv_key, cloudpickle.dumps(state), overwrite=True)
+        except Exception as exc:  # noqa: BLE001 - not fatal: the next change tries again
+            log.warning("could not persist coordinator state: %s", exc)
+
+    def _restore(self) -> None:
+        try:
+            raw = internal_kv._internal_kv_get(self._kv_key) if internal_kv._internal_kv_initialized() else None
+            state = cloudpickle.loads(raw) if raw else None
+        except Exception as exc:  # noqa: BLE001 - start empty rather than not at all
+            log.warning("could not restore coordinator state: %s", exc)
+            return
+        if not state:
+            return
+        self._log.restore_clients(state["clients"])
+        for sid, domain, target, kind in state["subs"]:
+            self._log.add_subscription(sid, domain, target)
+            self._kinds[sid] = kind
+
+    async def forget_state(self) -> None:
+        """Delete what ``_persist`` kept (shutdown calls it)."""
+        internal_kv._internal_kv_del(self._kv_key)
 
     # ------------------------------------------------------------------ inspection
     async def get_config(self) -> dict:

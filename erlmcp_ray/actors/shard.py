@@ -26,6 +26,7 @@ import ray
 from erlmcp_ray import _ray
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
 from erlmcp_ray.core import record as R
+from erlmcp_ray.core.invalidation import RELAXED, WRITE
 from erlmcp_ray.core.replication import Freshness, IdempotencyTable, ReplicaProgress
 from erlmcp_ray.core.shard_state import ShardState
 from erlmcp_ray.errors import StaleEpochError, UnavailableError
@@ -60,8 +61,9 @@ class ShardActor:
         self._stopping = threading.Event()
         self._held_until = 0.0
         self._strong_dirty = False
+        self._relaxed: set[int] = set()  # op-log seqs written under relaxed coherence
         self._syncs = {"completed": 0, "failed": 0, "bytes": 0, "last_sync_time": None}
-        if ray.get_runtime_context().was_current_actor_reconstructed:
+        if _ray.was_restarted():
             self._recover_from_peers()
         if self.is_owner:
             self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)
@@ -108,11 +110,14 @@ class ShardActor:
             if answer is not IdempotencyTable.MISSING:
                 return answer
             state, items = self._state, []
-            for key, data, ttl_ms, tags in ops:
+            for op in ops:
+                key, data, ttl_ms, tags = op[0], op[1], op[2], op[3]
                 if data is None:
                     res = state.apply_local(key, delete=True)
                 else:
                     res = state.apply_local(key, data, ttl_ms=ttl_ms, tags=tags)
+                if res is not None and len(op) > 4 and op[4]:
+                    self._relaxed.add(res[0])  # relaxed coherence: caches are not told to drop it
                 if full:
                     items.append((key, None if res is None else res[1]))
                 else:
@@ -127,17 +132,24 @@ class ShardActor:
             self._wake.set()
         return answer
 
-    def read(self, key: str, max_staleness_ms: float | None = None) -> tuple[str, bytes | None, float]:
-        """``(status, live record or None, staleness ms)``.
+    def read(self, key: str, max_staleness_ms: float | None = None) -> tuple[str, bytes | None, float, str]:
+        """``(status, live record or None, staleness ms, incarnation)``.
 
         A replica staler than ``max_staleness_ms`` answers ``STALE`` and no
         record; the owner is never stale.
         """
         staleness = 0.0 if self.is_owner else self._freshness.staleness_ms()
         if max_staleness_ms is not None and staleness > max_staleness_ms:
-            return STALE, None, staleness
+            return STALE, None, staleness, self._incarnation
         with self._lock:
-            return OK, self._state.get_record(key), staleness
+            return OK, self._state.get_record(key), staleness, self._incarnation
+
+    def find(self, tag: str | None = None, pattern: str | None = None) -> list[str]:
+        """Live keys carrying ``tag`` or matching the glob ``pattern``."""
+        with self._lock:
+            if tag is not None:
+                return self._state.keys_with_tag(tag)
+            return self._state.keys_matching(pattern or "*")
 
     def progress(self) -> tuple[str, int, int, int]:
         """``(incarnation, applied seq, replicated seq, published seq)``: what ``flush`` waits on.
@@ -287,7 +299,8 @@ class ShardActor:
             log.warning("%s/%s: invalidations before seq %s were trimmed", self.domain, self.shard, upto)
             self._published_seq = upto
             return
-        items = [(self.domain, key, rec) for seq, key, rec in ops if seq <= upto]
+        relaxed = self._relaxed
+        items = [(self.domain, key, rec, RELAXED if seq in relaxed else WRITE) for seq, key, rec in ops if seq <= upto]
         try:
             if self._coordinator is None:
                 self._coordinator = _ray.get_actor(COORDINATOR, self.namespace)
@@ -299,6 +312,7 @@ class ShardActor:
             return
         with self._lock:
             self._published_seq = max(self._published_seq, upto)
+            self._relaxed = {seq for seq in self._relaxed if seq > upto}
 
     # ------------------------------------------------------------ inspection
     def snapshot(self) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -10,7 +11,7 @@ from erlmcp_ray.core.codec import decode_value
 from erlmcp_ray.core.hlc import hlc_physical_ms
 from erlmcp_ray.core.vclock import VersionVector
 
-__all__ = ["Entry", "MemoryUpdate", "Version"]
+__all__ = ["CacheInvalidated", "Entry", "MemoryUpdate", "Subscription", "Version"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,3 +76,39 @@ class MemoryUpdate:
             version=Version.from_record(raw),
             deleted=deleted,
         )
+
+
+@dataclass(frozen=True, slots=True)
+class CacheInvalidated:
+    """Delivered to invalidation subscribers: cached copies of ``domain``/``key`` were dropped.
+
+    ``reason``: "write" (a write made them stale), "invalidate" (explicit), "tag", "pattern".
+    ``timestamp`` is the HLC of the write that caused it (0 for an explicit invalidation).
+    """
+
+    domain: str
+    key: str
+    reason: str
+    timestamp: int = 0
+    seq: int = 0
+
+    @classmethod
+    def of(cls, domain: str, key: str, reason: str, record: bytes | None, seq: int) -> CacheInvalidated:
+        return cls(domain, key, reason, 0 if record is None else R.record_hlc(record), seq)
+
+
+class Subscription:
+    """Returned by ``subscribe`` / ``subscribe_invalidation``; ``cancel()`` stops the deliveries."""
+
+    def __init__(self, cancel: Callable[[], Any], sub_id: str) -> None:
+        self._cancel = cancel
+        self.id = sub_id
+        self.active = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self._cancel()
+
+    def __repr__(self) -> str:
+        return f"Subscription({self.id!r}, active={self.active})"

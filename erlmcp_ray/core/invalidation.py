@@ -9,11 +9,13 @@ about messages the log no longer holds, or about a log from another incarnation,
 
 A message is a plain tuple, cheap to pickle and to hold 100k of::
 
-    (seq, domain, key, hlc, deleted, record)
+    (seq, domain, key, hlc, deleted, record, reason)
 
 ``record`` is the packed record (value included, see ``core.record``) or None: None either for an
 explicit invalidation ("drop this key, whatever version you hold"; hlc 0) or because the client did
-not ask for values of that domain.
+not ask for values of that domain. ``reason`` says why: ``WRITE`` (a write's notification),
+``RELAXED`` (a write under relaxed coherence: subscribers hear of it, caches are not told to drop
+it), or an explicit protocol (``INVALIDATE``, ``TAG``, ``PATTERN``).
 
 Pure: no Ray, time comes from an injected clock. ``actors.coordinator`` holds one of these.
 """
@@ -27,10 +29,15 @@ from typing import Any
 
 from erlmcp_ray.core.record import record_hlc, record_is_deleted
 
-__all__ = ["MAX_POLL_MESSAGES", "InvalidationLog", "Message", "PollResult"]
+__all__ = [
+    "INVALIDATE", "MAX_POLL_MESSAGES", "PATTERN", "RELAXED", "TAG", "WRITE",
+    "InvalidationLog", "Message", "PollResult",
+]
 
-#: (seq, domain, key, hlc, deleted, record-or-None)
-Message = tuple[int, str, str, int, bool, "bytes | None"]
+#: (seq, domain, key, hlc, deleted, record-or-None, reason)
+Message = tuple[int, str, str, int, bool, "bytes | None", str]
+
+WRITE, RELAXED, INVALIDATE, TAG, PATTERN = "write", "relaxed", "invalidate", "tag", "pattern"
 
 #: Messages in one poll answer; a client that is further behind polls again.
 MAX_POLL_MESSAGES = 10_000
@@ -124,19 +131,25 @@ class InvalidationLog:
     def _held(self) -> int:
         return len(self._log) - self._head
 
-    def publish(self, items: Iterable[tuple[str, str, bytes | None]]) -> int:
-        """Append ``(domain, key, record)`` items in order; returns the new ``last_seq``."""
-        for domain, key, record in items:
-            self._append(domain, key, record)
+    def publish(self, items: Iterable[tuple]) -> int:
+        """Append ``(domain, key, record[, reason[, hlc]])`` items in order; returns the new ``last_seq``.
+
+        ``hlc`` only counts when ``record`` is None (a record carries its own).
+        """
+        for item in items:
+            n = len(item)
+            self._append(item[0], item[1], item[2], item[3] if n > 3 else WRITE, item[4] if n > 4 else 0)
         self._trim()
         return self._last_seq
 
-    def _append(self, domain: str, key: str, record: bytes | None) -> None:
+    def _append(self, domain: str, key: str, record: bytes | None, reason: str, hlc: int) -> None:
         self._last_seq += 1
         if record is None:
-            self._log.append((self._last_seq, domain, key, 0, False, None))
+            # No record: drop cached copies older than ``hlc`` (0: whatever version they are).
+            self._log.append((self._last_seq, domain, key, hlc, False, None, reason))
             return
-        self._log.append((self._last_seq, domain, key, record_hlc(record), record_is_deleted(record), record))
+        self._log.append(
+            (self._last_seq, domain, key, record_hlc(record), record_is_deleted(record), record, reason))
         self._bytes += len(record)
 
     def _trim(self) -> None:
@@ -211,11 +224,31 @@ class InvalidationLog:
             if domain not in wanted:
                 continue
             if message[5] is not None and domain not in values:
-                message = (*message[:5], None)  # the client only invalidates: spare it the bytes
+                message = (*message[:5], None, message[6])  # the client only invalidates: spare it the bytes
             out.append(message)
             if len(out) == MAX_POLL_MESSAGES:
                 return out, message[0]
         return out, self._last_seq
+
+    def ack_status(self, seq: int, domains: Iterable[str], now: float | None = None) -> tuple[list[str], list[str]]:
+        """Live clients receiving any of ``domains``: which acknowledged ``seq`` (polled past it), which not."""
+        now = self._clock() if now is None else now
+        wanted = frozenset(domains)
+        acked, missing = [], []
+        for cid, c in self._clients.items():
+            if c.expires_at > now and c.receives & wanted:
+                (acked if c.acked_seq >= seq else missing).append(cid)
+        return acked, missing
+
+    def snapshot_clients(self) -> dict[str, tuple[list[str], list[str]]]:
+        """What a restarted coordinator needs to know of its clients (for ``restore_clients``)."""
+        return {cid: (sorted(c.domains), sorted(c.value_domains)) for cid, c in self._clients.items()}
+
+    def restore_clients(self, clients: dict[str, tuple[list[str], list[str]]]) -> None:
+        """Re-register clients a previous incarnation knew, with fresh leases and nothing acked:
+        a synchronous invalidation then waits for them to catch up (or their leases to lapse)."""
+        for cid, (domains, value_domains) in clients.items():
+            self._renew(cid, domains, value_domains)
 
     # ------------------------------------------------------------------ leases
     def expired(self, now: float | None = None) -> list[str]:
@@ -266,6 +299,10 @@ class InvalidationLog:
         if not self._subs[domain]:
             del self._subs[domain]
         return True
+
+    def subscriptions(self) -> list[tuple[str, str | None, object]]:
+        """Every ``(sub_id, domain, target)``."""
+        return [(sid, domain, self._subs[domain][sid]) for sid, domain in self._sub_domain.items()]
 
     def subscriptions_for(self, domain: str | None) -> list[tuple[str, object]]:
         """``(sub_id, target)`` to deliver an update of ``domain`` to: its own, then all-domain ones."""

@@ -17,6 +17,7 @@ measured with tracemalloc in ``benchmarks/bench_core.py``.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import heapq
 from collections.abc import Callable, Iterable, Iterator
@@ -67,6 +68,7 @@ class ShardState:
         self._context: dict[int, int] = {}
         self._tombstones: dict[str, int] = {}  # key -> log seq that stored the tombstone
         self._expiry: list[tuple[int, str]] = []  # min-heap; stale items are skipped on pop
+        self._tagged: dict[str, set[str]] = {}  # tag -> keys of live entries carrying it
         self._live_bytes = 0
         self._tomb_bytes = 0
         self._entries = 0
@@ -187,6 +189,11 @@ class ShardState:
 
     def _store(self, key: str, old: bytes | None, new: bytes) -> int:
         klen = _klen(key)
+        if old is not None and old[10] & R.FLAG_TAGS:
+            self._untag(key, old)
+        if new[10] & R.FLAG_TAGS and not new[10] & R.FLAG_DELETED:
+            for tag in R.record_tags(new):
+                self._tagged.setdefault(tag, set()).add(key)
         if old is not None:
             if old[10] & R.FLAG_DELETED:
                 self._tomb_bytes -= klen + len(old)
@@ -207,6 +214,23 @@ class ShardState:
             if flags & R.FLAG_EXPIRY:
                 heapq.heappush(self._expiry, (R.record_expires_at(new), key))
         return seq
+
+    def _untag(self, key: str, rec: bytes) -> None:
+        for tag in R.record_tags(rec):
+            keys = self._tagged.get(tag)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._tagged[tag]
+
+    def keys_with_tag(self, tag: str) -> list[str]:
+        """Live keys whose entry carries ``tag`` (from an index: O(matches))."""
+        return [k for k in self._tagged.get(tag, ()) if self.get_record(k) is not None]
+
+    def keys_matching(self, pattern: str) -> list[str]:
+        """Live keys matching the glob ``pattern`` (``*``, ``?``, ``[...]``; case-sensitive)."""
+        match = fnmatch.fnmatchcase
+        return [k for k in self.keys() if match(k, pattern)]
 
     # ------------------------------------------------------------ maintenance
     def purge_expired(self, limit: int | None = None) -> int:
@@ -253,6 +277,7 @@ class ShardState:
         self._data.clear()
         self._tombstones.clear()
         self._expiry.clear()
+        self._tagged.clear()
         self._live_bytes = self._tomb_bytes = self._entries = 0
 
     # ------------------------------------------------------- snapshots/digest
@@ -321,4 +346,10 @@ class ShardState:
                 entries += 1
                 assert key not in self._tombstones, f"{key}: live entry indexed as tombstone"
         assert len(self._tombstones) == sum(1 for r in self._data.values() if r[10] & R.FLAG_DELETED)
+        tagged: dict[str, set[str]] = {}
+        for key, rec in self._data.items():
+            if rec[10] & R.FLAG_TAGS and not rec[10] & R.FLAG_DELETED:
+                for tag in R.record_tags(rec):
+                    tagged.setdefault(tag, set()).add(key)
+        assert tagged == self._tagged, "tag index drift"
         assert (live, tomb, entries) == (self._live_bytes, self._tomb_bytes, self._entries), "accounting drift"

@@ -86,7 +86,7 @@ def test_a_waiting_poll_returns_on_publish(coord):
     assert ray.get(coord.publish.remote([("cache", "k", rec("v", hlc=9))]), timeout=T) == 1
     epoch, last, gap, messages = ray.get(ref, timeout=T)
     assert time.monotonic() - start < 2  # woken, not timed out
-    assert (last, gap) == (1, False) and messages == [(1, "cache", "k", 9, False, rec("v", hlc=9))]
+    assert (last, gap) == (1, False) and messages == [(1, "cache", "k", 9, False, rec("v", hlc=9), "write")]
 
 
 def test_publishes_to_other_domains_do_not_end_the_wait(coord):

@@ -176,3 +176,16 @@ def test_cache_entries_are_untracked_by_the_gc():
     cache.store("d", "k", b"v", 5)
     gc.collect()
     assert not gc.is_tracked(cache.lookup("d", "k"))
+
+
+def test_entries_expire_after_max_age_even_without_an_invalidation():
+    c, clock = seconds_clock()
+    cache = LocalCache(clock=clock, max_age_s=2.0)
+    cache.store("d", "k", b"v", 5)
+    c.advance(1999)
+    assert cache.lookup("d", "k") is not None
+    c.advance(2)
+    assert cache.lookup("d", "k") is None
+    cache.store_pending("d", "mine", b"v")
+    c.advance(60_000)
+    assert cache.lookup("d", "mine") is not None  # our own unacknowledged write is never too old

@@ -45,12 +45,12 @@ def test_seq_numbers_are_consecutive_from_one(log):
 
 def test_message_fields_are_read_from_the_record(log):
     live, tomb = rec("v", hlc=11), rec(None, hlc=12, deleted=True)
-    log.publish([("cache", "a", live), ("cache", "a", tomb), ("cache", "b", None)])
+    log.publish([("cache", "a", live), ("cache", "a", tomb), ("cache", "b", None, "invalidate")])
     res = log.poll("c1", 0, ["cache"], ["cache"])
     assert res.messages == [
-        (1, "cache", "a", 11, False, live),
-        (2, "cache", "a", 12, True, tomb),
-        (3, "cache", "b", 0, False, None),  # explicit invalidation: unconditional
+        (1, "cache", "a", 11, False, live, "write"),
+        (2, "cache", "a", 12, True, tomb, "write"),
+        (3, "cache", "b", 0, False, None, "invalidate"),  # explicit invalidation: unconditional
     ]
     assert res.to_tuple() == (42, 3, False, res.messages)
 
@@ -219,3 +219,25 @@ def test_knows_registered_clients_only():
     assert log.knows("c1")
     log.unregister("c1")
     assert not log.knows("c1")
+
+
+def test_ack_status_counts_live_clients_of_the_domain(log):
+    log.register("a", ["cache"])
+    log.register("b", ["cache"])
+    log.register("other", ["session"])
+    seq = log.publish([("cache", "k", None, "invalidate")])
+    assert log.ack_status(seq, ["cache"]) == ([], ["a", "b"])
+    log.poll("a", seq, None, None)
+    assert log.ack_status(seq, ["cache"]) == (["a"], ["b"])
+
+
+def test_restored_clients_must_ack_again():
+    from erlmcp_ray.core.invalidation import InvalidationLog
+
+    old = InvalidationLog(epoch=1)
+    old.register("a", ["cache"], ["cache"])
+    new = InvalidationLog(epoch=2)
+    new.restore_clients(old.snapshot_clients())
+    seq = new.publish([("cache", "k", None)])
+    assert new.ack_status(seq, ["cache"]) == ([], ["a"])
+    assert new.client_info()["a"]["value_domains"] == ["cache"]

@@ -169,3 +169,17 @@ def test_entry_and_version_from_record(clock):
     assert e.value == {"a": [1, 2]} and e.tags == ("x",) and e.expires_at_ms == clock.now + 5000
     assert e.version == Version.from_record(rec) and e.version.writer == 2 and e.version.vector == {2: 1}
     assert e.version.wall_ms == clock.now and e.timestamp == e.version.timestamp
+
+
+def test_tag_index_and_patterns(clock):
+    s = make(0, clock)
+    s.apply_local("session:1", b"a", tags=("user_sessions", "eu"))
+    s.apply_local("session:2", b"b", tags=("user_sessions",))
+    s.apply_local("other", b"c", tags=("eu",))
+    assert sorted(s.keys_with_tag("user_sessions")) == ["session:1", "session:2"]
+    s.apply_local("session:2", b"b2")  # rewritten without tags: leaves the index
+    s.apply_local("other", delete=True)
+    assert s.keys_with_tag("user_sessions") == ["session:1"] and s.keys_with_tag("eu") == ["session:1"]
+    assert sorted(s.keys_matching("session:*")) == ["session:1", "session:2"]
+    assert s.keys_matching("Session:*") == [] and s.keys_matching("sess?on:[12]") != []
+    s.validate()
