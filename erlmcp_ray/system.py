@@ -136,8 +136,11 @@ def _pg_name(namespace: str, domain: str, shard: int) -> str:
     return f"erlmcp:{namespace}:pg:{domain}:{shard}"
 
 
-def connect(namespace: str = "erlmcp", *, address: str | None = None) -> MemoryClient:
-    """A client of the system running in ``namespace`` (works in drivers, tasks and actors)."""
+def connect(namespace: str = "erlmcp", *, address: str | None = None, poll_hook: Any = None) -> MemoryClient:
+    """A client of the system running in ``namespace`` (works in drivers, tasks and actors).
+
+    ``poll_hook`` is the client's fault-injection seam (see ``MemoryClient``); tests only.
+    """
     if not ray.is_initialized():
         if address is None:
             raise UnavailableError("Ray is not initialised in this process: call erlmcp_ray.start(), "
@@ -145,7 +148,7 @@ def connect(namespace: str = "erlmcp", *, address: str | None = None) -> MemoryC
         ray.init(address=address, namespace=namespace, logging_level=logging.WARNING, log_to_driver=False)
     coordinator = _ray.get_actor(COORDINATOR, namespace)
     cfg = MemoryConfig.load(_ray.get(coordinator.get_config.remote(), timeout=30, what="coordinator"))
-    return MemoryClient(namespace, cfg)
+    return MemoryClient(namespace, cfg, poll_hook=poll_hook)
 
 
 def shutdown(namespace: str = "erlmcp") -> None:
