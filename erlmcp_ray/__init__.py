@@ -10,11 +10,13 @@ A Python port of the erlmcp v3 distributed memory design (spec in
     actors/          thin Ray shells: shard, coordinator; options.py builds all actor options
     _ray.py          the one seam for Ray calls (timeouts, error translation)
     _cache.py        the client's L0/L1 tiers;  _writes.py  write-behind buffer, group commit
-    client.py        MemoryClient;  system.py  start / connect / shutdown
+    client.py        MemoryClient;  coordination.py  client.coordinator (invalidation protocols)
+    system.py        start / connect / shutdown
     cli.py           the ``erlmcp-ray`` command (demo.py: its ``demo``)
 
 Importing this package does not import Ray: ``start``, ``connect``, ``shutdown``,
-``MemoryClient``, ``MemorySystem`` and ``Subscription`` load it on first use.
+``MemoryClient``, ``MemorySystem``, ``CacheCoordinator`` and ``InvalidationResult`` load it on
+first use.
 """
 
 from typing import Any
@@ -28,7 +30,7 @@ from erlmcp_ray.config import (
     EvictionPolicyName,
     MemoryConfig,
 )
-from erlmcp_ray.core.entry import Entry, MemoryUpdate, Version
+from erlmcp_ray.core.entry import CacheInvalidated, Entry, MemoryUpdate, Subscription, Version
 from erlmcp_ray.core.vclock import Ordering, VersionVector
 from erlmcp_ray.errors import (
     CheckpointNotFoundError,
@@ -54,7 +56,8 @@ _LAZY = {
     "shutdown": "erlmcp_ray.system",
     "MemorySystem": "erlmcp_ray.system",
     "MemoryClient": "erlmcp_ray.client",
-    "Subscription": "erlmcp_ray.client",
+    "InvalidationResult": "erlmcp_ray.coordination",
+    "CacheCoordinator": "erlmcp_ray.coordination",
 }
 
 
@@ -69,6 +72,8 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "Backend",
+    "CacheCoordinator",
+    "CacheInvalidated",
     "CheckpointNotFoundError",
     "CoherenceLevel",
     "ConfigError",
@@ -79,6 +84,7 @@ __all__ = [
     "EvictionPolicyName",
     "InvalidConsistencyError",
     "InvalidKeyError",
+    "InvalidationResult",
     "InvalidValueError",
     "MemoryClient",
     "MemoryConfig",
