@@ -24,15 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import ray
-
 from erlmcp_ray import _ray
 from erlmcp_ray._cache import PENDING, LocalCache
+from erlmcp_ray._client_coherence import CoherenceMixin
+from erlmcp_ray._client_writes import WriteBehindMixin
 from erlmcp_ray._writes import GroupCommit, WriteBuffer
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
-from erlmcp_ray.coordination import CacheCoordinator
-from erlmcp_ray.core.invalidation import RELAXED as RELAXED_REASON
 from erlmcp_ray.core import record as R
 from erlmcp_ray.core.codec import MAX_KEY_BYTES, decode_value, encode_value, validate_key
 from erlmcp_ray.core.entry import CacheInvalidated, Entry, MemoryUpdate, Subscription, Version
@@ -93,7 +91,7 @@ class _Flight:
         return self.result
 
 
-class MemoryClient:
+class MemoryClient(WriteBehindMixin, CoherenceMixin):
     """Shared memory for agents; safe to share between threads; picklable into tasks and actors."""
 
     def __init__(self, namespace: str, config: MemoryConfig, *,
@@ -482,260 +480,6 @@ class MemoryClient:
     def _written_recently(self, domain: str, key: str) -> bool:
         t = self._own_writes.get((domain, key))
         return t is not None and time.monotonic() - t < OWN_WRITE_WINDOW_S
-
-    # ---------------------------------------------------------- write-behind
-    def _submit_batch(self, domain: str, shard: int, ops: list, seq: int | None = None, attempts: int = 0) -> None:
-        """Send one batch to its owner (caller holds ``_wb_lock``, which keeps sends in order)."""
-        d = self._domains[domain]
-        seq = seq or self._next_seq()
-        try:
-            ref = self._handle(d, shard, 0).write.remote(self.client_id, seq, ops, False)
-        except UnavailableError as exc:
-            ref = exc
-        self._inflight.append([domain, shard, seq, ops, ref, attempts, time.monotonic()])
-        self.counters["batches_sent"] += 1
-
-    def _flusher(self) -> None:
-        # A bug here must not silently stop every later write: log it and carry on.
-        while not (self._closed and not self._buffer and not self._inflight):
-            try:
-                self._flush_loop()
-                return
-            except Exception:  # noqa: BLE001
-                log.exception("write-behind thread failed; restarting it")
-                time.sleep(0.05)
-
-    def _flush_loop(self) -> None:
-        interval = self.config.client.write_behind_interval_ms / 1000.0
-        max_batch = self.config.client.write_behind_max_batch
-        while True:
-            with self._wb_lock:
-                if not self._buffer and not self._inflight and not self._flush_now:
-                    if self._closed:
-                        return
-                    self._wb_wake.wait(timeout=0.05)
-                elif not self._flush_now and len(self._buffer) < max_batch:
-                    self._wb_wake.wait(timeout=interval)
-                self._flush_now = False
-                for domain, shard, ops in self._buffer.take(max_batch):
-                    self._submit_batch(domain, shard, ops)
-                inflight = list(self._inflight)
-            if inflight:
-                self._collect(inflight)
-            if self._unconfirmed and time.monotonic() - self._last_confirm > 0.05:
-                self._last_confirm = time.monotonic()
-                self._confirm_all(raise_errors=False)
-
-    def _collect(self, inflight: list) -> None:
-        refs = [b[4] for b in inflight if not isinstance(b[4], Exception)]
-        ready = set()
-        if refs:
-            done, _ = ray.wait(refs, num_returns=len(refs), timeout=0.005)
-            ready = set(done)
-        for batch in inflight:
-            domain, shard, seq, ops, ref, attempts, sent_at = batch
-            if not isinstance(ref, Exception) and ref not in ready:
-                if time.monotonic() - sent_at < self._timeout:
-                    continue
-                error: Exception = OperationTimeoutError(f"{domain} shard {shard}: write batch timed out")
-            else:
-                try:
-                    if isinstance(ref, Exception):
-                        raise ref
-                    _epoch, owner_seq, hlcs, incarnation = _ray.get(ref, timeout=self._timeout,
-                                                                    what=f"{domain} owner")
-                except ErlmcpRayError as exc:
-                    error = exc
-                else:
-                    with self._wb_lock:
-                        self._inflight.remove(batch)
-                        self._unconfirmed.setdefault((domain, shard), []).append((incarnation, owner_seq, ops))
-                    for op, hlc in zip(ops, hlcs):
-                        if hlc:
-                            self._cache.acknowledge(domain, op[0], op[1], hlc)
-                    continue
-            self._forget_handle(self._domains[domain], shard, 0)
-            with self._wb_lock:
-                self._inflight.remove(batch)
-                if error.retryable and attempts < 40:
-                    # same request seq: an owner that did apply it answers from its idempotency table;
-                    # ~12 s of retries covers Ray restarting the owner's process
-                    self.counters["batch_retries"] += 1
-                    time.sleep(min(0.5, 0.02 * (attempts + 1)))
-                    self._submit_batch(domain, shard, ops, seq, attempts + 1)
-                else:
-                    self.counters["write_errors"] += len(ops)
-                    self._write_errors.append(error)
-                    for k, *_ in ops:
-                        self._cache.drop(domain, k)
-
-    def _confirm_all(self, raise_errors: bool) -> None:
-        """Ask owners how far they replicated; forget confirmed writes, resend those a restart lost."""
-        with self._wb_lock:
-            shards = list(self._unconfirmed)
-        for domain, shard in shards:
-            d = self._domains[domain]
-            try:
-                incarnation, _applied, _replicated, published = self._call(
-                    d, shard, 0, "progress", retry=raise_errors)
-            except UnavailableError:
-                if raise_errors:
-                    raise
-                continue
-            with self._wb_lock:
-                pending = self._unconfirmed.pop((domain, shard), [])
-                keep, lost = [], []
-                for entry in pending:
-                    if entry[0] != incarnation:
-                        lost.extend(entry[2])  # applied by an owner that died before replicating it
-                    elif entry[1] > published:
-                        keep.append(entry)
-                if keep:
-                    self._unconfirmed[(domain, shard)] = keep
-                if lost:
-                    self.counters["resent_after_restart"] = self.counters.get("resent_after_restart", 0) + len(lost)
-                    self._submit_batch(domain, shard, lost)
-
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait until every buffered write reached its owner, its replicas, and the coordinator
-        (so one coherence round later every client sees it). Raises the first write error."""
-        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
-        with self._wb_lock:
-            self._flush_now = True
-            self._wb_wake.notify()
-        while True:
-            with self._wb_lock:
-                idle = not self._buffer and not self._inflight
-                done = idle and not self._unconfirmed
-                errors, self._write_errors = self._write_errors, []
-            if errors:
-                raise errors[0]
-            if done:
-                return
-            if time.monotonic() > deadline:
-                raise OperationTimeoutError(f"flush: writes not yet replicated after {timeout} s")
-            if idle:
-                try:
-                    self._confirm_all(raise_errors=True)
-                except UnavailableError:
-                    time.sleep(0.05)  # the owner is restarting; its writes will be resent
-                    continue
-                time.sleep(0.001)
-            else:
-                time.sleep(0.0005)
-
-    # -------------------------------------------------------------- coherence
-    def _cache_usable(self) -> bool:
-        # Without a recent answer from the coordinator we may have missed invalidations.
-        return time.monotonic() - self._last_poll_ok < self._trust_s
-
-    def _poller(self) -> None:
-        while not self._closed:
-            try:
-                self._poll_loop()
-            except Exception:  # noqa: BLE001 - never leave the cache without coherence
-                log.exception("coherence thread failed; dropping caches and restarting it")
-                self._cache.drop_domains()
-                time.sleep(0.05)
-
-    def _poll_loop(self) -> None:
-        timeout = self.config.client.poll_timeout_s
-        backoff = 0.05
-        while not self._closed:
-            try:
-                # Domains travel with register_client, not with every poll: a poll sent just
-                # before a subscribe() must not overwrite the registration it made.
-                epoch, last, gap, messages = _ray.get(
-                    self._coordinator.poll.remote(self.client_id, self._since, None, None, timeout),
-                    timeout=timeout + self._timeout, what="coordinator poll")
-            except ErlmcpRayError as exc:
-                if self._closed:
-                    return
-                log.debug("coherence poll failed: %s", exc)
-                time.sleep(backoff + random.random() * backoff)  # jitter: clients must not retry in step
-                backoff = min(backoff * 2, 1.0)
-                try:
-                    self._coordinator = _ray.get_actor(COORDINATOR, self.namespace)
-                except UnavailableError:
-                    pass
-                continue
-            backoff = 0.05
-            if gap or epoch != self._coord_epoch:
-                self.counters["gaps"] += 1
-                self._cache.drop_domains()
-                try:  # a new coordinator, or one that forgot us, must learn our domains again
-                    epoch, last = self._register()
-                except ErlmcpRayError:
-                    continue
-                self._coord_epoch = epoch
-            if self._poll_hook is not None:
-                messages = self._poll_hook(messages)
-            for seq, domain, key, hlc, _deleted, record, reason in messages:
-                if reason != RELAXED_REASON:
-                    self._cache.invalidate(domain, key, hlc)
-                    self.counters["invalidations_received"] += 1
-                    if self._inval_callbacks:
-                        self._notify_invalidated(CacheInvalidated(domain, key, reason, hlc, seq))
-                if record is not None:
-                    self._deliver(domain, key, record)
-            self._since = last
-            self._last_poll_ok = time.monotonic()
-            self.counters["polls"] += 1
-
-    def _deliver(self, domain: str, key: str, record: bytes) -> None:
-        callbacks = self._callbacks.get(domain)
-        if not callbacks:
-            return
-        event = MemoryUpdate.from_record(domain, key, record)
-        for cb in list(callbacks.values()):
-            try:
-                cb(event)
-                self.counters["events_delivered"] += 1
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop coherence
-                log.exception("subscriber callback failed for %s/%s", domain, key)
-
-    def _notify_invalidated(self, event: CacheInvalidated) -> None:
-        for cb in list(self._inval_callbacks.values()):
-            try:
-                cb(event)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop coherence
-                log.exception("invalidation callback failed for %s/%s", event.domain, event.key)
-
-    @functools.cached_property
-    def coordinator(self) -> CacheCoordinator:
-        """The cache coordination protocols (spec ``erlmcp_cache_coordinator``)."""
-        return CacheCoordinator(self)
-
-    def subscribe(self, domain: str, target: Any) -> Subscription:
-        """Deliver a ``MemoryUpdate`` for every write to ``domain``, in per-key order, to ``target``:
-        a callable (called on this client's poller thread) or a Ray actor handle (its
-        ``on_memory_update(event)`` is called by the coordinator)."""
-        self._domain(domain)
-        self._check_open()
-        if isinstance(target, ray.actor.ActorHandle):
-            sub_id = _ray.get(self._coordinator.subscribe_actor.remote(domain, target), timeout=self._timeout,
-                              what="coordinator subscribe")
-            return Subscription(lambda: self._coordinator.unsubscribe.remote(sub_id), sub_id)
-        if not callable(target):
-            raise InvalidValueError("subscribe target must be a callable or a Ray actor handle",
-                                    where="target")
-        sub_id = uuid.uuid4().hex
-        self._callbacks.setdefault(domain, {})[sub_id] = target
-        self._register()  # the coordinator sends this domain's values from now on, even to a waiting poll
-
-        def cancel() -> None:
-            self._callbacks.get(domain, {}).pop(sub_id, None)
-            if not self._closed:
-                self._register()
-
-        return Subscription(cancel, sub_id)
-
-    def _register(self) -> tuple[int, int]:
-        """Tell the coordinator what we cache and subscribe to; returns its (epoch, last seq)."""
-        value_domains = [d for d, cbs in self._callbacks.items() if cbs]
-        return tuple(_ray.get(
-            self._coordinator.register_client.remote(self.client_id, list(self._domains), value_domains),
-            timeout=self._timeout, what="coordinator register"))
 
     # -------------------------------------------------------------- settings
     def set_consistency(self, level: Any) -> None:

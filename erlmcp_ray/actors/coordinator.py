@@ -22,8 +22,8 @@ from typing import Any
 
 import ray
 import ray.cloudpickle as cloudpickle
-from ray.experimental import internal_kv
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
+from ray.experimental import internal_kv
 
 from erlmcp_ray import _ray
 from erlmcp_ray.core.entry import CacheInvalidated, MemoryUpdate
