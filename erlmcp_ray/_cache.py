@@ -57,7 +57,9 @@ class LocalCache:
         self._l1_factory = l1_factory or _CountingLRU
         self._lock = threading.Lock()
         self._seq = 0  # invalidations processed
-        self._recent: OrderedDict[tuple[str, str], tuple[int, int]] = OrderedDict()  # key -> (seq, hlc)
+        # key -> (seq of the last invalidation, highest version announced, seq of the last
+        # unconditional invalidation)
+        self._recent: OrderedDict[tuple[str, str], tuple[int, int, int]] = OrderedDict()
         self._remember = remember_invalidations
         self._forgotten_upto = 0
         self.hits_l0 = self.hits_l1 = self.misses = self.invalidations = 0
@@ -140,7 +142,9 @@ class LocalCache:
                 if token < self._forgotten_upto:
                     return False
                 seen = self._recent.get(k)
-                if seen is not None and seen[0] > token and seen[1] > hlc:
+                # Never cache a version older than one announced (a lagging replica's answer),
+                # nor anything fetched while an unconditional invalidation of the key went by.
+                if seen is not None and (seen[1] > hlc or seen[2] > token):
                     return False
             l1 = self._l1.get(domain)
             if l1 is None:
@@ -198,10 +202,13 @@ class LocalCache:
             return True
 
     def _remember_invalidation(self, k: tuple[str, str], hlc: int) -> None:
-        prev = self._recent.pop(k, None)
-        self._recent[k] = (self._seq, max(hlc or PENDING - 1, prev[1] if prev else 0))
+        prev = self._recent.pop(k, None) or (0, 0, 0)
+        if hlc:
+            self._recent[k] = (self._seq, max(hlc, prev[1]), prev[2])
+        else:
+            self._recent[k] = (self._seq, prev[1], self._seq)
         if len(self._recent) > self._remember:
-            _, (seq, _) = self._recent.popitem(last=False)
+            _, (seq, _, _) = self._recent.popitem(last=False)
             self._forgotten_upto = max(self._forgotten_upto, seq)
 
     def drop(self, domain: str, key: str) -> None:

@@ -546,6 +546,11 @@ class MemoryClient(WriteBehindMixin, CoherenceMixin):
                 self._wb_wake.notify_all()
             for t in self._threads:
                 t.join(timeout=self.config.client.poll_timeout_s + 1)
+            try:  # else synchronous invalidations wait for us until our lease runs out
+                _ray.get(self._coordinator.unregister_client.remote(self.client_id), timeout=self._timeout,
+                         what="coordinator unregister")
+            except ErlmcpRayError as exc:
+                log.debug("unregistering from the coordinator failed: %s", exc)
 
     def __enter__(self) -> MemoryClient:
         return self

@@ -111,7 +111,8 @@ class CacheCoordinator:
     def _invalidate_sync(self, items: list, timeout: float | None = None) -> InvalidationResult:
         c = self._client
         wait_s = c.config.cache_coordinator.invalidation_timeout / 1000.0 if timeout is None else timeout
-        seq, acked, missing = _ray.get(c._coordinator.invalidate.remote(items, True, wait_s),
+        # Not waiting for ourselves: this client dropped its own copies before asking.
+        seq, acked, missing = _ray.get(c._coordinator.invalidate.remote(items, True, wait_s, (c.client_id,)),
                                        timeout=wait_s + c._timeout, what="coordinator invalidate")
         return InvalidationResult(seq, tuple(acked), tuple(missing), len(items))
 

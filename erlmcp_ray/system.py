@@ -73,6 +73,10 @@ def _shard_settings(config: MemoryConfig, domain: str) -> dict[str, Any]:
         # leaves room for a late one and the transit time.
         "heartbeat_ms": min(250.0, max(10.0, staleness / 4)),
         "linger_ms": 2.0,
+        # A strong write reached the replicas through its client; its notification can wait
+        # this long to share a round with the next ones (fewer calls, at the price of other
+        # clients' caches learning of it a few ms later).
+        "strong_publish_delay_ms": 5.0,
         "oplog_capacity": 65536,
         "sync_timeout_s": min(5.0, config.client.call_timeout_s),
         "out_of_sync_after_s": 5.0,

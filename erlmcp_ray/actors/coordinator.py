@@ -85,12 +85,14 @@ class CoordinatorActor:
         self._deliver(items, first)
         return last_seq
 
-    async def invalidate(self, items: list, wait: bool, timeout_s: float) -> tuple[int, list, list]:
+    async def invalidate(self, items: list, wait: bool, timeout_s: float,
+                         exclude: tuple = ()) -> tuple[int, list, list]:
         """Publish explicit invalidations; with ``wait``, answer once every live client that
         receives those domains acknowledged them (polled past them), or at ``timeout_s``.
 
         Returns ``(seq, acked client ids, missing client ids)``. A client that is missing has
         stopped trusting its cache by then (its trust window is shorter than the timeout).
+        ``exclude``: clients not to wait for (the caller, which dropped its own copies already).
         """
         seq = await self.publish(items)
         if not wait:
@@ -100,6 +102,8 @@ class CoordinatorActor:
         deadline = loop.time() + min(max(float(timeout_s), 0.0), MAX_POLL_TIMEOUT_S)
         while True:
             acked, missing = self._log.ack_status(seq, domains)
+            if exclude:
+                missing = [cid for cid in missing if cid not in exclude]
             remaining = deadline - loop.time()
             if not missing or remaining <= 0:
                 return seq, acked, missing
