@@ -21,7 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from cachetools import LRUCache
+from erlmcp_ray.eviction import LRUCache
 
 __all__ = ["DATA", "HLC", "PENDING", "RECORD", "CacheEntry", "LocalCache"]
 
@@ -44,7 +44,7 @@ class LocalCache:
         l1_max_bytes: int = 64 * 1024 * 1024,
         *,
         clock: Callable[[], float] = time.monotonic,
-        l1_factory: Callable[[int, Callable[[Any], int]], Any] | None = None,
+        l1_factory: Callable[[str, int, Callable[[Any], int]], Any] | None = None,
         remember_invalidations: int = 65536,
         max_age_s: float = float("inf"),
     ) -> None:
@@ -54,7 +54,8 @@ class LocalCache:
         self._l0_entries = l0_entries
         self._l1: dict[str, Any] = {}
         self._l1_max_bytes = l1_max_bytes
-        self._l1_factory = l1_factory or _CountingLRU
+        # (domain, maxsize, getsizeof) -> a cachetools-style cache: the domain's eviction policy
+        self._l1_factory = l1_factory or (lambda _domain, maxsize, getsizeof: LRUCache(maxsize, getsizeof))
         self._lock = threading.Lock()
         self._seq = 0  # invalidations processed
         # key -> (seq of the last invalidation, highest version announced, seq of the last
@@ -148,7 +149,7 @@ class LocalCache:
                     return False
             l1 = self._l1.get(domain)
             if l1 is None:
-                l1 = self._l1[domain] = self._l1_factory(self._l1_max_bytes, _entry_size)
+                l1 = self._l1[domain] = self._l1_factory(domain, self._l1_max_bytes, _entry_size)
             try:
                 l1[k] = e
             except ValueError:  # larger than the whole L1: serve it, don't cache it
@@ -172,7 +173,7 @@ class LocalCache:
                 return
             l1 = self._l1.get(domain)
             if l1 is None:
-                l1 = self._l1[domain] = self._l1_factory(self._l1_max_bytes, _entry_size)
+                l1 = self._l1[domain] = self._l1_factory(domain, self._l1_max_bytes, _entry_size)
             new = (data, hlc, self._clock(), 0.0, None)
             try:
                 l1[k] = new
@@ -238,7 +239,7 @@ class LocalCache:
     # ------------------------------------------------------------------ stats
     def evictions(self) -> int:
         with self._lock:
-            return sum(getattr(c, "evicted", 0) for c in self._l1.values())
+            return sum(c.evictions for c in self._l1.values())
 
     def sizes(self) -> tuple[int, int, int]:
         """(L0 entries, L1 entries, L1 bytes)."""
@@ -254,17 +255,6 @@ class LocalCache:
             "hit_rate": hits / total if total else 0.0, "evictions": self.evictions(),
             "invalidations": self.invalidations, "l0_size": l0, "l1_size": l1, "l1_bytes": l1_bytes,
         }
-
-
-class _CountingLRU(LRUCache):
-    """cachetools' LRU, counting what it evicts (``popitem`` is its eviction hook)."""
-
-    evicted = 0
-
-    def popitem(self) -> tuple:
-        item = super().popitem()
-        self.evicted += 1
-        return item
 
 
 def _entry_size(e: CacheEntry) -> int:

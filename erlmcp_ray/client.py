@@ -28,6 +28,7 @@ from erlmcp_ray import _ray
 from erlmcp_ray._cache import PENDING, LocalCache
 from erlmcp_ray._client_coherence import CoherenceMixin
 from erlmcp_ray._client_writes import WriteBehindMixin
+from erlmcp_ray._policies import client_l1_policy
 from erlmcp_ray._writes import GroupCommit, WriteBuffer
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
@@ -117,7 +118,9 @@ class MemoryClient(WriteBehindMixin, CoherenceMixin):
         # missing has stopped serving its cache before invalidate() returns.
         self._trust_s = min(cco.lease_ms, cco.invalidation_timeout) / 1000.0 * 0.8
         self._coherence = cco.coherence_level
-        self._cache = LocalCache(cc.l0_entries, cc.l1_max_bytes, max_age_s=self._lease_s)
+        self._cache = LocalCache(
+            cc.l0_entries, cc.l1_max_bytes, max_age_s=self._lease_s,
+            l1_factory=lambda domain, maxsize, getsizeof: client_l1_policy(config.domain(domain), maxsize, getsizeof))
         self._incarnations: dict[tuple[str, int], str] = {}  # owner incarnation last seen per shard
         self._flights: dict[tuple, _Flight] = {}  # remote reads in progress (stampede protection)
         self._flights_lock = threading.Lock()
@@ -531,6 +534,7 @@ class MemoryClient(WriteBehindMixin, CoherenceMixin):
             "bytes": sum(o["bytes"] for o in owners), "limit": self.config.domain(domain).max_bytes,
             "tombstones": sum(o["tombstones"] for o in owners), "shards": d.shards, "replicas": d.copies - 1,
             "consistency": d.consistency.value, "conflicts_resolved": sum(o["conflicts_resolved"] for o in owners),
+            "eviction": self.config.domain(domain).eviction.value, "evictions": sum(o["evictions"] for o in owners),
         }
 
     # -------------------------------------------------------------- lifecycle

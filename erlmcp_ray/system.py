@@ -66,8 +66,12 @@ def _ensure_ray(namespace: str, address: str | None) -> None:
 
 
 def _shard_settings(config: MemoryConfig, domain: str) -> dict[str, Any]:
-    staleness = config.domain(domain).staleness_ms
+    dcfg = config.domain(domain)
+    staleness = dcfg.staleness_ms
     return {
+        "domain_config": dcfg.model_dump(mode="json"),
+        # An evictable domain's shards share its max_bytes: each evicts past its part.
+        "max_bytes": dcfg.max_bytes // dcfg.shards,
         "staleness_ms": staleness,
         # Heartbeats keep a replica's staleness bound fresh; a quarter of the window
         # leaves room for a late one and the transit time.

@@ -24,11 +24,13 @@ from typing import Any
 import ray
 
 from erlmcp_ray import _ray
+from erlmcp_ray._policies import shard_policy
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
+from erlmcp_ray.config import DomainConfig
 from erlmcp_ray.core import record as R
 from erlmcp_ray.core.invalidation import RELAXED, WRITE
 from erlmcp_ray.core.replication import Freshness, IdempotencyTable, ReplicaProgress
-from erlmcp_ray.core.shard_state import ShardState
+from erlmcp_ray.core.shard_state import ShardState, _klen
 from erlmcp_ray.errors import StaleEpochError, UnavailableError
 
 log = logging.getLogger(__name__)
@@ -62,9 +64,18 @@ class ShardActor:
         self._held_until = 0.0
         self._strong_dirty = False
         self._relaxed: set[int] = set()  # op-log seqs written under relaxed coherence
+        self._victims: list[str] = []
+        self._policy = None
+        if "domain_config" in settings:
+            self._policy = shard_policy(DomainConfig(**settings["domain_config"]), settings["max_bytes"],
+                                        lambda key, _size: self._victims.append(key))
+        self._evictions = 0
         self._syncs = {"completed": 0, "failed": 0, "bytes": 0, "last_sync_time": None}
         if _ray.was_restarted():
             self._recover_from_peers()
+            if self._policy is not None:  # rebuild what the policy tracks (access history is lost)
+                for key in list(self._state.keys()):
+                    self._policy[key] = self._entry_size(key)
         if self.is_owner:
             self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)
             self._thread.start()
@@ -118,10 +129,13 @@ class ShardActor:
                     res = state.apply_local(key, data, ttl_ms=ttl_ms, tags=tags)
                 if res is not None and len(op) > 4 and op[4]:
                     self._relaxed.add(res[0])  # relaxed coherence: caches are not told to drop it
+                if self._policy is not None and res is not None:
+                    self._track(key, data is None)
                 if full:
                     items.append((key, None if res is None else res[1]))
                 else:
                     items.append(0 if res is None else R.record_hlc(res[1]))
+            self._evict_victims()
             answer = (self._epoch, state.last_seq, items, self._incarnation)
             self._dedup.remember(client_id, request_seq, answer)
         if chained:
@@ -142,7 +156,29 @@ class ShardActor:
         if max_staleness_ms is not None and staleness > max_staleness_ms:
             return STALE, None, staleness, self._incarnation
         with self._lock:
-            return OK, self._state.get_record(key), staleness, self._incarnation
+            rec = self._state.get_record(key)
+            if rec is not None and self._policy is not None and self.is_owner:
+                self._policy.get(key)  # an access, for LRU/LFU/ARC/W-TinyLFU
+            return OK, rec, staleness, self._incarnation
+
+    # -------------------------------------------------------------- eviction
+    def _entry_size(self, key: str) -> int:
+        rec = self._state.raw_record(key)
+        return 0 if rec is None else _klen(key) + len(rec) + self._state.entry_overhead
+
+    def _track(self, key: str, deleted: bool) -> None:
+        if deleted:
+            self._policy.pop(key, None)
+        else:
+            self._policy[key] = self._entry_size(key)
+
+    def _evict_victims(self) -> None:
+        """Delete what the policy evicted, as versioned deletes: they replicate like any write,
+        and their publication drops the evicted entries from every client's cache."""
+        while self._victims:
+            key = self._victims.pop()
+            if self._state.apply_local(key, delete=True) is not None:
+                self._evictions += 1
 
     def find(self, tag: str | None = None, pattern: str | None = None) -> list[str]:
         """Live keys carrying ``tag`` or matching the glob ``pattern``."""
@@ -330,7 +366,8 @@ class ShardActor:
             out.update(
                 domain=self.domain, shard=self.shard, role="owner" if self.is_owner else "replica",
                 epoch=self._epoch, node_id=ctx.get_node_id(), replicated_seq=self._replicated_seq,
-                published_seq=self._published_seq,
+                published_seq=self._published_seq, evictions=self._evictions,
+                policy=None if self._policy is None else type(self._policy).__name__,
                 staleness_ms=0.0 if self.is_owner else self._freshness.staleness_ms(),
                 syncs=dict(self._syncs),
                 replicas={s: {"acked_seq": p.acked_seq, "in_sync": p.in_sync, "rtt_ms": p.rtt_s * 1000}
