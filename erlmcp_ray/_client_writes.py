@@ -85,16 +85,20 @@ class WriteBehindMixin:
                 try:
                     if isinstance(ref, Exception):
                         raise ref
-                    _epoch, owner_seq, hlcs, incarnation = _ray.get(ref, timeout=self._timeout,
-                                                                    what=f"{domain} owner")
+                    _epoch, owner_seq, hlcs, incarnation, refused = _ray.get(ref, timeout=self._timeout,
+                                                                             what=f"{domain} owner")
                 except ErlmcpRayError as exc:
                     error = exc
                 else:
                     with self._wb_lock:
                         self._inflight.remove(batch)
                         self._unconfirmed.setdefault((domain, shard), []).append((incarnation, owner_seq, ops))
+                        for i, message in refused:  # not written: flush() raises, the cached copy goes
+                            self.counters["write_errors"] += 1
+                            self._write_errors.append(self._pressure_error(self._domains[domain], message))
+                            self._cache.drop(domain, ops[i][0])
                     for op, hlc in zip(ops, hlcs):
-                        if hlc:
+                        if hlc > 0:
                             self._cache.acknowledge(domain, op[0], op[1], hlc)
                     continue
             self._forget_handle(self._domains[domain], shard, 0)

@@ -109,7 +109,8 @@ class GroupCommit:
                 batch, self._queues[key] = self._queues[key], []
             try:
                 results = self._send(key[0], key[1], [w.op for w in batch])
-                outcomes = [(True, r) for r in results]
+                # an exception in place of a result fails that op alone (e.g. refused under pressure)
+                outcomes = [(not isinstance(r, BaseException), r) for r in results]
             except Exception as exc:  # noqa: BLE001 - every op in the batch gets the error
                 outcomes = [(False, exc)] * len(batch)
             self.batches += 1

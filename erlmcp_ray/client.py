@@ -39,6 +39,7 @@ from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.errors import (
     ErlmcpRayError,
     InvalidValueError,
+    MemoryPressureError,
     OperationTimeoutError,
     ReplicationError,
     UnavailableError,
@@ -397,8 +398,11 @@ class MemoryClient(WriteBehindMixin, CoherenceMixin):
 
     def _sync_write(self, d: _Domain, shard: int, op: tuple) -> bytes | None:
         seq = self._next_seq()
-        _epoch, owner_seq, items, incarnation = self._call(d, shard, 0, "write", self.client_id, seq, [op], True)
+        _epoch, owner_seq, items, incarnation, refused = self._call(
+            d, shard, 0, "write", self.client_id, seq, [op], True)
         self._same_owner(d.name, shard, incarnation)
+        if refused:
+            raise self._pressure_error(d, refused[0][1])
         with self._wb_lock:
             self._unconfirmed.setdefault((d.name, shard), []).append((incarnation, owner_seq, [op]))
         return items[0][1]
@@ -412,8 +416,8 @@ class MemoryClient(WriteBehindMixin, CoherenceMixin):
         while True:  # retried while Ray restarts the owner (same request seq)
             try:
                 answer, replicas = self._start_strong(d, shard, seq, ops)
-                _epoch, _s, items, _inc = _ray.get(answer, timeout=self._timeout,
-                                                   what=f"{domain} shard {shard} owner")
+                _epoch, _s, items, _inc, refused = _ray.get(answer, timeout=self._timeout,
+                                                            what=f"{domain} shard {shard} owner")
                 break
             except UnavailableError as exc:
                 self._forget_handle(d, shard, 0)
@@ -437,7 +441,13 @@ class MemoryClient(WriteBehindMixin, CoherenceMixin):
             raise ReplicationError(
                 f"{domain} shard {shard}: applied by {acked} of {d.copies} copies, {d.min_insync} required; "
                 f"the write is not acknowledged ({'; '.join(failures)})")
-        return [rec for _key, rec in items]
+        out: list = [rec for _key, rec in items]
+        for i, message in refused:  # these ops were not written: their callers get the error
+            out[i] = self._pressure_error(d, message)
+        return out
+
+    def _pressure_error(self, d: _Domain, message: str) -> MemoryPressureError:
+        return MemoryPressureError(message, domain=d.name, limit=f"max_bytes={self.config.domain(d.name).max_bytes}")
 
     def _start_strong(self, d: _Domain, shard: int, seq: int, ops: list) -> tuple[Any, list]:
         """Submit the owner's write and, chained on its answer, every replica's apply."""

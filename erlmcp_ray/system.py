@@ -72,6 +72,7 @@ def _shard_settings(config: MemoryConfig, domain: str) -> dict[str, Any]:
         "domain_config": dcfg.model_dump(mode="json"),
         # An evictable domain's shards share its max_bytes: each evicts past its part.
         "max_bytes": dcfg.max_bytes // dcfg.shards,
+        "max_entries": None if dcfg.max_entries is None else max(1, dcfg.max_entries // dcfg.shards),
         "staleness_ms": staleness,
         # Heartbeats keep a replica's staleness bound fresh; a quarter of the window
         # leaves room for a late one and the transit time.

@@ -15,6 +15,7 @@ through the owner's Python), and returns once all have applied it.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -29,6 +30,16 @@ from erlmcp_ray.actors.options import COORDINATOR, shard_name
 from erlmcp_ray.config import DomainConfig
 from erlmcp_ray.core import record as R
 from erlmcp_ray.core.invalidation import RELAXED, WRITE
+from erlmcp_ray.core.pressure import (
+    DEFAULT_THRESHOLDS,
+    AllowGrowth,
+    CollectGarbage,
+    Evict,
+    LevelChanged,
+    PressureMonitor,
+    RefuseGrowth,
+    Warn,
+)
 from erlmcp_ray.core.replication import Freshness, IdempotencyTable, ReplicaProgress
 from erlmcp_ray.core.shard_state import ShardState, _klen
 from erlmcp_ray.errors import StaleEpochError, UnavailableError
@@ -36,6 +47,8 @@ from erlmcp_ray.errors import StaleEpochError, UnavailableError
 log = logging.getLogger(__name__)
 
 OK, STALE = "ok", "stale"
+#: In a write answer, in place of the record of an op refused under memory pressure.
+REFUSED = "refused"
 
 
 class ShardActor:
@@ -70,6 +83,14 @@ class ShardActor:
             self._policy = shard_policy(DomainConfig(**settings["domain_config"]), settings["max_bytes"],
                                         lambda key, _size: self._victims.append(key))
         self._evictions = 0
+        # Memory pressure of this shard against its part of the domain's limits (spec levels).
+        self._pressure = PressureMonitor()
+        self._subject = f"domain:{domain}:{shard}"
+        if "max_bytes" in settings:
+            self._pressure.configure(self._subject, settings["max_bytes"], evictable=self._policy is not None,
+                                     max_entries=settings.get("max_entries"))
+        self._refused = 0
+        self._pressure_changes: list[tuple] = []
         self._syncs = {"completed": 0, "failed": 0, "bytes": 0, "last_sync_time": None}
         if _ray.was_restarted():
             self._recover_from_peers()
@@ -120,9 +141,13 @@ class ShardActor:
             answer = self._dedup.lookup(client_id, request_seq)
             if answer is not IdempotencyTable.MISSING:
                 return answer
-            state, items = self._state, []
-            for op in ops:
+            state, items, refused = self._state, [], []
+            for i, op in enumerate(ops):
                 key, data, ttl_ms, tags = op[0], op[1], op[2], op[3]
+                if data is not None and self._would_refuse(key, data, tags):
+                    refused.append((i, self._refusal(key)))
+                    items.append((key, REFUSED) if full else -1)
+                    continue
                 if data is None:
                     res = state.apply_local(key, delete=True)
                 else:
@@ -136,7 +161,8 @@ class ShardActor:
                 else:
                     items.append(0 if res is None else R.record_hlc(res[1]))
             self._evict_victims()
-            answer = (self._epoch, state.last_seq, items, self._incarnation)
+            self._observe_pressure()
+            answer = (self._epoch, state.last_seq, items, self._incarnation, refused)
             self._dedup.remember(client_id, request_seq, answer)
         if chained:
             # A strong write reached the replicas through the client already; syncing and
@@ -172,6 +198,49 @@ class ShardActor:
         else:
             self._policy[key] = self._entry_size(key)
 
+    def _would_refuse(self, key: str, data: bytes, tags: tuple) -> bool:
+        old = self._entry_size(key)
+        # the new record's size, closely enough: value + key + version metadata + tags
+        new = _klen(key) + len(data) + 32 + sum(len(t) + 1 for t in tags) + self._state.entry_overhead
+        return self._pressure.would_refuse(self._subject, new - old) if self._subject in self._pressure else False
+
+    def _refusal(self, key: str) -> str:
+        self._refused += 1
+        snap = self._pressure.snapshot().get(self._subject, {})
+        return (f"domain {self.domain!r} (shard {self.shard}) is at critical memory pressure: "
+                f"{snap.get('used_bytes', 0)} of its {snap.get('limit_bytes', 0)}-byte limit for this shard "
+                f"(max_bytes / shards) is used; writes that grow it are refused until deletes bring it "
+                f"under {round((DEFAULT_THRESHOLDS.critical - DEFAULT_THRESHOLDS.hysteresis) * 100)} %; "
+                f"reads, deletes and shrinking writes still work (key {key!r})")
+
+    def _observe_pressure(self) -> None:
+        if self._subject not in self._pressure:
+            return
+        for effect in self._pressure.handle(self._subject, self._state.bytes_used, len(self._state)):
+            self._apply_pressure_effect(effect)
+
+    def _apply_pressure_effect(self, effect: Any) -> None:
+        if isinstance(effect, Warn):
+            log.warning("%s", effect.message)
+        elif isinstance(effect, CollectGarbage):
+            self._state.purge_expired()
+            gc.collect(0)  # young generation only here: the write path must stay fast
+        elif isinstance(effect, Evict) and self._policy is not None:
+            self._evict_to(effect.target_bytes, effect.target_entries)
+        elif isinstance(effect, (RefuseGrowth, AllowGrowth)):
+            log.warning("%s: %s", effect.subject, "refusing writes that grow it" if isinstance(effect, RefuseGrowth)
+                        else "accepting writes again")
+        elif isinstance(effect, LevelChanged):
+            self._pressure_changes.append((time.time(), str(effect.old), str(effect.new), effect.ratio))
+
+    def _evict_to(self, target_bytes: int, target_entries: int | None) -> None:
+        """Evict, in the policy's order, until the shard is under the targets."""
+        state, policy = self._state, self._policy
+        while len(policy) and (state.bytes_used > target_bytes or
+                               (target_entries is not None and len(state) > target_entries)):
+            policy.popitem()  # its on_evict queues the key in self._victims
+            self._evict_victims()
+
     def _evict_victims(self) -> None:
         """Delete what the policy evicted, as versioned deletes: they replicate like any write,
         and their publication drops the evicted entries from every client's cache."""
@@ -199,11 +268,11 @@ class ShardActor:
     # -------------------------------------------------------------- replica
     def apply_write(self, answer: tuple) -> int:
         """Apply the owner's answer to a strong write (records passed through by the client)."""
-        epoch, _seq, items, _incarnation = answer
+        epoch, _seq, items = answer[0], answer[1], answer[2]
         self._check_epoch(epoch)
         with self._lock:
             for key, rec in items:
-                if rec is not None:
+                if type(rec) is bytes:  # None: a delete of nothing; REFUSED: not written
                     self._state.apply_remote(key, rec)
         return len(items)
 
@@ -366,7 +435,8 @@ class ShardActor:
             out.update(
                 domain=self.domain, shard=self.shard, role="owner" if self.is_owner else "replica",
                 epoch=self._epoch, node_id=ctx.get_node_id(), replicated_seq=self._replicated_seq,
-                published_seq=self._published_seq, evictions=self._evictions,
+                published_seq=self._published_seq, evictions=self._evictions, refused_writes=self._refused,
+                pressure=self._pressure.snapshot().get(self._subject), pressure_changes=list(self._pressure_changes),
                 policy=None if self._policy is None else type(self._policy).__name__,
                 staleness_ms=0.0 if self.is_owner else self._freshness.staleness_ms(),
                 syncs=dict(self._syncs),
