@@ -12,6 +12,8 @@ A Python port of the erlmcp v3 distributed memory design (spec in
     _cache.py        the client's L0/L1 tiers;  _writes.py  write-behind buffer, group commit
     client.py        MemoryClient;  coordination.py  client.coordinator (invalidation protocols)
     system.py        start / connect / shutdown
+    eviction/        LRU, LFU, TTL, FIFO, ARC, Random, W-TinyLFU; recommend/benchmark policies
+    memory_guard.py  the spec's per-process guards (context / tool / transport)
     cli.py           the ``erlmcp-ray`` command (demo.py: its ``demo``)
 
 Importing this package does not import Ray: ``start``, ``connect``, ``shutdown``,
@@ -21,7 +23,7 @@ first use.
 
 from typing import Any
 
-from erlmcp_ray import errors
+from erlmcp_ray import errors, memory_guard
 from erlmcp_ray.config import (
     Backend,
     CoherenceLevel,
@@ -103,6 +105,7 @@ __all__ = [
     "VersionVector",
     "connect",
     "errors",
+    "memory_guard",
     "shutdown",
     "start",
 ]

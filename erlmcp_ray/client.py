@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import logging
 import random
 import sys
@@ -23,6 +24,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+import ray
 
 from erlmcp_ray import _ray
 from erlmcp_ray._cache import PENDING, LocalCache
@@ -35,6 +38,7 @@ from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
 from erlmcp_ray.core import record as R
 from erlmcp_ray.core.codec import MAX_KEY_BYTES, decode_value, encode_value, validate_key
 from erlmcp_ray.core.entry import CacheInvalidated, Entry, MemoryUpdate, Subscription, Version
+from erlmcp_ray.core.pressure import level_for
 from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.errors import (
     ErlmcpRayError,
@@ -545,7 +549,60 @@ class MemoryClient(WriteBehindMixin, CoherenceMixin):
             "tombstones": sum(o["tombstones"] for o in owners), "shards": d.shards, "replicas": d.copies - 1,
             "consistency": d.consistency.value, "conflicts_resolved": sum(o["conflicts_resolved"] for o in owners),
             "eviction": self.config.domain(domain).eviction.value, "evictions": sum(o["evictions"] for o in owners),
+            "refused_writes": sum(o["refused_writes"] for o in owners),
+            # the domain is as pressed as its most pressed shard
+            "pressure": _worst([(o["pressure"] or {}).get("level", "low") for o in owners]),
         }
+
+    def _all_copies(self, method: str) -> list[dict]:
+        refs = [self._handle(d, shard, slot)
+                for d in self._domains.values() for shard in range(d.shards) for slot in range(d.copies)]
+        return _ray.get([getattr(h, method).remote() for h in refs], timeout=self._timeout, what=method)
+
+    def get_cluster_memory(self) -> dict[str, Any]:
+        """The spec's cluster memory: nodes, total bytes, and per node the copies it holds and the
+        memory of our actors there (RSS), against the per-node limits and their pressure level."""
+        limits = self.config.limits
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        per_node: dict[str, dict[str, Any]] = {
+            n["NodeID"]: {"node_id": n["NodeID"], "address": n.get("NodeManagerAddress"),
+                          "memory_total": 0, "processes": 0, "actors": 0, "bytes": 0, "entries": 0,
+                          "copies": []} for n in nodes}
+        for m in self._all_copies("memory"):
+            node = per_node.setdefault(m["node_id"], {"node_id": m["node_id"], "address": None, "memory_total": 0,
+                                                      "processes": 0, "actors": 0, "bytes": 0, "entries": 0,
+                                                      "copies": []})
+            node["memory_total"] = m["node_memory_total"]
+            node["processes"] += m["rss"]
+            node["actors"] += 1
+            node["bytes"] += m["bytes"]
+            node["entries"] += m["entries"]
+            node["copies"].append((m["domain"], m["shard"], m["slot"], m["bytes"]))
+        for node in per_node.values():
+            ratio = max(node["bytes"] / limits.max_bytes, node["entries"] / limits.max_entries)
+            node.update(limit_bytes=limits.max_bytes, max_entries=limits.max_entries, used_ratio=ratio,
+                        pressure=str(level_for(ratio)), warn=ratio >= limits.warn_percent)
+        return {"nodes": len(per_node), "total_memory_bytes": len(per_node) * limits.max_bytes,
+                "used_bytes": sum(n["bytes"] for n in per_node.values()),
+                "node_data": sorted(per_node.values(), key=lambda n: n["node_id"])}
+
+    def force_gc(self) -> dict[str, Any]:
+        """Purge expired entries and collect garbage in every shard copy and in this client;
+        returns what was freed."""
+        results = self._all_copies("force_gc")
+        return {"copies": len(results),
+                "expired_purged": sum(r["expired_purged"] for r in results),
+                "accounted_bytes_freed": sum(r["accounted_bytes_freed"] for r in results),
+                "rss_bytes_freed": sum(r["rss_bytes_freed"] for r in results),
+                "client_objects_collected": gc.collect()}
+
+    def compact(self) -> dict[str, Any]:
+        """Shrink every shard copy's structures (dicts, expiry heap, op-log); returns what was freed."""
+        results = self._all_copies("compact")
+        return {"copies": len(results),
+                "expiry_items_dropped": sum(r["expiry_items_dropped"] for r in results),
+                "log_ops_dropped": sum(r["log_ops_dropped"] for r in results),
+                "rss_bytes_freed": sum(r["rss_bytes_freed"] for r in results)}
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -615,6 +672,11 @@ def _pending_record(op: tuple) -> bytes:
     """A record for a write still in our buffer (no version yet), so reads see our own writes."""
     key, data, ttl_ms, tags = op
     return R.pack({}, PENDING - 1, 0, data or b"", deleted=data is None, tags=tags)
+
+
+def _worst(levels: list[str]) -> str:
+    order = ["low", "medium", "high", "critical"]
+    return max(levels, key=order.index) if levels else "low"
 
 
 def _percentiles(samples: deque) -> dict[str, float]:

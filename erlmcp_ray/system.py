@@ -10,9 +10,11 @@ a node loses at most one copy of each shard.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
+import psutil
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -88,10 +90,26 @@ def _shard_settings(config: MemoryConfig, domain: str) -> dict[str, Any]:
     }
 
 
+def headroom_below_ray_oom(max_bytes: int, node_memory: int, ray_threshold: float) -> bool:
+    """True when our pressure actions (which start at 90 % of ``max_bytes``) act before Ray's
+    memory monitor (which kills the newest worker past ``ray_threshold`` of the node's memory)."""
+    return 0.90 * max_bytes < ray_threshold * node_memory
+
+
+def _check_ray_oom_headroom(cfg: MemoryConfig) -> None:
+    threshold = float(os.environ.get("RAY_memory_usage_threshold", "0.95"))
+    total = psutil.virtual_memory().total
+    if not headroom_below_ray_oom(cfg.limits.max_bytes, total, threshold):
+        log.warning("limits.max_bytes (%d) is so close to this node's memory (%d) that Ray's OOM killer "
+                    "(at %.0f %%) may act before erlmcp_ray's pressure levels do; lower limits.max_bytes",
+                    cfg.limits.max_bytes, total, threshold * 100)
+
+
 def start(config: Any = None, *, namespace: str = "erlmcp", address: str | None = None) -> MemorySystem:
     """Start the memory system (or return the one running in ``namespace``)."""
     cfg = MemoryConfig.load(config)
     _ensure_ray(namespace, address)
+    _check_ray_oom_headroom(cfg)
     try:
         coordinator = _ray.get_actor(COORDINATOR, namespace)
     except UnavailableError:

@@ -22,6 +22,7 @@ import time
 import uuid
 from typing import Any
 
+import psutil
 import ray
 
 from erlmcp_ray import _ray
@@ -444,6 +445,37 @@ class ShardActor:
                           for s, p in self._progress.items()} if self.is_owner else {},
             )
             return out
+
+    def memory(self) -> dict:
+        """This copy's data and its process's memory, for ``get_cluster_memory``."""
+        proc = psutil.Process()
+        with self._lock:
+            return {"domain": self.domain, "shard": self.shard, "slot": self.slot,
+                    "node_id": ray.get_runtime_context().get_node_id(), "pid": proc.pid,
+                    "rss": proc.memory_info().rss, "node_memory_total": psutil.virtual_memory().total,
+                    "bytes": self._state.bytes_used, "entries": len(self._state),
+                    "tombstones": self._state.tombstone_count}
+
+    def force_gc(self) -> dict:
+        """Purge expired entries and run a full garbage collection; what that freed."""
+        rss = psutil.Process().memory_info().rss
+        with self._lock:
+            before = self._state.bytes_used
+            purged = self._state.purge_expired()
+            collected = gc.collect()
+            freed = before - self._state.bytes_used
+        self._wake.set()  # the expiry tombstones replicate
+        return {"expired_purged": purged, "accounted_bytes_freed": freed, "objects_collected": collected,
+                "rss_bytes_freed": rss - psutil.Process().memory_info().rss}
+
+    def compact(self) -> dict:
+        """Shrink this copy's structures (see ShardState.compact) and collect; what that freed."""
+        rss = psutil.Process().memory_info().rss
+        with self._lock:
+            out = self._state.compact()
+            gc.collect()
+        out["rss_bytes_freed"] = rss - psutil.Process().memory_info().rss
+        return out
 
     def ping(self) -> int:
         return self._epoch

@@ -53,6 +53,13 @@ class OpLog:
             raise ValueError(f"seq {seq} is ahead of this log (last is {self.last_seq})")
         return self._ops[seq - self._base + 1 :]
 
+    def trim(self) -> None:
+        """Keep only the last ``capacity`` operations now (append trims lazily, at 2×)."""
+        drop = len(self._ops) - self._capacity
+        if drop > 0:
+            del self._ops[:drop]
+            self._base += drop
+
     def reset(self, start_seq: int) -> None:
         """Forget every operation and continue numbering after ``start_seq``."""
         self._ops = []

@@ -272,6 +272,21 @@ class ShardState:
         del self._tombstones[key]
         self._tomb_bytes -= _klen(key) + len(rec)
 
+    def compact(self) -> dict[str, int]:
+        """Give back memory the structures hold beyond what they need: Python dicts never shrink
+        after deletes, the expiry heap keeps superseded items, the op-log keeps up to twice its
+        capacity. Returns what was dropped."""
+        stale = len(self._expiry)
+        self._data = dict(self._data)
+        self._tombstones = dict(self._tombstones)
+        self._expiry = [(exp, k) for exp, k in self._expiry
+                        if (rec := self._data.get(k)) is not None and not rec[10] & R.FLAG_DELETED
+                        and R.record_expires_at(rec) == exp]
+        heapq.heapify(self._expiry)
+        log_before = len(self.log)
+        self.log.trim()
+        return {"expiry_items_dropped": stale - len(self._expiry), "log_ops_dropped": log_before - len(self.log)}
+
     def clear(self) -> None:
         """Forget every entry (versions seen are kept, so later writes still sort above)."""
         self._data.clear()

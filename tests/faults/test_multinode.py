@@ -52,6 +52,19 @@ def test_copies_of_each_shard_sit_on_different_nodes(cluster):
             assert len({r["node"] for r in results}) >= 2  # the tasks really ran on several nodes
             for i, r in enumerate(results):
                 assert client.get("shared", f"k{i}", consistency="strong") == r
+            client.flush(timeout=30)
+            # node totals add up to the copies each node holds (checked against each copy's own stats)
+            by_node: dict[str, int] = {}
+            for domain in system.config.domains:
+                for shard in range(system.config.domain(domain).shards):
+                    for slot in range(system.config.replication_factor_for(domain)):
+                        h = ray.get_actor(shard_name(domain, shard, slot), namespace="multinode")
+                        st = ray.get(h.stats.remote(), timeout=60)
+                        by_node[st["node_id"]] = by_node.get(st["node_id"], 0) + st["bytes"]
+            cm = client.get_cluster_memory()
+            assert cm["nodes"] == 3 and cm["total_memory_bytes"] == 3 * system.config.limits.max_bytes
+            assert {n["node_id"]: n["bytes"] for n in cm["node_data"]} == by_node
+            assert sum(by_node.values()) > 0 and all(n["processes"] > 0 for n in cm["node_data"])
         finally:
             client.close()
     finally:

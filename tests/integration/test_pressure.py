@@ -82,3 +82,30 @@ def test_an_evictable_domain_evicts_under_pressure_instead_of_refusing(system, c
     assert st["evictions"] > 0 and st["refused_writes"] == 0
     assert st["bytes"] <= 0.9 * LIMIT  # pressure eviction keeps it out of critical
     assert client.get("scratch", "s0999", consistency="strong") == "w" * 150
+
+
+def test_domain_stats_cluster_memory_force_gc_and_compact(system, client):
+    ds = client.get_domain_stats("notes")
+    assert ds["pressure"] in ("low", "medium", "high", "critical") and ds["limit"] == LIMIT
+    assert ds["refused_writes"] >= 1 and ds["shards"] == 1 and ds["replicas"] == 1
+    for i in range(50):
+        client.put("shared", f"ttl{i}", "t" * 100, ttl=0.2, consistency="strong")
+    import time
+
+    time.sleep(0.4)
+    freed = client.force_gc()
+    assert freed["expired_purged"] >= 50 and freed["accounted_bytes_freed"] > 0 and freed["copies"] >= 6
+    for i in range(3000):
+        client.put("shared", f"c{i}", i)
+    client.flush(timeout=60)
+    for i in range(3000):
+        client.delete("shared", f"c{i}")
+    out = client.compact()
+    assert out["copies"] >= 6 and set(out) >= {"expiry_items_dropped", "log_ops_dropped", "rss_bytes_freed"}
+    cm = client.get_cluster_memory()
+    assert cm["nodes"] == 1 and cm["total_memory_bytes"] == system.config.limits.max_bytes
+    node = cm["node_data"][0]
+    copies = sum(1 for d in system.config.domains for _ in range(system.config.domain(d).shards)
+                 for _ in range(system.config.replication_factor_for(d)))
+    assert node["actors"] == copies and node["processes"] > 0 and node["memory_total"] > 0
+    assert node["bytes"] == sum(c[3] for c in node["copies"]) == cm["used_bytes"]

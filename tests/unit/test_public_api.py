@@ -11,7 +11,7 @@ import erlmcp_ray
 def test_all_is_exactly_the_public_names():
     eager = {n for n, v in vars(erlmcp_ray).items()
              if not n.startswith("_") and not isinstance(v, types.ModuleType)} - {"Any"}
-    eager.add("errors")
+    eager |= {"errors", "memory_guard"}
     lazy = set(erlmcp_ray._LAZY)
     assert set(erlmcp_ray.__all__) == eager | lazy
     for name in erlmcp_ray.__all__:
@@ -36,3 +36,12 @@ def test_cli_config_show_and_check(tmp_path):
     out = subprocess.run([sys.executable, "-m", "erlmcp_ray.cli", "config", "check", str(bad)],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "domains.session.max_bytes" in out.stderr
+
+
+def test_pressure_acts_before_rays_oom_killer_with_the_defaults():
+    from erlmcp_ray.config import MemoryConfig
+    from erlmcp_ray.system import headroom_below_ray_oom
+
+    gib = 1024**3
+    assert headroom_below_ray_oom(MemoryConfig().limits.max_bytes, 24 * gib, 0.95)
+    assert not headroom_below_ray_oom(30 * gib, 24 * gib, 0.95)
