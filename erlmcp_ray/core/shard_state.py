@@ -188,7 +188,7 @@ class ShardState:
         return self.log.since(seq)
 
     def _store(self, key: str, old: bytes | None, new: bytes) -> int:
-        klen = _klen(key)
+        klen = len(key) if key.isascii() else len(key.encode("utf-8"))  # _klen, inlined: hot path
         if old is not None and old[10] & R.FLAG_TAGS:
             self._untag(key, old)
         if new[10] & R.FLAG_TAGS and not new[10] & R.FLAG_DELETED:

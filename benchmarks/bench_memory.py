@@ -1,0 +1,138 @@
+"""What memory accounting and pressure checks cost on the write path (issue "Memory limits").
+
+Run:  python benchmarks/bench_memory.py [--entries 100000] [--out benchmarks/results/memory.txt]
+
+1. ``ShardState.apply_local`` with accounting vs a copy of its store step with the accounting
+   lines removed, same run, same keys (target: <= 10 % overhead).
+2. The owner's per-op pressure work: ``PressureMonitor.would_refuse`` per op plus one ``handle``
+   per batch of 64 (what ``ShardActor.write`` does), per op.
+3. The documented per-entry overhead vs tracemalloc's figure for 100k entries (target within 20 %).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import heapq
+import platform
+import statistics
+import time
+import tracemalloc
+
+from erlmcp_ray.core import record as R
+from erlmcp_ray.core.pressure import PressureMonitor
+from erlmcp_ray.core.shard_state import ENTRY_OVERHEAD, ShardState, _klen
+
+
+class _NoAccounting(ShardState):
+    """ShardState whose store step skips the byte/entry accounting (the baseline)."""
+
+    def _store(self, key: str, old: bytes | None, new: bytes) -> int:
+        if old is not None and old[10] & R.FLAG_TAGS:
+            self._untag(key, old)
+        if new[10] & R.FLAG_TAGS and not new[10] & R.FLAG_DELETED:
+            for tag in R.record_tags(new):
+                self._tagged.setdefault(tag, set()).add(key)
+        self._data[key] = new
+        seq = self.log.append(key, new)
+        flags = new[10]
+        if flags & R.FLAG_DELETED:
+            self._tombstones[key] = seq
+        else:
+            if old is not None and old[10] & R.FLAG_DELETED:
+                del self._tombstones[key]
+            if flags & R.FLAG_EXPIRY:
+                heapq.heappush(self._expiry, (R.record_expires_at(new), key))
+        return seq
+
+
+def per_op_us(fn, ops: int, rounds: int = 30) -> float:
+    samples = []
+    for _ in range(rounds):
+        t0 = time.perf_counter_ns()
+        fn(ops)
+        samples.append((time.perf_counter_ns() - t0) / ops / 1000)
+    return statistics.median(samples)
+
+
+def bench_accounting(n: int) -> tuple[float, float]:
+    keys = [f"key-{i:016d}" for i in range(n)]
+    value = b"v" * 100
+    results = []
+    for cls in (ShardState, _NoAccounting):
+        s = cls(0)
+        for k in keys:
+            s.apply_local(k, value)
+        it = iter(range(10**9))
+
+        def run(count, s=s, it=it):
+            for _ in range(count):
+                s.apply_local(keys[next(it) % n], value)
+
+        results.append(per_op_us(run, 2000))
+    return results[0], results[1]
+
+
+def bench_pressure_checks() -> float:
+    mon = PressureMonitor()
+    mon.configure("domain:x:0", 10**9, evictable=False)
+    used = [0]
+
+    def run(count):
+        for i in range(count):
+            mon.would_refuse("domain:x:0", 150)
+            used[0] += 150
+            if i % 64 == 63:
+                mon.handle("domain:x:0", used[0] % 10**9, 1000)
+
+    return per_op_us(run, 6400)
+
+
+def bench_overhead(n: int) -> tuple[float, float]:
+    raw_keys = [f"key-{i:016d}".encode() for i in range(n)]
+    values = [bytes([i % 256]) * 100 for i in range(n)]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    s = ShardState(0, oplog_capacity=4096)
+    for k, v in zip(raw_keys, values):
+        s.apply_local(k.decode(), v)
+    gc.collect()
+    held = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    payload = sum(len(k) + len(v) for k, v in zip(raw_keys, values))
+    measured = (held - payload) / n
+    documented = (s.bytes_used - payload) / n  # record metadata + ENTRY_OVERHEAD
+    return measured, documented
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--entries", type=int, default=100_000)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    n = args.entries
+    with_acc, without = bench_accounting(n)
+    pressure = bench_pressure_checks()
+    measured, documented = bench_overhead(n)
+    lines = [
+        f"# bench_memory  python {platform.python_version()}  entries={n}  {time.strftime('%Y-%m-%dT%H:%M:%S')}",
+        f"# command: python benchmarks/bench_memory.py --entries {n}" + (f" --out {args.out}" if args.out else ""),
+        f"{'figure':62} {'result':>16}   target",
+        f"{'apply_local with accounting, median us/op':62} {with_acc:16.3f}",
+        f"{'apply_local without accounting (same code minus it), us/op':62} {without:16.3f}",
+        f"{'accounting overhead on the write path':62} {100 * (with_acc / without - 1):15.1f} %   <= 10 %",
+        f"{'owner pressure checks per op (would_refuse + handle/64)':62} {pressure:16.3f}   (us, for scale)",
+        f"{'per-entry overhead measured by tracemalloc (beyond key+value)':62} {measured:14.1f} B",
+        f"{'per-entry overhead accounted (record metadata + %d)' % ENTRY_OVERHEAD:62} {documented:14.1f} B",
+        f"{'accounted vs measured':62} {100 * (documented / measured - 1):+15.1f} %   within 20 %",
+    ]
+    text = "\n".join(lines)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
