@@ -12,16 +12,16 @@ Run:  python benchmarks/bench_memory.py [--entries 100000] [--out benchmarks/res
 from __future__ import annotations
 
 import argparse
-import gc
 import heapq
 import platform
 import statistics
 import time
-import tracemalloc
+
+import bench_core  # benchmarks/ is this script's directory, so on sys.path
 
 from erlmcp_ray.core import record as R
 from erlmcp_ray.core.pressure import PressureMonitor
-from erlmcp_ray.core.shard_state import ENTRY_OVERHEAD, ShardState, _klen
+from erlmcp_ray.core.shard_state import ENTRY_OVERHEAD, ShardState
 
 
 class _NoAccounting(ShardState):
@@ -93,24 +93,6 @@ def bench_pressure_checks() -> float:
     return per_op_us(run, 6400)
 
 
-def bench_overhead(n: int) -> tuple[float, float]:
-    raw_keys = [f"key-{i:016d}".encode() for i in range(n)]
-    values = [bytes([i % 256]) * 100 for i in range(n)]
-    gc.collect()
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    s = ShardState(0, oplog_capacity=4096)
-    for k, v in zip(raw_keys, values):
-        s.apply_local(k.decode(), v)
-    gc.collect()
-    held = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    payload = sum(len(k) + len(v) for k, v in zip(raw_keys, values))
-    measured = (held - payload) / n
-    documented = (s.bytes_used - payload) / n  # record metadata + ENTRY_OVERHEAD
-    return measured, documented
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--entries", type=int, default=100_000)
@@ -119,7 +101,7 @@ def main() -> None:
     n = args.entries
     with_acc, without = bench_accounting(n)
     pressure = bench_pressure_checks()
-    measured, documented = bench_overhead(n)
+    measured, documented = bench_core.bench_memory(n)  # the same measurement as the core benchmark
     lines = [
         f"# bench_memory  python {platform.python_version()}  entries={n}  {time.strftime('%Y-%m-%dT%H:%M:%S')}",
         f"# command: python benchmarks/bench_memory.py --entries {n}" + (f" --out {args.out}" if args.out else ""),

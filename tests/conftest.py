@@ -39,6 +39,18 @@ def system(ray_local, request):
     erlmcp_ray.shutdown(namespace)
 
 
+def module_system(config: dict, namespace: str):
+    """A module-scoped ``system`` fixture running ``config`` in ``namespace``."""
+
+    @pytest.fixture(scope="module")
+    def system(ray_local):
+        sysm = erlmcp_ray.start(config, namespace=namespace)
+        yield sysm
+        erlmcp_ray.shutdown(namespace)
+
+    return system
+
+
 @pytest.fixture
 def client(system):
     c = system.client()

@@ -11,7 +11,7 @@ import ray
 import erlmcp_ray
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
 from erlmcp_ray.core.routing import shard_for
-from tests.conftest import one_coherence_round, wait_for
+from tests.conftest import module_system, one_coherence_round, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -22,11 +22,7 @@ CFG = {
 }
 
 
-@pytest.fixture(scope="module")
-def system(ray_local):
-    sysm = erlmcp_ray.start(CFG, namespace="coordination")
-    yield sysm
-    erlmcp_ray.shutdown("coordination")
+system = module_system(CFG, "coordination")
 
 
 @ray.remote(num_cpus=0)

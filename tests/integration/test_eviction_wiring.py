@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import ray
 
-import erlmcp_ray
 from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray.eviction import ARCCache, LRUCache, TinyLFUCache
-from tests.conftest import one_coherence_round, wait_for
+from tests.conftest import module_system, one_coherence_round, wait_for
 
 pytestmark = pytest.mark.ray
 
@@ -25,11 +24,7 @@ CFG = {
 }
 
 
-@pytest.fixture(scope="module")
-def system(ray_local):
-    sysm = erlmcp_ray.start(CFG, namespace="eviction")
-    yield sysm
-    erlmcp_ray.shutdown("eviction")
+system = module_system(CFG, "eviction")
 
 
 def copies(domain, n):

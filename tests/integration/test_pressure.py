@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import ray
 
-import erlmcp_ray
 from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray.errors import MemoryPressureError
+from tests.conftest import module_system
 
 pytestmark = pytest.mark.ray
 
@@ -23,11 +23,7 @@ CFG = {
 }
 
 
-@pytest.fixture(scope="module")
-def system(ray_local):
-    sysm = erlmcp_ray.start(CFG, namespace="pressure")
-    yield sysm
-    erlmcp_ray.shutdown("pressure")
+system = module_system(CFG, "pressure")
 
 
 def owner(domain):

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from erlmcp_ray._cache import PENDING, LocalCache
+from erlmcp_ray._cache import LocalCache
 from erlmcp_ray._writes import GroupCommit, WriteBuffer
 from tests.strategies import FakeClock
 

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import json
-import types
 import subprocess
 import sys
+import types
 
 import erlmcp_ray
 
