@@ -15,7 +15,6 @@ import time
 import tracemalloc
 
 from erlmcp_ray.core.codec import decode_value, encode_value
-from erlmcp_ray.core.hlc import HybridLogicalClock
 from erlmcp_ray.core.shard_state import ENTRY_OVERHEAD, ShardState
 
 SMALL = {"model": "gpt-4", "tokens": 1500, "agent": "agent-7", "tags": ["plan", "tool"], "score": 0.93}

@@ -38,7 +38,7 @@ class CoherenceMixin:
         while not self._closed:
             try:
                 self._poll_loop()
-            except Exception:  # noqa: BLE001 - never leave the cache without coherence
+            except Exception:
                 log.exception("coherence thread failed; dropping caches and restarting it")
                 self._cache.drop_domains()
                 time.sleep(0.05)
@@ -96,14 +96,14 @@ class CoherenceMixin:
             try:
                 cb(event)
                 self.counters["events_delivered"] += 1
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop coherence
+            except Exception:
                 log.exception("subscriber callback failed for %s/%s", domain, key)
 
     def _notify_invalidated(self, event: CacheInvalidated) -> None:
         for cb in list(self._inval_callbacks.values()):
             try:
                 cb(event)
-            except Exception:  # noqa: BLE001 - a subscriber's bug must not stop coherence
+            except Exception:
                 log.exception("invalidation callback failed for %s/%s", event.domain, event.key)
 
     @functools.cached_property

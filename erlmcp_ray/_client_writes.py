@@ -44,7 +44,7 @@ class WriteBehindMixin:
             try:
                 self._flush_loop()
                 return
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("write-behind thread failed; restarting it")
                 time.sleep(0.05)
 

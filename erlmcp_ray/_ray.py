@@ -62,14 +62,14 @@ def get(refs: Any, timeout: float, what: str) -> Any:
     """``ray.get`` with a timeout and translated errors."""
     try:
         return ray.get(refs, timeout=timeout)
-    except Exception as exc:  # noqa: BLE001 - translated, never swallowed
+    except Exception as exc:
         raise translate(exc, what, timeout) from exc
 
 
 def wait(refs: Sequence[Any], timeout: float, num_returns: int | None = None) -> tuple[list, list]:
     try:
         return ray.wait(list(refs), num_returns=num_returns or len(refs), timeout=timeout)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise translate(exc, "ray.wait", timeout) from exc
 
 
@@ -79,7 +79,7 @@ def get_actor(name: str, namespace: str) -> Any:
         return ray.get_actor(name, namespace=namespace)
     except ValueError as exc:
         raise UnavailableError(f"no actor {name!r} in namespace {namespace!r}: is the system started?") from exc
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise translate(exc, f"looking up {name!r}") from exc
 
 

@@ -626,7 +626,7 @@ class MemoryClient(WriteBehindMixin, CoherenceMixin):
     def __enter__(self) -> MemoryClient:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     # ------------------------------------------------------------ async twins
@@ -670,7 +670,7 @@ def _tags(tags: Any) -> tuple[str, ...]:
 
 def _pending_record(op: tuple) -> bytes:
     """A record for a write still in our buffer (no version yet), so reads see our own writes."""
-    key, data, ttl_ms, tags = op
+    data, tags = op[1], op[3]
     return R.pack({}, PENDING - 1, 0, data or b"", deleted=data is None, tags=tags)
 
 

@@ -59,7 +59,7 @@ class Sim:
             self.states.append(self._make(slot, clock))
 
     def _make(self, slot: int, clock: FakeClock) -> ShardState:
-        physical = lambda c=clock: self.base.now + c.skew  # noqa: E731 - share one base time
+        physical = lambda c=clock: self.base.now + c.skew
         return ShardState(slot, clock=HybridLogicalClock(physical), now_ms=physical)
 
     def run(self, events: list[tuple]) -> None:

@@ -21,7 +21,7 @@ import uuid
 from typing import Any
 
 import ray
-import ray.cloudpickle as cloudpickle
+from ray import cloudpickle
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.experimental import internal_kv
 

@@ -333,7 +333,7 @@ class ShardActor:
             try:
                 self._replicate_once()
                 self._publish_once()
-            except Exception:  # noqa: BLE001 - the loop must survive a bad round
+            except Exception:
                 log.exception("%s/%s: replication round failed", self.domain, self.shard)
                 time.sleep(0.05)
 

@@ -49,12 +49,12 @@ def encode_value(value: Any, max_bytes: int = MAX_VALUE_BYTES) -> bytes:
         # float/None/tuple are not) pay for the Python walk below.
         if not _flat_str_dict(value):
             msgpack.unpackb(data, raw=False, strict_map_key=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - msgpack raises TypeError, ValueError, OverflowError...
         _local.__dict__.pop("packer", None)  # a failed pack may leave the buffer dirty
         _explain(value, "value")
         try:  # int keys only: the walk found nothing wrong
             data = _packer().pack(value)
-        except Exception as exc:  # pragma: no cover - msgpack refused what the walk allowed
+        except Exception as exc:  # noqa: BLE001  # pragma: no cover - msgpack refused what the walk allowed
             _local.__dict__.pop("packer", None)
             raise InvalidValueError(f"cannot be encoded: {exc}") from None
     if len(data) > max_bytes:

@@ -63,5 +63,4 @@ class HybridLogicalClock:
         """Note a received timestamp without issuing one (cheaper than update)."""
         if remote > self._last:
             with self._lock:
-                if remote > self._last:
-                    self._last = remote
+                self._last = max(self._last, remote)

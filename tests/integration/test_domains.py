@@ -95,7 +95,7 @@ def test_eventual_read_your_writes_then_others_after_flush_and_one_round(system,
     # replicas converge: every copy of every shard has the same digest
     for shard in range(system.config.domain("shared").shards):
         handles = [ray.get_actor(shard_name("shared", shard, s), namespace=system.namespace) for s in range(2)]
-        wait_for(lambda: len(set(ray.get([h.digest.remote() for h in handles], timeout=30))) == 1,
+        wait_for(lambda hs=handles: len(set(ray.get([h.digest.remote() for h in hs], timeout=30))) == 1,
                  what="replicas to converge")
 
 
