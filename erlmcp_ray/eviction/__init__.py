@@ -14,7 +14,7 @@ Layout:
 Every class takes ``(maxsize, getsizeof=None, *, on_evict=None, **policy_kwargs)``; with
 ``getsizeof`` the bound is on the sum of sizes (bytes), otherwise on the number of entries.
 Every operation is O(1) (amortised). ``erlmcp_ray.testing.check_cache_policy`` is the contract
-each one passes. No Ray here.
+each one passes. Like cachetools, a cache is not thread-safe: share one under a lock. No Ray here.
 """
 
 from __future__ import annotations
@@ -52,13 +52,13 @@ def make_cache(name: str, maxsize: int, getsizeof: Callable[[Any], int] | None =
 
 
 __all__ = [
+    "POLICIES",
     "ARCCache",
     "Cache",
     "FIFOCache",
     "FrequencySketch",
     "LFUCache",
     "LRUCache",
-    "POLICIES",
     "RandomCache",
     "TTLCache",
     "TinyLFUCache",

@@ -29,7 +29,7 @@ __all__ = ["ARCCache"]
 class ARCCache(Cache):
     """Adaptive Replacement Cache; invariants: |T1|+|T2| <= c, |T1|+|B1| <= c, total <= 2c, 0 <= p <= c."""
 
-    __slots__ = ("_t1", "_t2", "_b1", "_b2", "_st1", "_st2", "_sb1", "_sb2", "p")
+    __slots__ = ("_b1", "_b2", "_sb1", "_sb2", "_st1", "_st2", "_t1", "_t2", "p")
 
     def __init__(self, maxsize: int, getsizeof: Callable[[Any], int] | None = None, *,
                  on_evict: OnEvict | None = None) -> None:
@@ -149,6 +149,3 @@ class ARCCache(Cache):
             self._t2[key] += delta
             self._st2 += delta
         self._trim_ghosts()
-
-    def _link(self, key: Hashable, size: int) -> None:  # pragma: no cover - _admit does the linking
-        raise AssertionError("ARCCache links in _admit")

@@ -18,7 +18,7 @@ The ``on_evict`` callback must not modify the cache it is called from.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterator, MutableMapping, ItemsView, ValuesView
+from collections.abc import Callable, Hashable, ItemsView, Iterator, MutableMapping, ValuesView
 from typing import Any
 
 __all__ = ["Cache"]
@@ -35,7 +35,7 @@ class Cache(MutableMapping):
     with it, ``maxsize`` bounds the sum of ``getsizeof(value)`` (for example bytes).
     """
 
-    __slots__ = ("_data", "_sizes", "_getsizeof", "_on_evict", "maxsize", "currsize", "evictions")
+    __slots__ = ("_data", "_getsizeof", "_on_evict", "_sizes", "currsize", "evictions", "maxsize")
 
     def __init__(self, maxsize: int, getsizeof: Callable[[Any], int] | None = None,
                  *, on_evict: OnEvict | None = None) -> None:
@@ -105,7 +105,7 @@ class Cache(MutableMapping):
         if size > self.maxsize:
             raise ValueError("value too large")
         if key in self._data:
-            self._replace(key, value, size)
+            self._overwrite(key, value, size)
             return
         self._admit(key, size)
         self._data[key] = value
@@ -113,7 +113,7 @@ class Cache(MutableMapping):
             self._sizes[key] = size
         self.currsize += size
 
-    def _replace(self, key: Hashable, value: Any, size: int) -> None:
+    def _overwrite(self, key: Hashable, value: Any, size: int) -> None:
         """Overwrite a held key: an access; if it grew, evict until the bound holds (maybe itself)."""
         self._data[key] = value
         self._touch(key)

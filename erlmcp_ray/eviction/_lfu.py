@@ -19,7 +19,7 @@ __all__ = ["LFUCache"]
 class _Bucket:
     """The keys accessed exactly ``count`` times, oldest arrival first."""
 
-    __slots__ = ("count", "keys", "prev", "next")
+    __slots__ = ("count", "keys", "next", "prev")
 
     def __init__(self, count: int, prev: _Bucket | None = None, next: _Bucket | None = None) -> None:
         self.count = count
@@ -35,7 +35,7 @@ class LFUCache(Cache):
     so each bucket's oldest key is also its least recently used one.
     """
 
-    __slots__ = ("_root", "_bucket_of")
+    __slots__ = ("_bucket_of", "_root")
 
     def __init__(self, maxsize: int, getsizeof: Callable[[Any], int] | None = None, *,
                  on_evict: OnEvict | None = None) -> None:

@@ -17,17 +17,21 @@ LARGE_DATA = 100 * 1024 * 1024
 
 # access_pattern -> (policy, why). The spec's comparison table ("Best For") decides the policy.
 _BY_PATTERN = {
-    "temporal": ("lru", "keys used recently are used again soon; LRU keeps exactly those at one "
-                        "reorder per hit (spec: LRU for temporal locality)"),
-    "sequential": ("fifo", "a scan gains nothing from reordering on hits, so the cheapest bound wins; "
-                           "FIFO keeps no per-access state (spec: FIFO for sequential access). If the "
-                           "scan loops over more keys than fit, every recency policy scores 0: use tinylfu"),
-    "uniform": ("random", "with every key equally likely no policy beats cache/keys, so take the cheapest; "
-                          "random eviction keeps no per-access state (spec: Random for uniform access)"),
+    "temporal": ("lru", (
+        "keys used recently are used again soon; LRU keeps exactly those at one reorder per hit "
+        "(spec: LRU for temporal locality)")),
+    "sequential": ("fifo", (
+        "a scan gains nothing from reordering on hits, so the cheapest bound wins; FIFO keeps no "
+        "per-access state (spec: FIFO for sequential access). If the scan loops over more keys than "
+        "fit, every recency policy scores 0: use tinylfu")),
+    "uniform": ("random", (
+        "with every key equally likely no policy beats cache/keys, so take the cheapest; random "
+        "eviction keeps no per-access state (spec: Random for uniform access)")),
     "frequency": ("lfu", "a stable hot set: LFU keeps the most requested keys (spec: LFU for hot data)"),
-    "mixed": ("tinylfu", "recency and frequency both matter: W-TinyLFU's window absorbs bursts and its "
-                         "sketch keeps one-hit wonders out of the main space; it matched or beat ARC on "
-                         "most measured traces (benchmarks/results/eviction.txt)"),
+    "mixed": ("tinylfu", (
+        "recency and frequency both matter: W-TinyLFU's window absorbs bursts and its sketch keeps "
+        "one-hit wonders out of the main space; it matched or beat ARC on most measured traces "
+        "(benchmarks/results/eviction.txt)")),
 }
 
 
@@ -39,7 +43,7 @@ def explain_policy(characteristics: Mapping[str, Any]) -> tuple[str, str]:
     if pattern not in _BY_PATTERN:
         raise ValueError(f"access_pattern must be one of {sorted(_BY_PATTERN)}, got {pattern!r}")
     name, reason = _BY_PATTERN[pattern]
-    large = characteristics.get("data_size", 0) >= LARGE_DATA
+    large = (characteristics.get("data_size") or 0) >= LARGE_DATA
     if name == "lfu" and large:
         return "tinylfu", ("a large, long-lived key space: plain LFU never forgets, so yesterday's hot keys "
                            "crowd out today's; W-TinyLFU's sketch halves its counts as it goes (aging)")

@@ -50,7 +50,7 @@ class RandomCache(Cache):
     every operation is O(1).
     """
 
-    __slots__ = ("_keys", "_index", "_rng")
+    __slots__ = ("_index", "_keys", "_rng")
 
     def __init__(self, maxsize: int, getsizeof: Callable[[Any], int] | None = None, *,
                  rng: random.Random | None = None, on_evict: OnEvict | None = None) -> None:

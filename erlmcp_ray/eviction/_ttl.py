@@ -21,7 +21,7 @@ class TTLCache(Cache):
     so expiring is popping from the front of one ordered map (O(1) per expired entry).
     """
 
-    __slots__ = ("_expiry", "_ttl", "_timer", "_deadline")
+    __slots__ = ("_deadline", "_expiry", "_timer", "_ttl")
 
     def __init__(self, maxsize: int, getsizeof: Callable[[Any], int] | None = None, *,
                  ttl: float = 300.0, timer: Callable[[], float] = time.monotonic,
