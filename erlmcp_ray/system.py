@@ -83,7 +83,7 @@ def _shard_settings(config: MemoryConfig, domain: str) -> dict[str, Any]:
         # A strong write reached the replicas through its client; its notification can wait
         # this long to share a round with the next ones (fewer calls, at the price of other
         # clients' caches learning of it a few ms later).
-        "strong_publish_delay_ms": 5.0,
+        "strong_publish_delay_ms": 20.0,
         "oplog_capacity": 65536,
         "sync_timeout_s": min(5.0, config.client.call_timeout_s),
         "out_of_sync_after_s": 5.0,
