@@ -66,31 +66,32 @@ class LocalCache:
         self.hits_l0 = self.hits_l1 = self.misses = self.invalidations = 0
 
     # ------------------------------------------------------------------ reads
-    def lookup(self, domain: str, key: str, max_stale_ms: float | None = None) -> CacheEntry | None:
+    def lookup(self, domain: str, key: str, max_stale_ms: float | None = None,
+               now: float | None = None) -> CacheEntry | None:
         """The cached entry if present, younger than ``max_age_s`` and, with ``max_stale_ms``,
-        fresh enough."""
+        fresh enough. ``now``: the clock's reading, if the caller has just taken one."""
         k = (domain, key)
         e = self._l0.get(k)
         if e is None:
             with self._lock:
                 l1 = self._l1.get(domain)
                 e = None if l1 is None else l1.get(k)
-            if e is None or not self._usable(e, max_stale_ms):
+            if e is None or not self._usable(e, max_stale_ms, now):
                 self.misses += 1
                 return None
             self.hits_l1 += 1
             self._promote(k, e)
             return e
-        if not self._usable(e, max_stale_ms):
+        if not self._usable(e, max_stale_ms, now):
             self.misses += 1
             return None
         self.hits_l0 += 1
         return e
 
-    def _usable(self, e: CacheEntry, max_stale_ms: float | None) -> bool:
+    def _usable(self, e: CacheEntry, max_stale_ms: float | None, now: float | None = None) -> bool:
         if e[1] == PENDING:
             return True  # our own write: read-your-writes beats any window
-        age = self._clock() - e[2]
+        age = (self._clock() if now is None else now) - e[2]
         # Past max_age_s an entry is not served even without an invalidation: a lost
         # message can leave a copy stale for at most that long (the client's lease).
         if age > self._max_age_s:

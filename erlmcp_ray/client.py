@@ -226,8 +226,9 @@ class MemoryClient(WriteBehindMixin, CoherenceMixin):
         if type(key) is not str or not 0 < len(key) <= _FAST_KEY_CHARS:
             key = validate_key(key)
         level = (self._default or d.consistency) if consistency is None else Consistency.parse(consistency)
-        if level is not STRONG and time.monotonic() - self._last_poll_ok < self._trust_s:
-            e = self._cache.lookup(domain, key, d.staleness_ms if level is BOUNDED else None)
+        now = time.monotonic()  # one reading serves the trust check and the entry's age
+        if level is not STRONG and now - self._last_poll_ok < self._trust_s:
+            e = self._cache.lookup(domain, key, d.staleness_ms if level is BOUNDED else None, now)
             if e is not None:
                 return decode_value(e[0])
         if local_only:

@@ -91,6 +91,7 @@ class ShardActor:
             self._pressure.configure(self._subject, settings["max_bytes"], evictable=self._policy is not None,
                                      max_entries=settings.get("max_entries"))
         self._refused = 0
+        self._refusing = False
         self._pressure_changes: list[tuple] = []
         self._syncs = {"completed": 0, "failed": 0, "bytes": 0, "last_sync_time": None}
         if _ray.was_restarted():
@@ -145,7 +146,7 @@ class ShardActor:
             state, items, refused = self._state, [], []
             for i, op in enumerate(ops):
                 key, data, ttl_ms, tags = op[0], op[1], op[2], op[3]
-                if data is not None and self._would_refuse(key, data, tags):
+                if data is not None and self._refusing and self._would_refuse(key, data, tags):
                     refused.append((i, self._refusal(key)))
                     items.append((key, REFUSED) if full else -1)
                     continue
@@ -219,6 +220,8 @@ class ShardActor:
             return
         for effect in self._pressure.handle(self._subject, self._state.bytes_used, len(self._state)):
             self._apply_pressure_effect(effect)
+        # Sizing each op against the limit is only needed while growth is being refused.
+        self._refusing = self._pressure.would_refuse(self._subject, 1)
 
     def _apply_pressure_effect(self, effect: Any) -> None:
         if isinstance(effect, Warn):
