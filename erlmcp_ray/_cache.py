@@ -23,7 +23,7 @@ from typing import Any
 
 from erlmcp_ray.eviction import LRUCache
 
-__all__ = ["DATA", "HLC", "PENDING", "RECORD", "CacheEntry", "LocalCache"]
+__all__ = ["PENDING", "CacheEntry", "LocalCache"]
 
 #: The HLC of a write this client buffered that no owner has versioned yet: newer than anything.
 PENDING = 1 << 64
@@ -34,7 +34,6 @@ _ENTRY_OVERHEAD = 120  # bytes counted per L1 entry beyond key and value
 #: tuples of atomic values are untracked by the garbage collector, so a large cache
 #: adds nothing to collection pauses (a tuple subclass would stay tracked).
 CacheEntry = tuple
-DATA, HLC, FETCHED_AT, STALE_MS, RECORD = range(5)
 
 
 class LocalCache:

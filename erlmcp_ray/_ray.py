@@ -11,7 +11,6 @@ timeout, and every Ray exception is translated into the erlmcp_ray tree:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -24,7 +23,7 @@ from erlmcp_ray.errors import (
     UnavailableError,
 )
 
-__all__ = ["get", "get_actor", "translate", "wait", "was_restarted"]
+__all__ = ["get", "get_actor", "translate", "was_restarted"]
 
 _UNAVAILABLE = (
     rex.RayActorError,
@@ -64,13 +63,6 @@ def get(refs: Any, timeout: float, what: str) -> Any:
         return ray.get(refs, timeout=timeout)
     except Exception as exc:
         raise translate(exc, what, timeout) from exc
-
-
-def wait(refs: Sequence[Any], timeout: float, num_returns: int | None = None) -> tuple[list, list]:
-    try:
-        return ray.wait(list(refs), num_returns=num_returns or len(refs), timeout=timeout)
-    except Exception as exc:
-        raise translate(exc, "ray.wait", timeout) from exc
 
 
 def get_actor(name: str, namespace: str) -> Any:

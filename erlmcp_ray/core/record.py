@@ -119,10 +119,6 @@ def record_value(raw: bytes) -> bytes:
     return raw[_value_offset(raw) :]
 
 
-def record_value_len(raw: bytes) -> int:
-    return len(raw) - _value_offset(raw)
-
-
 def record_expires_at(raw: bytes) -> int | None:
     if raw[10] & FLAG_EXPIRY:
         return _U64.unpack_from(raw, _tail_offset(raw))[0]
