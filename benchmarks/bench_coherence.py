@@ -49,7 +49,7 @@ import uuid
 import ray
 
 import erlmcp_ray
-from erlmcp_ray._cache import LocalCache
+from erlmcp_ray.client._cache import LocalCache
 from erlmcp_ray.actors.options import COORDINATOR
 from erlmcp_ray.core.invalidation import INVALIDATE, MAX_POLL_MESSAGES, RELAXED
 

@@ -5,13 +5,15 @@ A Python port of the erlmcp v3 distributed memory design (spec in
 
     config.py        MemoryConfig: the spec's sys.config as one pydantic tree
     errors.py        the exception tree (drawn in its docstring)
-    core/            pure logic, no Ray: codec, versions (vclock, hlc), records,
-                     op-log, shard state, invalidation log, Entry/Version
+    core/            pure logic, no Ray: codec, versions (vclock, hlc), records, op-log,
+                     shard state, shard copy (owner/replica rules), wire messages,
+                     invalidation log, Entry/Version
     actors/          thin Ray shells: shard, coordinator; options.py builds all actor options
-    _ray.py          the one seam for Ray calls (timeouts, error translation)
-    _cache.py        the client's L0/L1 tiers;  _writes.py  write-behind buffer, group commit
-    client.py        MemoryClient;  coordination.py  client.coordinator (invalidation protocols)
+    _ray.py          Ray waits with timeouts and error translation
+    client/          MemoryClient composed of small parts (cache, read path, write-behind,
+                     group commit, coherence, client.coordinator) over one Transport seam
     system.py        start / connect / shutdown
+    testing.py       contract suites, FakeTransport, HistoryRecorder / check_linearizable
     eviction/        LRU, LFU, TTL, FIFO, ARC, Random, W-TinyLFU; recommend/benchmark policies
     memory_guard.py  the spec's per-process guards (context / tool / transport)
     cli.py           the ``erlmcp-ray`` command (demo.py: its ``demo``)
@@ -58,8 +60,8 @@ _LAZY = {
     "shutdown": "erlmcp_ray.system",
     "MemorySystem": "erlmcp_ray.system",
     "MemoryClient": "erlmcp_ray.client",
-    "InvalidationResult": "erlmcp_ray.coordination",
-    "CacheCoordinator": "erlmcp_ray.coordination",
+    "InvalidationResult": "erlmcp_ray.client",
+    "CacheCoordinator": "erlmcp_ray.client",
 }
 
 

@@ -23,7 +23,7 @@ from erlmcp_ray.errors import (
     UnavailableError,
 )
 
-__all__ = ["get", "get_actor", "translate", "was_restarted"]
+__all__ = ["get", "get_actor", "translate", "wait", "was_restarted"]
 
 _UNAVAILABLE = (
     rex.RayActorError,
@@ -63,6 +63,17 @@ def get(refs: Any, timeout: float, what: str) -> Any:
         return ray.get(refs, timeout=timeout)
     except Exception as exc:
         raise translate(exc, what, timeout) from exc
+
+
+def wait(refs: list, timeout: float) -> list:
+    """The refs among ``refs`` that are ready, waiting up to ``timeout`` s for all of them."""
+    if not refs:
+        return []
+    try:
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    except Exception as exc:
+        raise translate(exc, "waiting for replies", timeout) from exc
+    return ready
 
 
 def get_actor(name: str, namespace: str) -> Any:

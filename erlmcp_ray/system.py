@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 import psutil
@@ -30,8 +31,9 @@ from erlmcp_ray.actors.options import (
     shard_options,
 )
 from erlmcp_ray.actors.shard import ShardActor
-from erlmcp_ray.client import MemoryClient
+from erlmcp_ray.client import MemoryClient, connect_client, release_shared
 from erlmcp_ray.config import MemoryConfig
+from erlmcp_ray.core.shard_copy import ShardSettings
 from erlmcp_ray.errors import ConfigError, UnavailableError
 
 __all__ = ["MemorySystem", "connect", "shutdown", "start"]
@@ -67,27 +69,20 @@ def _ensure_ray(namespace: str, address: str | None) -> None:
              include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
 
-def _shard_settings(config: MemoryConfig, domain: str) -> dict[str, Any]:
+def _shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
     dcfg = config.domain(domain)
     staleness = dcfg.staleness_ms
-    return {
-        "domain_config": dcfg.model_dump(mode="json"),
+    return ShardSettings(
+        domain_config=dcfg.model_dump(mode="json"),
         # An evictable domain's shards share its max_bytes: each evicts past its part.
-        "max_bytes": dcfg.max_bytes // dcfg.shards,
-        "max_entries": None if dcfg.max_entries is None else max(1, dcfg.max_entries // dcfg.shards),
-        "staleness_ms": staleness,
+        max_bytes=dcfg.max_bytes // dcfg.shards,
+        max_entries=None if dcfg.max_entries is None else max(1, dcfg.max_entries // dcfg.shards),
+        staleness_ms=staleness,
         # Heartbeats keep a replica's staleness bound fresh; a quarter of the window
         # leaves room for a late one and the transit time.
-        "heartbeat_ms": min(250.0, max(10.0, staleness / 4)),
-        "linger_ms": 2.0,
-        # A strong write reached the replicas through its client; its notification can wait
-        # this long to share a round with the next ones (fewer calls, at the price of other
-        # clients' caches learning of it a few ms later).
-        "strong_publish_delay_ms": 20.0,
-        "oplog_capacity": 65536,
-        "sync_timeout_s": min(5.0, config.client.call_timeout_s),
-        "out_of_sync_after_s": 5.0,
-    }
+        heartbeat_ms=min(250.0, max(10.0, staleness / 4)),
+        sync_timeout_s=min(5.0, config.client.call_timeout_s),
+    )
 
 
 def headroom_below_ray_oom(max_bytes: int, node_memory: int, ray_threshold: float) -> bool:
@@ -137,7 +132,11 @@ def _create(cfg: MemoryConfig, namespace: str) -> None:
 
 
 def _create_actors(cfg: MemoryConfig, namespace: str) -> None:
-    coordinator = actor_class(CoordinatorActor, coordinator_options(namespace)).remote(cfg.to_dict(), namespace)
+    # A fresh id per start(): the coordinator keeps its client registry under it in Ray's KV
+    # store, so a restarted coordinator finds it and a later start() never does.
+    system_id = uuid.uuid4().hex
+    coordinator = actor_class(CoordinatorActor, coordinator_options(namespace)).remote(
+        cfg.to_dict(), namespace, system_id=system_id)
     alive = sum(1 for n in ray.nodes() if n.get("Alive"))
     pings = [coordinator.ping.remote()]
     for domain in cfg.domains:
@@ -173,25 +172,23 @@ def connect(namespace: str = "erlmcp", *, address: str | None = None, poll_hook:
             raise UnavailableError("Ray is not initialised in this process: call erlmcp_ray.start(), "
                                    "ray.init(address=...), or pass address= to connect()")
         ray.init(address=address, namespace=namespace, logging_level=logging.WARNING, log_to_driver=False)
-    coordinator = _ray.get_actor(COORDINATOR, namespace)
-    cfg = MemoryConfig.load(_ray.get(coordinator.get_config.remote(), timeout=30, what="coordinator"))
-    return MemoryClient(namespace, cfg, poll_hook=poll_hook)
+    return connect_client(namespace, poll_hook=poll_hook)
 
 
 def shutdown(namespace: str = "erlmcp") -> None:
     """Stop the system actors of ``namespace`` (data held only in memory is gone). Idempotent."""
-    from erlmcp_ray.client import _shared
-
     if not ray.is_initialized():
         return
-    client = _shared.pop(namespace, None)
-    if client is not None:
-        client._closed = True
+    release_shared(namespace)
     try:
         coordinator = _ray.get_actor(COORDINATOR, namespace)
         cfg = MemoryConfig.load(_ray.get(coordinator.get_config.remote(), timeout=30, what="coordinator"))
     except Exception:  # noqa: BLE001 - nothing (coherent) running: nothing to stop
         return
+    try:  # the client registry and subscriptions it kept must not outlive this system
+        _ray.get(coordinator.forget_state.remote(), timeout=30, what="coordinator forget_state")
+    except Exception as exc:  # noqa: BLE001 - its KV key is per start(): a later start never reads it
+        log.warning("the coordinator could not forget its state: %s", exc)
     for domain in cfg.domains:
         copies = cfg.replication_factor_for(domain)
         for shard in range(cfg.domain(domain).shards):

@@ -51,7 +51,8 @@ def _incarnation_epoch(epoch: int | None) -> int:
 
 
 class CoordinatorActor:
-    def __init__(self, config: dict, namespace: str, epoch: int | None = None, *, rng: Any = None) -> None:
+    def __init__(self, config: dict, namespace: str, epoch: int | None = None, *, rng: Any = None,
+                 system_id: str = "") -> None:
         self._config = config
         self.namespace = namespace
         lease_ms = (config.get("cache_coordinator") or {}).get("lease_ms", _DEFAULT_LEASE_MS)
@@ -66,7 +67,10 @@ class CoordinatorActor:
         # Set (and swapped) whenever a poll acknowledges: synchronous invalidations wait on it.
         self._acked = asyncio.Event()
         self._kinds: dict[str, str] = {}  # sub_id -> "update" | "invalidation"
-        self._kv_key = f"erlmcp:{namespace}:coordinator".encode()
+        # Per start() of the system (Ray reruns a restarted actor's constructor with the same
+        # arguments): a restarted coordinator finds its clients, a new system never does.
+        self._kv_key = f"erlmcp:{namespace}:{system_id}:coordinator".encode()
+        self._forgotten = False
         self._restore()
 
     # ------------------------------------------------------------------ writes
@@ -255,6 +259,8 @@ class CoordinatorActor:
     # waits for every client that may hold a stale entry. Messages are not kept: the new
     # epoch tells clients to drop their caches instead.
     def _persist(self) -> None:
+        if self._forgotten:
+            return  # shut down: a late unregister must not write the registry back
         state = {
             "clients": self._log.snapshot_clients(),
             "subs": [(sid, domain, target, self._kinds.get(sid, "update"))
@@ -280,7 +286,8 @@ class CoordinatorActor:
             self._kinds[sid] = kind
 
     async def forget_state(self) -> None:
-        """Delete what ``_persist`` kept (shutdown calls it)."""
+        """Delete what ``_persist`` kept, for good (shutdown calls it)."""
+        self._forgotten = True
         internal_kv._internal_kv_del(self._kv_key)
 
     # ------------------------------------------------------------------ inspection

@@ -1,6 +1,7 @@
 """The client's local tiers: L0 (a tiny hot map) and L1 (a byte-bounded LRU per domain).
 
-No Ray here. Entries hold the encoded value (never the object handed to the
+No Ray here. Every change of L0 or L1 happens under one lock; only the L0 hit
+path reads without it. Entries hold the encoded value (never the object handed to the
 caller: every ``get`` decodes a fresh one, so a caller mutating what it got
 cannot change what the next ``get`` sees), the version's HLC timestamp, and
 when and how stale it was fetched (for bounded_stale reads).
@@ -68,19 +69,24 @@ class LocalCache:
     def lookup(self, domain: str, key: str, max_stale_ms: float | None = None,
                now: float | None = None) -> CacheEntry | None:
         """The cached entry if present, younger than ``max_age_s`` and, with ``max_stale_ms``,
-        fresh enough. ``now``: the clock's reading, if the caller has just taken one."""
+        fresh enough. ``now``: the clock's reading, if the caller has just taken one.
+
+        An L0 hit takes no lock (one dict read: it sees the entry or not, and ``invalidate``
+        removes it under the lock). An L1 hit is checked and promoted into L0 under the lock, so
+        an invalidation can never fall between the check and the promotion and be undone.
+        """
         k = (domain, key)
         e = self._l0.get(k)
         if e is None:
             with self._lock:
                 l1 = self._l1.get(domain)
                 e = None if l1 is None else l1.get(k)
-            if e is None or not self._usable(e, max_stale_ms, now):
-                self.misses += 1
-                return None
-            self.hits_l1 += 1
-            self._promote(k, e)
-            return e
+                if e is None or not self._usable(e, max_stale_ms, now):
+                    self.misses += 1
+                    return None
+                self.hits_l1 += 1
+                self._promote(k, e)
+                return e
         if not self._usable(e, max_stale_ms, now):
             self.misses += 1
             return None
@@ -98,12 +104,10 @@ class LocalCache:
         return max_stale_ms is None or age * 1000.0 + e[3] <= max_stale_ms
 
     def _promote(self, k: tuple[str, str], e: CacheEntry) -> None:
+        """Put ``e`` in L0 (caller holds the lock)."""
         l0 = self._l0
-        if len(l0) >= self._l0_entries:
-            try:  # FIFO: dicts keep insertion order; cheaper than LRU bookkeeping on every hit
-                del l0[next(iter(l0))]
-            except (StopIteration, KeyError, RuntimeError):
-                pass
+        if k not in l0 and len(l0) >= self._l0_entries:
+            del l0[next(iter(l0))]  # FIFO: dicts keep insertion order; cheaper than LRU bookkeeping
         l0[k] = e
 
     # ----------------------------------------------------------------- writes
@@ -112,23 +116,24 @@ class LocalCache:
         return self._seq
 
     def store_pending(self, domain: str, key: str, data: bytes) -> None:
-        """Our own buffered write: L0 only, no lock, so an eventual ``put`` stays cheap.
+        """Our own buffered write, in L0 until ``acknowledge`` (on the write-behind thread) moves
+        it to L1 with its version. Should L0 drop it first, the client reads its buffer or the
+        owner instead.
 
-        ``acknowledge`` (on the write-behind thread) moves it to L1 with its version.
-        Should L0 drop it first, the client reads its buffer or the owner instead.
+        Under the lock, and counted as an invalidation of the key: a fetch that started before
+        this write can no longer cache its (older) answer, in L0 or L1.
         """
         k = (domain, key)
-        l0 = self._l0
-        l1 = self._l1.get(domain)
-        if l1 is not None and k in l1:  # an older cached version must not outlive L0's copy
-            with self._lock:
+        with self._lock:
+            self._seq += 1
+            self._remember_invalidation(k, 0)
+            l1 = self._l1.get(domain)
+            if l1 is not None:  # an older cached version must not outlive L0's copy
                 l1.pop(k, None)
-        if k not in l0 and len(l0) >= self._l0_entries:
-            try:
+            l0 = self._l0
+            if k not in l0 and len(l0) >= self._l0_entries:
                 del l0[next(iter(l0))]
-            except (StopIteration, KeyError, RuntimeError):
-                pass
-        l0[k] = (data, PENDING, 0.0, 0.0, None)
+            l0[k] = (data, PENDING, 0.0, 0.0, None)
 
     def store(self, domain: str, key: str, data: bytes, hlc: int, stale_ms: float = 0.0,
               record: bytes | None = None, token: int | None = None) -> bool:

@@ -17,18 +17,22 @@ the entry in the domain's shards, so the next read goes back to the source.
 
 from __future__ import annotations
 
-import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import ray
-
-from erlmcp_ray import _ray
+from erlmcp_ray.client import _validate
+from erlmcp_ray.client._cache import LocalCache
+from erlmcp_ray.client._coherence import Coherence
+from erlmcp_ray.client._settings import ClientSettings, DomainRoute
+from erlmcp_ray.client._transport import COORDINATOR, Copy, Retry, Transport
+from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import CoherenceLevel
 from erlmcp_ray.core.entry import CacheInvalidated, Subscription
 from erlmcp_ray.core.invalidation import INVALIDATE, PATTERN, TAG
 from erlmcp_ray.core.routing import shard_for
+from erlmcp_ray.core.wire import WriteOp
 from erlmcp_ray.errors import InvalidValueError
 
 __all__ = ["CacheCoordinator", "CacheInvalidated", "InvalidationResult"]
@@ -49,30 +53,41 @@ class InvalidationResult:
 
 
 class CacheCoordinator:
-    def __init__(self, client: Any) -> None:
-        self._client = client
+    """``client.coordinator``; built by the client from its parts."""
+
+    def __init__(self, *, domain: Callable[[Any], DomainRoute], routes: dict[str, DomainRoute], cache: LocalCache,
+                 transport: Transport, retry: Retry, write_behind: WriteBehind, coherence: Coherence,
+                 settings: ClientSettings, client_id: str, next_seq: Callable[[], int],
+                 check_open: Callable[[], None]) -> None:
+        self._domain, self._routes, self._cache = domain, routes, cache
+        self._transport, self._retry, self._wb, self._coherence = transport, retry, write_behind, coherence
+        self._settings, self._client_id, self._next_seq = settings, client_id, next_seq
+        self._check_open = check_open
 
     # ------------------------------------------------------------- protocols
     def invalidate(self, domain: str, key: str, *, timeout: float | None = None) -> InvalidationResult:
         """Drop ``key`` from every client's cache (and, for source caches, from the shards); wait for acks."""
-        self._client._domain(domain)
-        key = self._client._key(key)
-        self._remove_from_source(domain, [key])
-        self._client._cache.drop(domain, key)
-        return self._invalidate_sync([(domain, key, None, INVALIDATE)], timeout)
+        d = self._domain(domain)
+        key = _validate.key(key)
+        timeout = _validate.timeout(timeout)
+        self._check_open()
+        self._remove_from_source(d, [key])
+        self._cache.drop(d.name, key)
+        return self.invalidate_sync([(d.name, key, None, INVALIDATE)], timeout)
 
     def broadcast_invalidation(self, domain: str, key: str) -> None:
         """Like ``invalidate`` but returns at once, without waiting for any client."""
-        self._client._domain(domain)
-        key = self._client._key(key)
-        self._remove_from_source(domain, [key])
-        self._client._cache.drop(domain, key)
-        self._client._coordinator.invalidate.remote([(domain, key, None, INVALIDATE)], False, 0.0)
+        d = self._domain(domain)
+        key = _validate.key(key)
+        self._check_open()
+        self._remove_from_source(d, [key])
+        self._cache.drop(d.name, key)
+        self._transport.submit(COORDINATOR, "invalidate", [(d.name, key, None, INVALIDATE)], False, 0.0)
 
     def invalidate_local(self, domain: str, key: str) -> None:
         """Drop ``key`` from this client's L0/L1 only."""
-        self._client._domain(domain)
-        self._client._cache.drop(domain, self._client._key(key))
+        d = self._domain(domain)
+        self._cache.drop(d.name, _validate.key(key))
 
     def invalidate_tag(self, tag: str, domain: str | None = None) -> int:
         """Invalidate every live entry carrying ``tag`` (in ``domain``, or in every domain)."""
@@ -89,67 +104,56 @@ class CacheCoordinator:
     def subscribe_invalidation(self, target: Any, domain: str | None = None) -> Subscription:
         """Deliver a ``CacheInvalidated`` per invalidation (writes included, relaxed ones not) to a
         callable (on this client's coherence thread) or an actor handle (``on_cache_invalidated``)."""
-        c = self._client
         if domain is not None:
-            c._domain(domain)
-        if isinstance(target, ray.actor.ActorHandle):
-            sub_id = _ray.get(c._coordinator.subscribe_actor.remote(domain, target, "invalidation"),
-                              timeout=c._timeout, what="coordinator subscribe")
-            return Subscription(lambda: c._coordinator.unsubscribe.remote(sub_id), sub_id)
-        if not callable(target):
-            raise InvalidValueError("target must be a callable or a Ray actor handle", where="target")
-        sub_id = uuid.uuid4().hex
-
-        def deliver(event: CacheInvalidated) -> None:
-            if domain is None or event.domain == domain:
-                target(event)
-
-        c._inval_callbacks[sub_id] = deliver
-        return Subscription(lambda: c._inval_callbacks.pop(sub_id, None), sub_id)
+            domain = self._domain(domain).name
+        self._check_open()
+        return self._coherence.subscribe_invalidation(target, domain)
 
     # ------------------------------------------------------------- machinery
-    def _invalidate_sync(self, items: list, timeout: float | None = None) -> InvalidationResult:
-        c = self._client
-        wait_s = c.config.cache_coordinator.invalidation_timeout / 1000.0 if timeout is None else timeout
+    def invalidate_sync(self, items: list, timeout: float | None = None) -> InvalidationResult:
+        """Publish ``items`` and wait until every live client dropped them (or the timeout)."""
+        wait_s = self._settings.invalidation_timeout_s if timeout is None else timeout
         # Not waiting for ourselves: this client dropped its own copies before asking.
-        seq, acked, missing = _ray.get(c._coordinator.invalidate.remote(items, True, wait_s, (c.client_id,)),
-                                       timeout=wait_s + c._timeout, what="coordinator invalidate")
+        seq, acked, missing = self._transport.call(
+            COORDINATOR, "invalidate", items, True, wait_s, (self._client_id,),
+            timeout=wait_s + self._settings.call_timeout_s)
         return InvalidationResult(seq, tuple(acked), tuple(missing), len(items))
 
     def _invalidate_found(self, reason: str, domain: str | None, **query: str) -> int:
-        c = self._client
-        domains = [c._domain(domain).name] if domain is not None else list(c._domains)
+        routes = [self._domain(domain)] if domain is not None else list(self._routes.values())
+        self._check_open()
+        timeout = self._settings.call_timeout_s
         found: dict[str, list[str]] = {}
-        for name in domains:
-            d = c._domains[name]
-            refs = [c._handle(d, shard, 0).find.remote(**query) for shard in range(d.shards)]
-            keys = [k for part in _ray.get(refs, timeout=c._timeout, what=f"{name} find") for k in part]
+        for d in routes:
+            pending = [self._transport.submit(Copy(d.name, shard, 0), "find", query.get("tag"), query.get("pattern"))
+                       for shard in range(d.shards)]
+            keys = [k for p in pending for k in self._transport.result(p, timeout, f"{d.name} find")]
             if keys:
-                found[name] = keys
+                found[d.name] = keys
         items = []
         for name, keys in found.items():
-            self._remove_from_source(name, keys)
+            self._remove_from_source(self._routes[name], keys)
             for k in keys:
-                c._cache.drop(name, k)
+                self._cache.drop(name, k)
                 items.append((name, k, None, reason))
         if not items:
             return 0
-        if c._coherence is CoherenceLevel.STRONG:
-            self._invalidate_sync(items)
+        if self._settings.coherence is CoherenceLevel.STRONG:
+            self.invalidate_sync(items)
         else:
-            _ray.get(c._coordinator.invalidate.remote(items, False, 0.0), timeout=c._timeout,
-                     what="coordinator invalidate")
+            self._transport.call(COORDINATOR, "invalidate", items, False, 0.0, timeout=timeout)
         return len(items)
 
-    def _remove_from_source(self, domain: str, keys: list[str]) -> None:
+    def _remove_from_source(self, d: DomainRoute, keys: list[str]) -> None:
         """For a domain that caches an outside source, delete the entries in its shards too."""
-        c = self._client
-        if not c.config.domain(domain).invalidate_source:
+        if not d.invalidate_source:
             return
-        d = c._domains[domain]
         by_shard: dict[int, list] = defaultdict(list)
         for k in keys:
-            by_shard[shard_for(k, d.shards)].append((k, None, None, ()))
+            by_shard[shard_for(k, d.shards)].append(WriteOp(k, None))
+        self._wb.send_now(d.name, d.shards, list(keys))
         for shard, ops in by_shard.items():
-            c._send_key_now_many(d, [op[0] for op in ops])
-            c._call(d, shard, 0, "write", c.client_id, c._next_seq(), ops, False)
+            owner, seq = Copy(d.name, shard, 0), self._next_seq()
+            self._retry.run(lambda owner=owner, seq=seq, ops=ops: self._transport.call(
+                owner, "write", self._client_id, seq, ops, False, timeout=self._settings.call_timeout_s),
+                on_unavailable=lambda owner=owner: self._transport.forget(owner))

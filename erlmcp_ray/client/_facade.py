@@ -1,0 +1,495 @@
+"""MemoryClient: the handle agents use (``erlmcp_distributed_memory`` in the spec).
+
+A facade over parts that each own their state and lock (see ``erlmcp_ray.client``): it checks
+every argument before anything is sent, serves cache hits inline, and hands the rest to the
+read path, the write-behind, the group commit and the coherence thread. No Ray object ever
+reaches the caller: values are decoded afresh for every ``get``, and Ray errors are translated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import gc
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from erlmcp_ray._policies import client_l1_policy
+from erlmcp_ray.client import _validate
+from erlmcp_ray.client._cache import LocalCache
+from erlmcp_ray.client._coherence import Coherence
+from erlmcp_ray.client._coordinator import CacheCoordinator
+from erlmcp_ray.client._group_commit import GroupCommit
+from erlmcp_ray.client._reads import OwnWrites, ReadPath
+from erlmcp_ray.client._settings import ClientSettings, DomainRoute, domain_routes
+from erlmcp_ray.client._stats import Counters, Latencies
+from erlmcp_ray.client._transport import Copy, RayTransport, Retry, Transport
+from erlmcp_ray.client._write_behind import WriteBehind
+from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
+from erlmcp_ray.core import record as R
+from erlmcp_ray.core.codec import decode_value, encode_value
+from erlmcp_ray.core.entry import Entry, Subscription, Version
+from erlmcp_ray.core.pressure import level_for
+from erlmcp_ray.core.routing import shard_for
+from erlmcp_ray.core.wire import WriteOp
+from erlmcp_ray.errors import (
+    ErlmcpRayError,
+    MemoryPressureError,
+    RemoteError,
+    ReplicationError,
+    UnavailableError,
+    UnknownDomainError,
+)
+
+__all__ = ["MemoryClient"]
+
+log = logging.getLogger("erlmcp_ray.client")
+
+EVENTUAL, BOUNDED, STRONG = Consistency.EVENTUAL, Consistency.BOUNDED_STALE, Consistency.STRONG
+STRONG_COH, RELAXED_COH = CoherenceLevel.STRONG, CoherenceLevel.RELAXED
+_LEVELS = _validate._LEVELS
+_FAST_KEY_CHARS = _validate._FAST_KEY_CHARS
+
+
+class MemoryClient:
+    """Shared memory for agents; safe to share between threads; picklable into tasks and actors."""
+
+    def __init__(self, namespace: str, config: MemoryConfig, *, transport: Transport | None = None,
+                 poll_hook: Callable[[list], list] | None = None, settings: ClientSettings | None = None) -> None:
+        """Use ``erlmcp_ray.connect()`` or ``system.client()`` rather than this.
+
+        ``transport``: how to reach the system's actors (default: Ray's; tests pass
+        ``erlmcp_ray.testing.FakeTransport``). ``poll_hook`` is a fault-injection seam for tests:
+        it sees every batch of coordinator messages before the client applies it and returns what
+        to apply (it may drop some, or block to freeze this client's coherence thread).
+        """
+        self.namespace = namespace
+        self.config = config
+        self.client_id = uuid.uuid4().hex
+        s = self.settings = settings or ClientSettings.from_config(config)
+        self._transport = transport or RayTransport(namespace)
+        self._retry = Retry(s.call_timeout_s)
+        self._timeout = s.call_timeout_s
+        self._routes: dict[str, DomainRoute] = domain_routes(config)
+        self._default: Consistency | None = None
+        self._closed = False
+        self._seqs = itertools.count(1)  # request seqs: next() is atomic
+        self._counters = Counters()
+        self._latencies = Latencies()
+        self._cache = LocalCache(
+            s.l0_entries, s.l1_max_bytes, max_age_s=s.lease_s,
+            l1_factory=lambda domain, maxsize, getsizeof: client_l1_policy(config.domain(domain), maxsize, getsizeof))
+        self._own_writes = OwnWrites(s.own_write_window_s)
+        self._wb = WriteBehind(transport=self._transport, retry=self._retry, settings=s, cache=self._cache,
+                               counters=self._counters, client_id=self.client_id, next_seq=self._next_seq,
+                               refusal=self._pressure_error)
+        self._reads = ReadPath(transport=self._transport, retry=self._retry, settings=s, cache=self._cache,
+                               write_behind=self._wb, own_writes=self._own_writes, counters=self._counters,
+                               latencies=self._latencies)
+        self._group = GroupCommit(self._send_strong, timeout_s=s.call_timeout_s)
+        self._coherence = Coherence(transport=self._transport, settings=s, cache=self._cache,
+                                    counters=self._counters, client_id=self.client_id, domains=list(self._routes),
+                                    poll_hook=poll_hook)
+        self.coordinator = CacheCoordinator(
+            domain=self._domain, routes=self._routes, cache=self._cache, transport=self._transport,
+            retry=self._retry, write_behind=self._wb, coherence=self._coherence, settings=s,
+            client_id=self.client_id, next_seq=self._next_seq, check_open=self._check_open)
+        """The cache coordination protocols (spec ``erlmcp_cache_coordinator``)."""
+        self._wb.start()
+        self._coherence.start()
+
+    # ------------------------------------------------------------- pickling
+    def __reduce__(self) -> tuple:
+        from erlmcp_ray.client import _attach
+
+        return _attach, (self.namespace,)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """How often each path was taken (a snapshot)."""
+        return self._counters.snapshot()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ------------------------------------------------------------- checking
+    def _domain(self, domain: Any) -> DomainRoute:
+        d = self._routes.get(domain) if type(domain) is str else None
+        if d is None:
+            raise UnknownDomainError(domain, known=tuple(self._routes))
+        return d
+
+    def _level(self, d: DomainRoute, consistency: Any) -> Consistency:
+        if consistency is None:
+            return self._default or d.consistency
+        return _validate.consistency(consistency)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise UnavailableError("this MemoryClient is closed")
+
+    def _next_seq(self) -> int:
+        return next(self._seqs)
+
+    # ----------------------------------------------------------------- reads
+    def get(self, domain: str, key: str, default: Any = None, *, consistency: Any = None,
+            local_only: bool = False) -> Any:
+        """The value of ``key`` in ``domain``, or ``default``."""
+        # The cache-hit path is inlined and kept short: it is the L0 latency figure.
+        d = self._routes.get(domain) if type(domain) is str else None
+        if d is None:
+            raise UnknownDomainError(domain, known=tuple(self._routes))
+        if type(key) is not str or not 0 < len(key) <= _FAST_KEY_CHARS or not key.isascii():
+            key = _validate.key(key)
+        if consistency is None:
+            level = self._default or d.consistency
+        else:
+            level = _LEVELS.get(consistency) if type(consistency) is str else None
+            if level is None:
+                level = _validate.consistency(consistency)
+        coherence = self._coherence
+        now = time.monotonic()  # one reading serves the trust check and the entry's age
+        if level is not STRONG and now - coherence.last_ok < coherence.trust_s:
+            e = self._cache.lookup(domain, key, d.staleness_ms if level is BOUNDED else None, now)
+            if e is not None:
+                return decode_value(e[0])
+        if local_only:
+            return default
+        self._check_open()
+        rec = self._reads.read(d, key, level)
+        return default if rec is None else decode_value(R.record_value(rec))
+
+    def get_entry(self, domain: str, key: str, *, consistency: Any = None) -> Entry | None:
+        """The entry with its version, timestamp, tags and expiry (None when absent)."""
+        d = self._domain(domain)
+        key = _validate.key(key)
+        level = self._level(d, consistency)
+        self._check_open()
+        if level is not STRONG and self._coherence.usable():
+            e = self._cache.lookup(domain, key, d.staleness_ms if level is BOUNDED else None)
+            if e is not None and e[4] is not None:
+                return Entry.from_record(key, e[4])
+        self._wb.send_now(d.name, d.shards, [key])
+        rec = self._reads.read(d, key, STRONG if self._own_writes.recent(domain, key) else level)
+        return None if rec is None else Entry.from_record(key, rec)
+
+    # ---------------------------------------------------------------- writes
+    def put(self, domain: str, key: str, value: Any, *, consistency: Any = None, ttl: float | None = None,
+            tags: tuple[str, ...] | list[str] = (), coherence: Any = None) -> Version | None:
+        """Store ``value``. Returns the version the owner assigned; ``None`` for an eventual put,
+        which returns as soon as the write is buffered (``flush()`` waits for it).
+
+        ``coherence`` (default: the system's ``cache_coordinator.coherence_level``) says what
+        happens to other clients' cached copies: "eventual" — dropped asynchronously; "strong" —
+        dropped before ``put`` returns (an eventual put is then sent at once); "relaxed" — left
+        alone (they age out after the lease), only subscribers hear of the write.
+        """
+        d = self._domain(domain)
+        key = _validate.key(key)
+        level = self._level(d, consistency)
+        coh = self.settings.coherence if coherence is None else _validate.coherence(coherence)
+        op = WriteOp(key, encode_value(value), _validate.ttl_ms(ttl, d.default_ttl_ms), _validate.tags(tags),
+                     coh is RELAXED_COH)
+        self._check_open()
+        shard = shard_for(key, d.shards)
+        if coh is STRONG_COH:
+            return self._write_now(d, shard, op, BOUNDED if level is EVENTUAL else level, coh)
+        if level is EVENTUAL:
+            self._wb.add(domain, shard, op)
+            self._own_writes.note(domain, key)
+            self._counters.add("buffered_puts")
+            return None
+        return self._write_now(d, shard, op, level, coh)
+
+    def delete(self, domain: str, key: str, *, consistency: Any = None, coherence: Any = None) -> bool:
+        """Delete ``key``; True if a live entry was removed. Never write-behind: it reports existence.
+        ``coherence`` as for ``put``."""
+        d = self._domain(domain)
+        key = _validate.key(key)
+        level = self._level(d, consistency)
+        coh = self.settings.coherence if coherence is None else _validate.coherence(coherence)
+        self._check_open()
+        shard = shard_for(key, d.shards)
+        return self._write_now(d, shard, WriteOp(key, None, None, (), coh is RELAXED_COH), level, coh) is not None
+
+    def _write_now(self, d: DomainRoute, shard: int, op: WriteOp, level: Consistency,
+                   coherence: CoherenceLevel) -> Version | None:
+        key = op.key
+        self._wb.send_now(d.name, d.shards, [key])
+        stamp = self._wb.claim(d.name, key)
+        t0 = time.perf_counter()
+        done = False
+        try:
+            if level is STRONG:
+                self._counters.add("strong_writes")
+                rec = self._group.submit(d.name, shard, op)
+                self._latencies.add("strong_put", time.perf_counter() - t0)
+            else:
+                self._counters.add("sync_writes")
+                rec = self._sync_write(d, shard, op, stamp)
+                self._latencies.add("sync_put", time.perf_counter() - t0)
+            done = True
+        finally:
+            if level is STRONG or not done:  # every in-sync copy holds it, or it failed
+                self._wb.release(d.name, key, stamp)
+            self._own_writes.note(d.name, key)
+            self._cache.drop(d.name, key)
+        if rec is None:
+            return None
+        if op.data is not None:
+            self._cache.store(d.name, key, op.data, R.record_hlc(rec), 0.0, rec)
+        if coherence is STRONG_COH:
+            # Other clients drop copies older than this version before we return.
+            self.coordinator.invalidate_sync([(d.name, key, None, "write", R.record_hlc(rec))])
+        return Version.from_record(rec)
+
+    def _sync_write(self, d: DomainRoute, shard: int, op: WriteOp, stamp: int) -> bytes | None:
+        owner, seq = Copy(d.name, shard, 0), self._next_seq()
+        answer = self._retry.run(
+            lambda: self._transport.call(owner, "write", self.client_id, seq, [op], True, timeout=self._timeout),
+            on_unavailable=lambda: self._transport.forget(owner))
+        self._reads.same_owner(d.name, shard, answer.incarnation)
+        failure = self._op_failure(d, answer)
+        if failure is not None:
+            raise failure[0][1]
+        rec = answer.items[0][1]
+        self._wb.track(d.name, shard, answer.incarnation, answer.seq, op, stamp,
+                       R.record_hlc(rec) if type(rec) is bytes else 0)
+        return rec
+
+    def _op_failure(self, d: DomainRoute, answer: Any) -> list[tuple[int, Exception]] | None:
+        out = [(i, self._pressure_error(d.name, m)) for i, m in answer.refused]
+        out += [(i, RemoteError(f"{d.name}: a write was rejected by its owner: {m}")) for i, m in answer.rejected]
+        return out or None
+
+    def _send_strong(self, domain: str, shard: int, ops: list[WriteOp]) -> list[Any]:
+        """One group-commit round: the owner applies, every replica applies the owner's answer."""
+        d = self._routes[domain]
+        seq = self._next_seq()
+        deadline = time.monotonic() + self._timeout
+        owner = Copy(domain, shard, 0)
+
+        def start() -> tuple[Any, list]:
+            # Submit the owner's write and, chained on its answer, every replica's apply.
+            answer = self._transport.submit(owner, "write", self.client_id, seq, ops, True, True)
+            replicas = []
+            for slot in range(1, d.copies):
+                try:
+                    replicas.append((slot, self._transport.submit(Copy(domain, shard, slot), "apply_write", answer)))
+                except UnavailableError:
+                    replicas.append((slot, None))
+            result = self._transport.result(answer, self._timeout, f"{domain} shard {shard} owner")
+            return result, replicas
+
+        # Retried while Ray restarts the owner, with the same request seq.
+        result, replicas = self._retry.run(start, on_unavailable=lambda: self._transport.forget(owner),
+                                           deadline=deadline)
+        acked, failures = 1, []
+        for slot, pending in replicas:
+            if pending is None:
+                failures.append(f"slot {slot}: unreachable")
+                continue
+            try:
+                self._transport.result(pending, max(0.001, deadline - time.monotonic()), f"replica slot {slot}")
+                acked += 1
+            except ErlmcpRayError as exc:
+                self._transport.forget(Copy(domain, shard, slot))
+                failures.append(f"slot {slot}: {exc}")
+        if acked < d.min_insync:
+            raise ReplicationError(
+                f"{domain} shard {shard}: applied by {acked} of {d.copies} copies, {d.min_insync} required; "
+                f"the write is not acknowledged and may or may not be visible later ({'; '.join(failures)})")
+        out: list[Any] = [rec for _key, rec in result.items]
+        for i, error in self._op_failure(d, result) or ():  # these ops were not written: their callers get the error
+            out[i] = error
+        return out
+
+    def _pressure_error(self, domain: str, message: str) -> MemoryPressureError:
+        return MemoryPressureError(message, domain=domain, limit=f"max_bytes={self._routes[domain].max_bytes}")
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every buffered write reached its owner, its replicas and the coordinator (so one
+        coherence round later every client sees it). Raises the first write error."""
+        self._wb.flush(_validate.timeout(timeout))
+
+    # -------------------------------------------------------------- settings
+    def set_consistency(self, level: Any) -> None:
+        """This client's default level for calls without ``consistency=`` (None: each domain's)."""
+        self._default = None if level is None else _validate.consistency(level)
+
+    def subscribe(self, domain: str, target: Any) -> Subscription:
+        """Deliver a ``MemoryUpdate`` for every write to ``domain``, in per-key order, to ``target``:
+        a callable (called on this client's coherence thread) or a Ray actor handle (its
+        ``on_memory_update(event)`` is called by the coordinator)."""
+        d = self._domain(domain)
+        self._check_open()
+        return self._coherence.subscribe(d.name, target)
+
+    # ------------------------------------------------------------------ stats
+    def stats(self) -> dict[str, Any]:
+        buffered, inflight = self._wb.sizes()
+        return {
+            "cache": {**self._cache.stats(), "l2_size": None},
+            "tiers": self._counters.snapshot(),
+            "write_behind": {"buffered": buffered, "in_flight_batches": inflight,
+                             "group_commit_batches": self._group.batches, "group_commit_ops": self._group.ops},
+            "latency_ms": self._latencies.summary(),
+            "coherence": {"since": self._coherence.since, "epoch": self._coherence.epoch,
+                          "lease_ok": self._coherence.usable()},
+        }
+
+    def _gather(self, targets: list[Copy], method: str) -> list[Any]:
+        self._check_open()
+        pending = [self._transport.submit(t, method) for t in targets]
+        return [self._transport.result(p, self._timeout, method) for p in pending]
+
+    def sync_status(self) -> dict[str, Any]:
+        """Per domain and shard: each copy's seq, staleness and sync counters."""
+        out: dict[str, Any] = {}
+        for d in self._routes.values():
+            shards = []
+            for shard in range(d.shards):
+                copies = self._gather([Copy(d.name, shard, slot) for slot in range(d.copies)], "stats")
+                owner = copies[0]
+                shards.append({
+                    "shard": shard, "seq": owner["seq"], "replicated_seq": owner["replicated_seq"],
+                    "published_seq": owner["published_seq"], "syncs": owner["syncs"],
+                    "replicas": [{"slot": c["slot"], "seq_lag": owner["seq"] - (owner["replicas"].get(c["slot"], {})
+                                  .get("acked_seq") or 0), "staleness_ms": c["staleness_ms"],
+                                  "node_id": c["node_id"]} for c in copies[1:]],
+                })
+            out[d.name] = shards
+        return out
+
+    def get_domain_stats(self, domain: str) -> dict[str, Any]:
+        """Entries, bytes, limit, shards and copies of ``domain`` (owner copies are counted once)."""
+        d = self._domain(domain)
+        owners = self._gather([Copy(d.name, s, 0) for s in range(d.shards)], "stats")
+        cfg = self.config.domain(domain)
+        return {
+            "domain": domain, "entries": sum(o["entries"] for o in owners),
+            "bytes": sum(o["bytes"] for o in owners), "limit": cfg.max_bytes,
+            "tombstones": sum(o["tombstones"] for o in owners), "shards": d.shards, "replicas": d.copies - 1,
+            "consistency": d.consistency.value, "conflicts_resolved": sum(o["conflicts_resolved"] for o in owners),
+            "eviction": cfg.eviction.value, "evictions": sum(o["evictions"] for o in owners),
+            "refused_writes": sum(o["refused_writes"] for o in owners),
+            # the domain is as pressed as its most pressed shard
+            "pressure": _worst([(o["pressure"] or {}).get("level", "low") for o in owners]),
+        }
+
+    def _all_copies(self, method: str) -> list[dict]:
+        return self._gather([Copy(d.name, shard, slot) for d in self._routes.values()
+                             for shard in range(d.shards) for slot in range(d.copies)], method)
+
+    def get_cluster_memory(self) -> dict[str, Any]:
+        """The spec's cluster memory: nodes, total bytes, and per node the copies it holds and the
+        memory of our actors there (RSS), against the per-node limits and their pressure level."""
+        limits = self.config.limits
+
+        def blank(node_id: str, address: Any) -> dict[str, Any]:
+            return {"node_id": node_id, "address": address, "memory_total": 0, "processes": 0, "actors": 0,
+                    "bytes": 0, "entries": 0, "copies": []}
+
+        per_node = {n["NodeID"]: blank(n["NodeID"], n.get("NodeManagerAddress"))
+                    for n in self._transport.alive_nodes()}
+        for m in self._all_copies("memory"):
+            node = per_node.setdefault(m["node_id"], blank(m["node_id"], None))
+            node["memory_total"] = m["node_memory_total"]
+            node["processes"] += m["rss"]
+            node["actors"] += 1
+            node["bytes"] += m["bytes"]
+            node["entries"] += m["entries"]
+            node["copies"].append((m["domain"], m["shard"], m["slot"], m["bytes"]))
+        for node in per_node.values():
+            ratio = max(node["bytes"] / limits.max_bytes, node["entries"] / limits.max_entries)
+            node.update(limit_bytes=limits.max_bytes, max_entries=limits.max_entries, used_ratio=ratio,
+                        pressure=str(level_for(ratio)), warn=ratio >= limits.warn_percent)
+        return {"nodes": len(per_node), "total_memory_bytes": len(per_node) * limits.max_bytes,
+                "used_bytes": sum(n["bytes"] for n in per_node.values()),
+                "node_data": sorted(per_node.values(), key=lambda n: n["node_id"])}
+
+    def force_gc(self) -> dict[str, Any]:
+        """Purge expired entries and collect garbage in every shard copy and in this client;
+        returns what was freed."""
+        results = self._all_copies("force_gc")
+        return {"copies": len(results),
+                "expired_purged": sum(r["expired_purged"] for r in results),
+                "accounted_bytes_freed": sum(r["accounted_bytes_freed"] for r in results),
+                "rss_bytes_freed": sum(r["rss_bytes_freed"] for r in results),
+                "client_objects_collected": gc.collect()}
+
+    def compact(self) -> dict[str, Any]:
+        """Shrink every shard copy's structures (dicts, expiry heap, op-log); returns what was freed."""
+        results = self._all_copies("compact")
+        return {"copies": len(results),
+                "expiry_items_dropped": sum(r["expiry_items_dropped"] for r in results),
+                "log_ops_dropped": sum(r["log_ops_dropped"] for r in results),
+                "rss_bytes_freed": sum(r["rss_bytes_freed"] for r in results)}
+
+    # -------------------------------------------------------------- lifecycle
+    def close(self) -> None:
+        """Flush buffered writes and stop this client's threads. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._abandon()
+
+    def _abandon(self) -> None:
+        """Stop without flushing (the system is going away)."""
+        if self._closed:
+            return
+        self._closed = True
+        join_s = self.settings.poll_timeout_s + 1
+        self._wb.close(join_s)
+        self._coherence.close(join_s)
+
+    def __enter__(self) -> MemoryClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------ async twins
+    async def get_async(self, domain: str, key: str, default: Any = None, **kw: Any) -> Any:
+        if kw.get("consistency") is None and self._coherence.usable():
+            d = self._domain(domain)
+            if self._level(d, None) is not STRONG:
+                value = self.get(domain, key, _MISS, local_only=True)
+                if value is not _MISS:
+                    return value
+        return await _in_thread(self.get, domain, key, default, **kw)
+
+    async def put_async(self, domain: str, key: str, value: Any, **kw: Any) -> Version | None:
+        d = self._domain(domain)
+        coherence = kw.get("coherence")
+        strong_coherence = (self.settings.coherence if coherence is None else _validate.coherence(coherence)) is STRONG_COH
+        if self._level(d, kw.get("consistency")) is EVENTUAL and not strong_coherence:
+            return self.put(domain, key, value, **kw)  # only buffers: never blocks the event loop
+        return await _in_thread(self.put, domain, key, value, **kw)
+
+    async def delete_async(self, domain: str, key: str, **kw: Any) -> bool:
+        return await _in_thread(self.delete, domain, key, **kw)
+
+    async def flush_async(self, timeout: float | None = None) -> None:
+        await _in_thread(self.flush, timeout)
+
+
+_MISS = object()
+
+
+async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
+    # Remote calls block; an async actor's event loop must not. The client is thread-safe.
+    return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
+
+
+def _worst(levels: list[str]) -> str:
+    order = ["low", "medium", "high", "critical"]
+    return max(levels, key=order.index) if levels else "low"
+

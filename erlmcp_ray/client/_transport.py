@@ -1,0 +1,155 @@
+"""The client's one seam to the system's actors: the ``Transport`` protocol, Ray's, and the retry policy.
+
+Nothing else in the client calls ``.remote``, ``ray.get``, ``ray.wait`` or ``ray.get_actor``.
+A target is a shard copy, ``Copy(domain, shard, slot)``, or ``COORDINATOR``. Every error a
+transport raises is already in the erlmcp_ray tree (``UnavailableError`` when the target is
+gone or restarting, ``OperationTimeoutError`` when it did not answer in time, the actor's own
+error otherwise). ``erlmcp_ray.testing.FakeTransport`` implements the same protocol over
+in-process shard copies, so the client's logic runs in unit tests without Ray.
+
+``Retry`` is the one retry policy: idempotent calls (reads, and writes carrying a request seq
+the owner deduplicates) are retried with jittered exponential backoff while the target is
+unavailable, until the call timeout runs out; a timeout is never retried (the operation may
+or may not have happened).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+from erlmcp_ray.errors import OperationTimeoutError, UnavailableError
+
+__all__ = ["COORDINATOR", "Copy", "RayTransport", "Retry", "Transport"]
+
+
+class Copy(NamedTuple):
+    """A shard copy: one slot of one shard of a domain."""
+
+    domain: str
+    shard: int
+    slot: int
+
+
+#: The coordinator as a target.
+COORDINATOR = "coordinator"
+
+
+class Transport(Protocol):
+    def call(self, target: Any, method: str, *args: Any, timeout: float) -> Any:
+        """Call ``method`` on ``target`` and wait up to ``timeout`` s for its answer."""
+
+    def submit(self, target: Any, method: str, *args: Any) -> Any:
+        """Start a call; returns a pending answer. An argument may be another pending answer:
+        the callee then gets its value (a dependency, resolved without this process)."""
+
+    def ready(self, pending: list, timeout: float) -> list:
+        """The pending answers among ``pending`` that are done, waiting up to ``timeout`` s for all."""
+
+    def result(self, pending: Any, timeout: float, what: str) -> Any:
+        """The answer of a pending call (raises its error)."""
+
+    def forget(self, target: Any) -> None:
+        """The target failed: look it up afresh next time (Ray may have restarted it)."""
+
+    def is_actor(self, obj: Any) -> bool:
+        """True for an actor handle (a subscription target the coordinator calls itself)."""
+
+    def alive_nodes(self) -> list[dict]:
+        """The cluster's alive nodes: ``{"NodeID", "NodeManagerAddress"}`` each."""
+
+
+class Retry:
+    """Jittered exponential backoff while a target is unavailable, within one deadline."""
+
+    def __init__(self, timeout_s: float, *, base_s: float = 0.02, cap_s: float = 0.5,
+                 rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.timeout_s = timeout_s
+        self._base, self._cap = base_s, cap_s
+        self._rng = rng or random.Random()
+        self._sleep, self._clock = sleep, clock
+
+    def pause(self, attempt: int) -> float:
+        # Jitter: clients that lost the same owner must not retry in lockstep when it returns.
+        return min(self._cap, self._base * 2 ** attempt) * (0.5 + self._rng.random())
+
+    def run(self, fn: Callable[[], Any], *, on_unavailable: Callable[[], None] | None = None,
+            retry: bool = True, deadline: float | None = None) -> Any:
+        """``fn()``, retried while it raises ``UnavailableError`` (never on a timeout)."""
+        deadline = self._clock() + self.timeout_s if deadline is None else deadline
+        attempt = 0
+        while True:
+            try:
+                return fn()
+            except UnavailableError as exc:
+                if on_unavailable is not None:
+                    on_unavailable()
+                attempt += 1
+                pause = self.pause(attempt)
+                if not retry or isinstance(exc, OperationTimeoutError) or self._clock() + pause > deadline:
+                    raise
+                self._sleep(pause)
+
+
+class RayTransport:
+    """Calls to the named actors of one system namespace, with handles cached per target."""
+
+    def __init__(self, namespace: str) -> None:
+        from erlmcp_ray import _ray
+        from erlmcp_ray.actors.options import COORDINATOR as COORDINATOR_NAME
+        from erlmcp_ray.actors.options import shard_name
+
+        self._ray = _ray
+        self.namespace = namespace
+        self._names = {COORDINATOR: COORDINATOR_NAME}
+        self._shard_name = shard_name
+        self._handles: dict[Any, Any] = {}
+        self._lock = threading.Lock()  # guards the dict only; lookups happen outside it
+
+    def _handle(self, target: Any) -> Any:
+        h = self._handles.get(target)
+        if h is None:
+            name = self._names[target] if target == COORDINATOR else self._shard_name(*target)
+            h = self._ray.get_actor(name, self.namespace)
+            with self._lock:
+                self._handles[target] = h
+        return h
+
+    def forget(self, target: Any) -> None:
+        with self._lock:
+            self._handles.pop(target, None)
+
+    def submit(self, target: Any, method: str, *args: Any) -> Any:
+        try:
+            return getattr(self._handle(target), method).remote(*args)
+        except UnavailableError:
+            raise
+        except Exception as exc:  # a dead handle can fail at submission
+            raise self._ray.translate(exc, f"{target} {method}") from exc
+
+    def call(self, target: Any, method: str, *args: Any, timeout: float) -> Any:
+        return self._ray.get(self.submit(target, method, *args), timeout=timeout, what=f"{_what(target)} {method}")
+
+    def ready(self, pending: list, timeout: float) -> list:
+        return self._ray.wait(pending, timeout)
+
+    def result(self, pending: Any, timeout: float, what: str) -> Any:
+        return self._ray.get(pending, timeout=timeout, what=what)
+
+    def is_actor(self, obj: Any) -> bool:
+        import ray
+
+        return isinstance(obj, ray.actor.ActorHandle)
+
+    def alive_nodes(self) -> list[dict]:
+        import ray
+
+        return [n for n in ray.nodes() if n.get("Alive")]
+
+
+def _what(target: Any) -> str:
+    return "the coordinator" if target == COORDINATOR else f"{target[0]} shard {target[1]} slot {target[2]}"

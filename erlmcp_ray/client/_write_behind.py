@@ -1,0 +1,414 @@
+"""Write-behind: eventual writes buffered, coalesced, sent in batches, confirmed, resent after a restart.
+
+``put(..., consistency="eventual")`` returns once ``add`` buffered the write. A thread sends
+the buffer every ``write_behind_interval`` (sooner when it fills), one ``write`` per owner;
+retries a failed batch with the same request seq (the owner's idempotency table answers a
+duplicate); and keeps every applied batch until its owner reports it replicated and
+published. A batch an owner applied but never confirmed before its process died (a new
+incarnation) is sent again.
+
+Per-key order is the promise: every write of a key gets a stamp, and ``_latest`` holds the
+stamp of the newest unconfirmed write of each key. A retried or resent op whose stamp is no
+longer the newest is dropped: a newer write of the key (buffered, in flight, applied by the
+new owner, or already confirmed) must never be overwritten by an older one. A resent op also
+carries the version its first owner gave it (``WriteOp.resend_of``), so the new owner skips
+it when it holds that version or a newer one (a write from another client, say).
+
+Locks: ``_lock`` guards the buffer and the bookkeeping, and is held only for dict and list
+operations (the caller's ``put`` takes it). ``_send_lock`` orders submissions to owners (the
+thread's batches, a caller's ``send_now`` before a direct write, resends): it is held while
+submitting, never while waiting or sleeping, and never taken under ``_lock``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from erlmcp_ray.client._cache import LocalCache
+from erlmcp_ray.client._settings import ClientSettings
+from erlmcp_ray.client._stats import Counters
+from erlmcp_ray.client._transport import Copy, Retry, Transport
+from erlmcp_ray.core.routing import shard_for
+from erlmcp_ray.core.wire import WriteOp
+from erlmcp_ray.errors import ErlmcpRayError, OperationTimeoutError, RemoteError, UnavailableError
+
+__all__ = ["WriteBehind", "WriteBuffer"]
+
+log = logging.getLogger("erlmcp_ray.client")
+
+
+class WriteBuffer:
+    """Coalescing buffer of eventual writes, keyed by (domain, shard) then key: the last write
+    to a key wins, as in a write-back cache. Each op travels with its stamp."""
+
+    def __init__(self) -> None:
+        self._ops: dict[tuple[str, int], dict[str, tuple[WriteOp, int]]] = {}
+        self._n = 0
+
+    def add(self, domain: str, shard: int, op: WriteOp, stamp: int = 0) -> None:
+        group = self._ops.get((domain, shard))
+        if group is None:
+            group = self._ops[(domain, shard)] = {}
+        if op[0] not in group:
+            self._n += 1
+        group[op[0]] = (op, stamp)
+
+    def peek(self, domain: str, shard: int, key: str) -> WriteOp | None:
+        group = self._ops.get((domain, shard))
+        found = None if group is None else group.get(key)
+        return None if found is None else found[0]
+
+    def pop(self, domain: str, shard: int, key: str) -> tuple[WriteOp, int] | None:
+        group = self._ops.get((domain, shard))
+        if group is None or key not in group:
+            return None
+        self._n -= 1
+        return group.pop(key)
+
+    def take(self, max_batch: int) -> list[tuple[str, int, list[tuple[WriteOp, int]]]]:
+        """Everything buffered, as ``(domain, shard, [(op, stamp)])`` batches of at most ``max_batch``."""
+        out = []
+        for (domain, shard), group in self._ops.items():
+            ops = list(group.values())
+            for i in range(0, len(ops), max_batch):
+                out.append((domain, shard, ops[i : i + max_batch]))
+        self._ops = {}
+        self._n = 0
+        return out
+
+    def __len__(self) -> int:
+        return self._n
+
+
+@dataclass
+class _Batch:
+    domain: str
+    shard: int
+    seq: int
+    ops: list[WriteOp]
+    stamps: list[int]
+    pending: Any = None  # the transport's pending answer
+    error: Exception | None = None  # submission failed
+    attempts: int = 0
+    sent_at: float = 0.0
+
+
+@dataclass
+class _Applied:
+    """Ops an owner applied, kept until it reports them replicated and published."""
+
+    incarnation: str
+    owner_seq: int
+    ops: list[WriteOp]
+    stamps: list[int]
+    hlcs: list[int] = field(default_factory=list)  # the version each op got (0: none)
+
+
+class WriteBehind:
+    def __init__(self, *, transport: Transport, retry: Retry, settings: ClientSettings, cache: LocalCache,
+                 counters: Counters, client_id: str, next_seq: Callable[[], int],
+                 refusal: Callable[[str, str], Exception], clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self._transport, self._retry, self._settings = transport, retry, settings
+        self._cache, self._counters = cache, counters
+        self._client_id, self._next_seq, self._refusal = client_id, next_seq, refusal
+        self._clock, self._sleep = clock, sleep
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._send_lock = threading.Lock()
+        self._buffer = WriteBuffer()
+        self._sending: dict[tuple[str, str], WriteOp] = {}  # taken from the buffer, being submitted
+        self._inflight: list[_Batch] = []
+        self._unconfirmed: dict[tuple[str, int], list[_Applied]] = {}
+        self._latest: dict[tuple[str, str], int] = {}  # (domain, key) -> stamp of its newest unconfirmed write
+        self._stamps = itertools.count(1)
+        self._errors: list[ErlmcpRayError] = []
+        self._flush_now = False
+        self._closed = False
+        self._last_confirm = 0.0
+        self._thread = threading.Thread(target=self._run, name="erlmcp-write-behind", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    # ------------------------------------------------------------ caller side
+    def add(self, domain: str, shard: int, op: WriteOp) -> None:
+        """Buffer an eventual write (and show it to this client's reads at once)."""
+        with self._lock:
+            stamp = next(self._stamps)
+            self._buffer.add(domain, shard, op, stamp)
+            self._latest[(domain, op[0])] = stamp
+            self._cache.store_pending(domain, op[0], op[1])
+            if len(self._buffer) >= self._settings.write_behind_max_batch:
+                self._wake.notify()
+
+    def peek(self, domain: str, shard: int, key: str) -> WriteOp | None:
+        """Our write of ``key`` not yet handed to its owner, if any."""
+        with self._lock:
+            op = self._buffer.peek(domain, shard, key)
+            return self._sending.get((domain, key)) if op is None else op
+
+    def claim(self, domain: str, key: str) -> int:
+        """A direct (strong or bounded) write of ``key`` is about to be sent: from now on it is the
+        newest, and no older write of the key may be resent over it. Returns its stamp."""
+        with self._lock:
+            stamp = next(self._stamps)
+            self._latest[(domain, key)] = stamp
+            return stamp
+
+    def release(self, domain: str, key: str, stamp: int) -> None:
+        """A direct write finished (its copies hold it, or it failed): forget its stamp."""
+        with self._lock:
+            if self._latest.get((domain, key)) == stamp:
+                del self._latest[(domain, key)]
+
+    def send_now(self, domain: str, shards: int, keys: list[str]) -> None:
+        """Send buffered writes of ``keys`` before a direct call on them, so the two stay in order."""
+        with self._send_lock:
+            with self._lock:
+                taken = [(shard_for(k, shards), self._buffer.pop(domain, shard_for(k, shards), k)) for k in keys]
+            for shard, found in taken:
+                if found is not None:
+                    self._submit(_Batch(domain, shard, self._next_seq(), [found[0]], [found[1]]))
+
+    def track(self, domain: str, shard: int, incarnation: str, owner_seq: int, op: WriteOp, stamp: int,
+              hlc: int) -> None:
+        """A bounded write applied by its owner: keep it until the owner confirms it replicated."""
+        with self._lock:
+            self._latest[(domain, op[0])] = stamp
+            self._unconfirmed.setdefault((domain, shard), []).append(
+                _Applied(incarnation, owner_seq, [op], [stamp], [hlc]))
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every buffered write reached its owner, its replicas and the coordinator (so one
+        coherence round later every client sees it). Raises the first write error."""
+        deadline = self._clock() + (self._settings.call_timeout_s if timeout is None else timeout)
+        with self._lock:
+            self._flush_now = True
+            self._wake.notify()
+        while True:
+            with self._lock:
+                idle = not self._buffer and not self._sending and not self._inflight
+                done = idle and not self._unconfirmed
+                errors, self._errors = self._errors, []
+            if errors:
+                raise errors[0]
+            if done:
+                return
+            if self._clock() > deadline:
+                raise OperationTimeoutError(f"flush: writes not yet replicated after {timeout} s")
+            if idle:
+                try:
+                    self._confirm(raise_errors=True)
+                except UnavailableError:
+                    self._sleep(0.05)  # the owner is restarting; its writes will be resent
+                    continue
+                self._sleep(0.001)
+            else:
+                self._sleep(0.0005)
+
+    def close(self, join_s: float) -> None:
+        with self._lock:
+            self._closed = True
+            self._wake.notify_all()
+        self._thread.join(timeout=join_s)
+
+    def sizes(self) -> tuple[int, int]:
+        with self._lock:
+            return len(self._buffer), len(self._inflight)
+
+    # ------------------------------------------------------------ the thread
+    def _run(self) -> None:
+        # A bug here must not silently stop every later write: log it and carry on.
+        while True:
+            try:
+                self._loop()
+                return
+            except Exception:
+                log.exception("write-behind thread failed; restarting it")
+                self._sleep(0.05)
+
+    def _loop(self) -> None:
+        interval = self._settings.write_behind_interval_s
+        max_batch = self._settings.write_behind_max_batch
+        while True:
+            with self._lock:
+                if not self._buffer and not self._inflight and not self._flush_now:
+                    if self._closed:
+                        return
+                    self._wake.wait(timeout=0.05)
+                elif not self._flush_now and len(self._buffer) < max_batch and not self._closed:
+                    self._wake.wait(timeout=interval)
+                self._flush_now = False
+            self._send_buffered(max_batch)
+            self._collect()
+            if self._unconfirmed and self._clock() - self._last_confirm > self._settings.confirm_interval_s:
+                self._last_confirm = self._clock()
+                self._confirm(raise_errors=False)
+
+    def _send_buffered(self, max_batch: int) -> None:
+        with self._send_lock:
+            with self._lock:
+                batches = self._buffer.take(max_batch)
+                for domain, _shard, pairs in batches:
+                    for op, _stamp in pairs:
+                        self._sending[(domain, op[0])] = op
+            for domain, shard, pairs in batches:
+                self._submit(_Batch(domain, shard, self._next_seq(), [p[0] for p in pairs], [p[1] for p in pairs]))
+            if batches:
+                with self._lock:
+                    self._sending.clear()
+
+    def _submit(self, batch: _Batch) -> None:
+        """Hand a batch to its owner (caller holds ``_send_lock``, which keeps submissions in order)."""
+        try:
+            batch.pending = self._transport.submit(Copy(batch.domain, batch.shard, 0), "write",
+                                                   self._client_id, batch.seq, batch.ops, False)
+            batch.error = None
+        except UnavailableError as exc:
+            batch.error = exc
+        batch.sent_at = self._clock()
+        with self._lock:
+            self._inflight.append(batch)
+        self._counters.add("batches_sent")
+
+    def _collect(self) -> None:
+        with self._lock:
+            inflight = list(self._inflight)
+        if not inflight:
+            return
+        pending = [b.pending for b in inflight if b.error is None]
+        ready = set(self._transport.ready(pending, 0.005)) if pending else set()
+        failed: list[tuple[_Batch, ErlmcpRayError]] = []
+        for batch in inflight:
+            if batch.error is None and batch.pending not in ready:
+                if self._clock() - batch.sent_at < self._settings.call_timeout_s:
+                    continue
+                failed.append((batch, OperationTimeoutError(
+                    f"{batch.domain} shard {batch.shard}: write batch timed out")))
+                continue
+            try:
+                if batch.error is not None:
+                    raise batch.error
+                answer = self._transport.result(batch.pending, self._settings.call_timeout_s,
+                                                f"{batch.domain} shard {batch.shard} owner")
+            except ErlmcpRayError as exc:
+                failed.append((batch, exc))
+                continue
+            self._applied(batch, answer)
+        if failed:
+            self._retry_or_fail(failed)
+
+    def _applied(self, batch: _Batch, answer: Any) -> None:
+        hlcs = answer.items
+        bad = {i: self._refusal(batch.domain, message) for i, message in answer.refused}
+        bad.update({i: RemoteError(f"{batch.domain}: write of {batch.ops[i][0]!r} rejected by its owner: {message}")
+                    for i, message in answer.rejected})
+        with self._lock:
+            self._inflight.remove(batch)
+            self._unconfirmed.setdefault((batch.domain, batch.shard), []).append(
+                _Applied(answer.incarnation, answer.seq, batch.ops, batch.stamps, list(hlcs)))
+            for i, error in bad.items():  # not written: flush() raises, the cached copy goes
+                self._errors.append(error)
+                self._drop_stamp(batch.domain, batch.ops[i][0], batch.stamps[i])
+        if bad:
+            self._counters.add("write_errors", len(bad))
+            for i in bad:
+                self._cache.drop(batch.domain, batch.ops[i][0])
+        for op, hlc in zip(batch.ops, hlcs):
+            if hlc > 0:
+                self._cache.acknowledge(batch.domain, op[0], op[1], hlc)
+
+    def _retry_or_fail(self, failed: list[tuple[_Batch, ErlmcpRayError]]) -> None:
+        for batch, _ in failed:
+            self._transport.forget(Copy(batch.domain, batch.shard, 0))
+        retry, dropped = [], []
+        with self._lock:
+            for batch, error in failed:
+                self._inflight.remove(batch)
+                if error.retryable and batch.attempts + 1 < self._settings.max_batch_attempts:
+                    retry.append(batch)
+                else:
+                    self._errors.append(error)
+                    dropped.append(batch)
+                    for op, stamp in zip(batch.ops, batch.stamps):
+                        self._drop_stamp(batch.domain, op[0], stamp)
+        for batch in dropped:
+            self._counters.add("write_errors", len(batch.ops))
+            for op in batch.ops:
+                self._cache.drop(batch.domain, op[0])
+        if not retry:
+            return
+        # Sleep with no lock held: callers keep buffering, and reads keep peeking the buffer.
+        self._sleep(self._retry.pause(max(b.attempts for b in retry) + 1))
+        with self._send_lock:
+            for batch in retry:
+                kept = self._newest_only(batch.domain, batch.ops, batch.stamps)
+                if not kept:
+                    continue
+                ops, stamps = [o for o, _ in kept], [s for _, s in kept]
+                # The same request seq while the batch is unchanged: an owner that applied it
+                # answers from its idempotency table. A changed batch is a new request.
+                seq = batch.seq if len(ops) == len(batch.ops) else self._next_seq()
+                self._counters.add("batch_retries")
+                self._submit(_Batch(batch.domain, batch.shard, seq, ops, stamps, attempts=batch.attempts + 1))
+
+    def _newest_only(self, domain: str, ops: list[WriteOp], stamps: list[int]) -> list[tuple[WriteOp, int]]:
+        """The ops that are still the newest write of their key (the others were superseded)."""
+        with self._lock:
+            latest = self._latest
+            return [(op, s) for op, s in zip(ops, stamps) if latest.get((domain, op[0])) == s]
+
+    def _drop_stamp(self, domain: str, key: str, stamp: int) -> None:
+        # caller holds _lock
+        if self._latest.get((domain, key)) == stamp:
+            del self._latest[(domain, key)]
+
+    def _confirm(self, raise_errors: bool) -> None:
+        """Ask owners how far they replicated; forget confirmed writes, resend those a restart lost."""
+        with self._lock:
+            shards = list(self._unconfirmed)
+        for domain, shard in shards:
+            target = Copy(domain, shard, 0)
+            try:
+                progress = self._retry.run(
+                    lambda target=target: self._transport.call(target, "progress",
+                                                               timeout=self._settings.call_timeout_s),
+                    on_unavailable=lambda target=target: self._transport.forget(target), retry=raise_errors)
+            except UnavailableError:
+                if raise_errors:
+                    raise
+                continue
+            lost: list[tuple[WriteOp, int]] = []
+            with self._lock:
+                keep = []
+                for applied in self._unconfirmed.pop((domain, shard), []):
+                    if applied.incarnation != progress.incarnation:
+                        lost.extend(self._resendable(domain, applied))  # its owner died before replicating it
+                    elif applied.owner_seq > progress.published:
+                        keep.append(applied)
+                    else:
+                        for op, stamp in zip(applied.ops, applied.stamps):
+                            self._drop_stamp(domain, op[0], stamp)
+                if keep:
+                    self._unconfirmed[(domain, shard)] = keep
+            if lost:
+                self._counters.add("resent_after_restart", len(lost))
+                with self._send_lock:
+                    self._submit(_Batch(domain, shard, self._next_seq(), [o for o, _ in lost], [s for _, s in lost]))
+
+    def _resendable(self, domain: str, applied: _Applied) -> list[tuple[WriteOp, int]]:
+        """Of a batch a dead owner applied, the ops to send again (caller holds ``_lock``): those
+        still the newest write of their key, marked with the version they were first given."""
+        out = []
+        for op, stamp, hlc in zip(applied.ops, applied.stamps, applied.hlcs or [0] * len(applied.ops)):
+            if hlc < 0 or self._latest.get((domain, op[0])) != stamp:
+                continue  # not written the first time, or superseded by a newer write of the key
+            out.append((op._replace(resend_of=hlc) if hlc > 0 else op, stamp))
+        return out

@@ -1,0 +1,351 @@
+"""One copy (slot) of one shard of a domain: its data plus the owner's and replica's bookkeeping.
+
+Pure: no Ray, no threads, no lock. ``actors.shard.ShardActor`` holds one of these, takes its
+lock around every call and runs the replication thread; ``testing.FakeTransport`` holds them
+in-process to drive a ``MemoryClient`` without Ray. Both therefore run the same write, read,
+replication and publication logic.
+
+Owner: ``write`` assigns versions (idempotent per ``(client id, request seq)``), refuses growth
+under critical memory pressure, evicts in the domain's policy order, and writes every op of a
+batch on its own (a bad op is rejected, the others are written). ``replication_payloads`` /
+``sync_answered`` / ``finish_round`` are one replication round (op-log deltas, or a snapshot
+to a replica that is nowhere in the log); ``publish_batch`` / ``published`` hand what the
+replicas hold to the coordinator.
+
+Replica: ``sync`` takes a delta or snapshot; ``apply_write`` takes a strong write's records
+straight from the client; both refuse a lower epoch (``StaleEpochError``).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from erlmcp_ray._policies import shard_policy
+from erlmcp_ray.config import DomainConfig
+from erlmcp_ray.core import record as R
+from erlmcp_ray.core.invalidation import RELAXED, WRITE
+from erlmcp_ray.core.pressure import (
+    DEFAULT_THRESHOLDS,
+    AllowGrowth,
+    CollectGarbage,
+    Evict,
+    LevelChanged,
+    PressureMonitor,
+    RefuseGrowth,
+    Warn,
+)
+from erlmcp_ray.core.replication import Freshness, IdempotencyTable, ReplicaProgress
+from erlmcp_ray.core.shard_state import ShardState, _klen
+from erlmcp_ray.core.wire import OK, REFUSED, SKIPPED, STALE, Progress, ReadAnswer, WriteAnswer, WriteOp
+from erlmcp_ray.errors import StaleEpochError
+
+__all__ = ["ShardCopy", "ShardSettings"]
+
+
+@dataclass(frozen=True)
+class ShardSettings:
+    """How one shard copy behaves; ``system.start`` builds it from the domain's config."""
+
+    #: the domain's config as a dict (its eviction policy, limits); None: no policy, no limits
+    domain_config: dict | None = None
+    #: this shard's part of the domain's limits (max_bytes / shards, max_entries / shards)
+    max_bytes: int | None = None
+    max_entries: int | None = None
+    staleness_ms: float = 1000.0
+    #: an empty sync this often keeps each replica's staleness bound fresh
+    heartbeat_ms: float = 100.0
+    #: after a write wakes replication, wait this long so the writes behind it share the round
+    linger_ms: float = 2.0
+    #: a strong write reached the replicas through its client; its publication may wait this
+    #: long to share a round with the next ones
+    strong_publish_delay_ms: float = 20.0
+    oplog_capacity: int = 65536
+    sync_timeout_s: float = 5.0
+    #: a replica that has not acked for this long is out of sync (no longer waited for)
+    out_of_sync_after_s: float = 5.0
+
+
+class ShardCopy:
+    def __init__(self, domain: str, shard: int, slot: int, copies: int, epoch: int,
+                 settings: ShardSettings, *, clock: Callable[[], float] = time.monotonic,
+                 state: ShardState | None = None) -> None:
+        self.domain, self.shard, self.slot, self.copies = domain, shard, slot, copies
+        self.epoch = epoch
+        self.settings = settings
+        self._clock = clock
+        self.state = state or ShardState(slot, oplog_capacity=settings.oplog_capacity)
+        self.incarnation = uuid.uuid4().hex
+        self._dedup = IdempotencyTable()
+        self.freshness = Freshness(clock=clock)
+        self.owner_slot = 0
+        self._position: tuple[str, int] | None = None  # replica: (owner incarnation, owner seq) held
+        self.progress_of = {s: ReplicaProgress(s) for s in range(copies) if s != slot}
+        self.replicated_seq = 0
+        self.published_seq = 0
+        self._forget: list[tuple[str, int]] = []
+        self._relaxed: set[int] = set()  # op-log seqs written under relaxed coherence
+        self._victims: list[str] = []
+        self.policy = None
+        if settings.domain_config is not None and settings.max_bytes is not None:
+            self.policy = shard_policy(DomainConfig(**settings.domain_config), settings.max_bytes,
+                                       lambda key, _size: self._victims.append(key))
+        self.evictions = 0
+        self.pressure = PressureMonitor()
+        self.subject = f"domain:{domain}:{shard}"
+        if settings.max_bytes is not None:
+            self.pressure.configure(self.subject, settings.max_bytes, evictable=self.policy is not None,
+                                    max_entries=settings.max_entries)
+        self.refused = 0
+        self.rejected = 0
+        self._refusing = False
+        self.pressure_changes: list[tuple] = []
+        self.syncs = {"completed": 0, "failed": 0, "bytes": 0, "last_sync_time": None}
+        #: effects the actor acts on after the call (log lines, garbage collection)
+        self.effects: list[Any] = []
+
+    @property
+    def is_owner(self) -> bool:
+        return self.slot == self.owner_slot
+
+    def recover(self, snapshot: dict) -> None:
+        """A restarted copy starts empty: take a peer's state, and rebuild what the policy tracks
+        (its access history is lost)."""
+        self.state.restore(snapshot)
+        if self.policy is not None:
+            for key in list(self.state.keys()):
+                self.policy[key] = self._entry_size(key)
+
+    # ---------------------------------------------------------------- owner
+    def write(self, client_id: str, request_seq: int, ops: list[WriteOp], full: bool = True) -> WriteAnswer:
+        """Apply a batch of ``WriteOp``; a retried ``(client_id, request_seq)`` gets the first answer."""
+        answer = self._dedup.lookup(client_id, request_seq)
+        if answer is not IdempotencyTable.MISSING:
+            return answer
+        state, items, refused, rejected = self.state, [], [], []
+        for i, op in enumerate(ops):
+            key, data = op[0], op[1]
+            if data is not None and self._refusing and self._would_refuse(key, data, op[3]):
+                refused.append((i, self._refusal(key)))
+                items.append((key, REFUSED) if full else -1)
+                continue
+            if len(op) > 5 and op[5] and self._superseded(key, op[5]):
+                items.append((key, SKIPPED) if full else 0)
+                continue
+            try:
+                if data is None:
+                    res = state.apply_local(key, delete=True)
+                else:
+                    res = state.apply_local(key, data, ttl_ms=op[2], tags=op[3])
+            except Exception as exc:  # noqa: BLE001 - one bad op must not cost the others
+                self.rejected += 1
+                rejected.append((i, f"{type(exc).__name__}: {exc}"))
+                items.append((key, REFUSED) if full else -1)
+                continue
+            if res is not None and len(op) > 4 and op[4]:
+                self._relaxed.add(res[0])  # relaxed coherence: caches are not told to drop it
+            if self.policy is not None and res is not None:
+                self._track(key, data is None)
+            if full:
+                items.append((key, None if res is None else res[1]))
+            else:
+                items.append(0 if res is None else R.record_hlc(res[1]))
+        self._evict_victims()
+        self._observe_pressure()
+        answer = WriteAnswer(self.epoch, state.last_seq, items, self.incarnation, refused, rejected)
+        self._dedup.remember(client_id, request_seq, answer)
+        return answer
+
+    def _superseded(self, key: str, resend_of: int) -> bool:
+        """A resent write is moot when what is stored is as new as it (or newer)."""
+        rec = self.state.raw_record(key)
+        return rec is not None and R.record_hlc(rec) >= resend_of
+
+    def read(self, key: str, max_staleness_ms: float | None = None) -> ReadAnswer:
+        """A replica staler than ``max_staleness_ms`` answers STALE and no record; the owner is never stale."""
+        staleness = 0.0 if self.is_owner else self.freshness.staleness_ms()
+        if max_staleness_ms is not None and staleness > max_staleness_ms:
+            return ReadAnswer(STALE, None, staleness, self.incarnation)
+        rec = self.state.get_record(key)
+        if rec is not None and self.policy is not None and self.is_owner:
+            self.policy.get(key)  # an access, for LRU/LFU/ARC/W-TinyLFU
+        return ReadAnswer(OK, rec, staleness, self.incarnation)
+
+    def progress(self) -> Progress:
+        return Progress(self.incarnation, self.state.last_seq, self.replicated_seq, self.published_seq)
+
+    def find(self, tag: str | None = None, pattern: str | None = None) -> list[str]:
+        if tag is not None:
+            return self.state.keys_with_tag(tag)
+        return self.state.keys_matching(pattern or "*")
+
+    # -------------------------------------------------------------- eviction
+    def _entry_size(self, key: str) -> int:
+        rec = self.state.raw_record(key)
+        return 0 if rec is None else _klen(key) + len(rec) + self.state.entry_overhead
+
+    def _track(self, key: str, deleted: bool) -> None:
+        if deleted:
+            self.policy.pop(key, None)
+        else:
+            self.policy[key] = self._entry_size(key)
+
+    def _would_refuse(self, key: str, data: bytes, tags: tuple) -> bool:
+        old = self._entry_size(key)
+        # the new record's size, closely enough: value + key + version metadata + tags
+        new = _klen(key) + len(data) + 32 + sum(len(t) + 1 for t in tags) + self.state.entry_overhead
+        return self.pressure.would_refuse(self.subject, new - old) if self.subject in self.pressure else False
+
+    def _refusal(self, key: str) -> str:
+        self.refused += 1
+        snap = self.pressure.snapshot().get(self.subject, {})
+        return (f"domain {self.domain!r} (shard {self.shard}) is at critical memory pressure: "
+                f"{snap.get('used_bytes', 0)} of its {snap.get('limit_bytes', 0)}-byte limit for this shard "
+                f"(max_bytes / shards) is used; writes that grow it are refused until deletes bring it "
+                f"under {round((DEFAULT_THRESHOLDS.critical - DEFAULT_THRESHOLDS.hysteresis) * 100)} %; "
+                f"reads, deletes and shrinking writes still work (key {key!r})")
+
+    def _observe_pressure(self) -> None:
+        if self.subject not in self.pressure:
+            return
+        for effect in self.pressure.handle(self.subject, self.state.bytes_used, len(self.state)):
+            if isinstance(effect, CollectGarbage):
+                self.state.purge_expired()
+                self.effects.append(effect)  # the actor collects the young generation
+            elif isinstance(effect, Evict) and self.policy is not None:
+                self._evict_to(effect.target_bytes, effect.target_entries)
+            elif isinstance(effect, LevelChanged):
+                self.pressure_changes.append((time.time(), str(effect.old), str(effect.new), effect.ratio))
+            elif isinstance(effect, (Warn, RefuseGrowth, AllowGrowth)):
+                self.effects.append(effect)  # log lines, written by the actor
+        # Sizing each op against the limit is only needed while growth is being refused.
+        self._refusing = self.pressure.would_refuse(self.subject, 1)
+
+    def _evict_to(self, target_bytes: int, target_entries: int | None) -> None:
+        """Evict, in the policy's order, until the shard is under the targets."""
+        state, policy = self.state, self.policy
+        while len(policy) and (state.bytes_used > target_bytes or
+                               (target_entries is not None and len(state) > target_entries)):
+            policy.popitem()  # its on_evict queues the key in self._victims
+            self._evict_victims()
+
+    def _evict_victims(self) -> None:
+        """Delete what the policy evicted, as versioned deletes: they replicate like any write,
+        and their publication drops the evicted entries from every client's cache."""
+        while self._victims:
+            key = self._victims.pop()
+            if self.state.apply_local(key, delete=True) is not None:
+                self.evictions += 1
+
+    # -------------------------------------------------------------- replica
+    def check_epoch(self, epoch: int) -> None:
+        if epoch < self.epoch:
+            raise StaleEpochError(
+                f"{self.domain}/{self.shard} slot {self.slot}: op from epoch {epoch}, current is {self.epoch}",
+                epoch=epoch, current=self.epoch,
+            )
+        self.epoch = epoch
+
+    def apply_write(self, answer: WriteAnswer) -> int:
+        """Apply the owner's answer to a strong write (its records, passed on by the client)."""
+        self.check_epoch(answer[0])
+        items = answer[2]
+        for key, rec in items:
+            if type(rec) is bytes:  # None: a delete of nothing; REFUSED / SKIPPED: not written
+                self.state.apply_remote(key, rec)
+        return len(items)
+
+    def sync(self, epoch: int, incarnation: str, base_seq: int | None, last_seq: int, ops: list | None,
+             snapshot: dict | None, transit_s: float, forget: list) -> tuple[str, int | None]:
+        """Take a delta (ops after ``base_seq``) or a snapshot from the owner: ``(OK, last_seq)``, or
+        ``("need", seq-or-None)`` when the delta does not start where this copy is (resend from there,
+        or a snapshot when None)."""
+        self.check_epoch(epoch)
+        if snapshot is not None:
+            self.state.restore(snapshot)
+        elif self._position != (incarnation, base_seq):
+            pos = self._position
+            return "need", pos[1] if pos and pos[0] == incarnation else None
+        else:
+            self.state.apply_delta(ops or ())
+        if forget:
+            self.state.forget_tombstones(forget)
+        self._position = (incarnation, last_seq)
+        self.freshness.caught_up(transit_s)
+        return OK, last_seq
+
+    # ---------------------------------------------------------- replication
+    def replication_payloads(self) -> tuple[int, list, dict[int, tuple]]:
+        """One round's ``(last seq, tombstones to forget, {slot: (base, ops, snapshot)})``."""
+        if not self.progress_of:
+            self.replicated_seq = self.state.last_seq
+            return self.state.last_seq, [], {}
+        forget, self._forget = self._forget, []
+        return self.state.last_seq, forget, {slot: self._payload_for(p) for slot, p in self.progress_of.items()}
+
+    def _payload_for(self, progress: ReplicaProgress) -> tuple:
+        if progress.acked_seq is not None:
+            ops = self.state.since(progress.acked_seq)
+            if ops is not None:
+                return progress.acked_seq, ops, None
+        return None, None, self.state.snapshot()
+
+    def sync_answered(self, slot: int, status: str, pos: int | None, rtt_s: float) -> bool:
+        """A replica's answer; True when it wants a resend from elsewhere in the log."""
+        progress = self.progress_of[slot]
+        if status == OK:
+            progress.acked(pos, self._clock(), rtt_s)
+            self.syncs["completed"] += 1
+            self.syncs["last_sync_time"] = time.time()
+            return False
+        progress.acked_seq = pos
+        return True
+
+    def replica_failed(self, slot: int) -> None:
+        self.progress_of[slot].failed(self._clock(), self.settings.out_of_sync_after_s)
+        self.syncs["failed"] += 1
+
+    def finish_round(self, last: int) -> None:
+        """After a round: what every in-sync replica holds is replicated; tombstones every
+        replica acked (and that were published) are collected."""
+        if not self.progress_of:
+            return
+        acked = [p.acked_seq or 0 for p in self.progress_of.values() if p.in_sync]
+        self.replicated_seq = min([last, *acked])
+        all_acked = min(p.acked_seq or 0 for p in self.progress_of.values())
+        self._forget.extend(self.state.gc_tombstones(min(all_acked, self.published_seq)))
+
+    def publish_batch(self) -> tuple[int, list | None] | None:
+        """``(upto, items)`` to publish (items None: the log no longer reaches back), or None."""
+        upto = self.replicated_seq
+        if upto <= self.published_seq:
+            return None
+        ops = self.state.since(self.published_seq)
+        if ops is None:
+            return upto, None
+        relaxed = self._relaxed
+        return upto, [(self.domain, key, rec, RELAXED if seq in relaxed else WRITE)
+                      for seq, key, rec in ops if seq <= upto]
+
+    def published(self, upto: int) -> None:
+        self.published_seq = max(self.published_seq, upto)
+        self._relaxed = {seq for seq in self._relaxed if seq > upto}
+
+    # ------------------------------------------------------------ inspection
+    def stats(self) -> dict:
+        out = self.state.stats()
+        out.update(
+            domain=self.domain, shard=self.shard, slot=self.slot, role="owner" if self.is_owner else "replica",
+            epoch=self.epoch, replicated_seq=self.replicated_seq, published_seq=self.published_seq,
+            evictions=self.evictions, refused_writes=self.refused, rejected_ops=self.rejected,
+            pressure=self.pressure.snapshot().get(self.subject), pressure_changes=list(self.pressure_changes),
+            policy=None if self.policy is None else type(self.policy).__name__,
+            staleness_ms=0.0 if self.is_owner else self.freshness.staleness_ms(),
+            syncs=dict(self.syncs),
+            replicas={s: {"acked_seq": p.acked_seq, "in_sync": p.in_sync, "rtt_ms": p.rtt_s * 1000}
+                      for s, p in self.progress_of.items()} if self.is_owner else {},
+        )
+        return out
