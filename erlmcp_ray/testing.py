@@ -165,3 +165,16 @@ def _random_walk(factory: CacheFactory, getsizeof: Callable[[Any], int] | None,
             evicted, _ = cache.popitem()
             assert evicted not in cache, "popitem must remove what it returns"
         _agrees(cache, rec, getsizeof)
+
+
+# The fake transport and the linearizability checker live in erlmcp_ray._testkit; shipped from here.
+from erlmcp_ray._testkit.fake_transport import FakePending, FakeTransport  # noqa: E402
+from erlmcp_ray._testkit.history import (  # noqa: E402
+    HistoryRecorder,
+    LinearizabilityResult,
+    Operation,
+    check_linearizable,
+)
+
+__all__ += ["FakePending", "FakeTransport", "HistoryRecorder", "LinearizabilityResult", "Operation",
+            "check_linearizable"]
