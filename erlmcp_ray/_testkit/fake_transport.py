@@ -192,7 +192,7 @@ class FakeTransport:
             self.calls[method] = self.calls.get(method, 0) + 1
             copy = self.copies[target]
             if method == "write":
-                client_id, seq, ops, full, *rest = args
+                client_id, seq, ops, full, *_chained = args
                 value = copy.write(client_id, seq, ops, full)
                 if self.auto_replicate and (target.domain, target.shard) not in self._held:
                     self.replicate(target.domain, target.shard)

@@ -121,7 +121,7 @@ def _check_register(ops: list[Operation], initial: Any) -> str:
         if (placed, value) in seen:
             continue
         seen.add((placed, value))
-        best = max(best, bin(placed & required).count("1"))
+        best = max(best, (placed & required).bit_count())
         # The next operation may be any unplaced one invoked before every unplaced required
         # operation returned (nothing that had already finished may come after it).
         horizon = min((ops[i].completed for i in range(n) if not placed >> i & 1 and required >> i & 1),
@@ -137,4 +137,4 @@ def _check_register(ops: list[Operation], initial: Any) -> str:
             elif op.value == value:
                 stack.append((placed | 1 << i, value))
     return (f"no order explains the {n} operations on this key; at most {best} of the "
-            f"{bin(required).count('1')} completed ones could be placed")
+            f"{required.bit_count()} completed ones could be placed")

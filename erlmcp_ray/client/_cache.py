@@ -1,7 +1,8 @@
 """The client's local tiers: L0 (a tiny hot map) and L1 (a byte-bounded LRU per domain).
 
-No Ray here. Every change of L0 or L1 happens under one lock; only the L0 hit
-path reads without it. Entries hold the encoded value (never the object handed to the
+No Ray here. Every change of L0 or L1 happens under one lock, except what the two
+hot paths do: an L0 hit reads without it, and ``store_pending`` (an eventual put)
+writes without it. Entries hold the encoded value (never the object handed to the
 caller: every ``get`` decodes a fresh one, so a caller mutating what it got
 cannot change what the next ``get`` sees), the version's HLC timestamp, and
 when and how stale it was fetched (for bounded_stale reads).
@@ -12,6 +13,15 @@ key was processed must not cache its (possibly older) answer; ``begin_fetch``
 hands out a token (the invalidation sequence at that moment) that ``store``
 checks. The map of recent invalidations is bounded; a fetch older than what it
 still remembers simply is not cached.
+
+Our own unacknowledged writes: ``store_pending`` first notes the write in
+``_pending`` and then puts it in L0, without the lock. Everything that writes L0
+or L1 under the lock (a fetched answer, an acknowledgement, a promotion) refuses a
+key with a pending write and, after writing, looks again (``_yield_to_pending``):
+a pending write noted meanwhile wins, and the older entry is taken back out. So
+no older version can be left in front of a write this client has made, whatever
+the interleaving, and the put path never waits for the coherence or write-behind
+threads.
 """
 
 from __future__ import annotations
@@ -51,6 +61,8 @@ class LocalCache:
         self._clock = clock
         self._max_age_s = max_age_s
         self._l0: dict[tuple[str, str], CacheEntry] = {}
+        # our writes not yet acknowledged: key -> encoded value (set without the lock, see above)
+        self._pending: dict[tuple[str, str], bytes] = {}
         self._l0_entries = l0_entries
         self._l1: dict[str, Any] = {}
         self._l1_max_bytes = l1_max_bytes
@@ -86,6 +98,7 @@ class LocalCache:
                     return None
                 self.hits_l1 += 1
                 self._promote(k, e)
+                self._yield_to_pending(k, l1)
                 return e
         if not self._usable(e, max_stale_ms, now):
             self.misses += 1
@@ -104,11 +117,25 @@ class LocalCache:
         return max_stale_ms is None or age * 1000.0 + e[3] <= max_stale_ms
 
     def _promote(self, k: tuple[str, str], e: CacheEntry) -> None:
-        """Put ``e`` in L0 (caller holds the lock)."""
+        """Put ``e`` in L0 (caller holds the lock; ``store_pending`` may write L0 meanwhile)."""
         l0 = self._l0
         if k not in l0 and len(l0) >= self._l0_entries:
-            del l0[next(iter(l0))]  # FIFO: dicts keep insertion order; cheaper than LRU bookkeeping
+            try:  # FIFO: dicts keep insertion order; cheaper than LRU bookkeeping
+                del l0[next(iter(l0))]
+            except (StopIteration, KeyError, RuntimeError):
+                pass
         l0[k] = e
+
+    def _yield_to_pending(self, k: tuple[str, str], l1: Any) -> bool:
+        """After writing ``k`` under the lock: if a write of ours is pending, it is what L0 must
+        show, and no older version may stay in L1 (caller holds the lock)."""
+        data = self._pending.get(k)
+        if data is None:
+            return False
+        if l1 is not None:
+            l1.pop(k, None)
+        self._l0[k] = (data, PENDING, 0.0, 0.0, None)
+        return True
 
     # ----------------------------------------------------------------- writes
     def begin_fetch(self) -> int:
@@ -116,34 +143,44 @@ class LocalCache:
         return self._seq
 
     def store_pending(self, domain: str, key: str, data: bytes) -> None:
-        """Our own buffered write, in L0 until ``acknowledge`` (on the write-behind thread) moves
-        it to L1 with its version. Should L0 drop it first, the client reads its buffer or the
-        owner instead.
-
-        Under the lock, and counted as an invalidation of the key: a fetch that started before
-        this write can no longer cache its (older) answer, in L0 or L1.
-        """
+        """Our own buffered write: noted, then shown in L0 until ``acknowledge`` (on the
+        write-behind thread) caches it with its version. No lock (the eventual put path): the
+        note comes first, and every locked writer checks it after writing (see the module doc).
+        Should L0 drop the entry, reads find the write in the buffer or at the owner."""
         k = (domain, key)
-        with self._lock:
-            self._seq += 1
-            self._remember_invalidation(k, 0)
-            l1 = self._l1.get(domain)
-            if l1 is not None:  # an older cached version must not outlive L0's copy
-                l1.pop(k, None)
-            l0 = self._l0
-            if k not in l0 and len(l0) >= self._l0_entries:
+        self._pending[k] = data
+        l0 = self._l0
+        if k not in l0 and len(l0) >= self._l0_entries:
+            try:
                 del l0[next(iter(l0))]
-            l0[k] = (data, PENDING, 0.0, 0.0, None)
+            except (StopIteration, KeyError, RuntimeError):
+                pass  # another thread changed L0 meanwhile; it stays bounded
+        l0[k] = (data, PENDING, 0.0, 0.0, None)
+        l1 = self._l1.get(domain)
+        if l1 is not None and k in l1:  # an older cached version must not outlive L0's copy
+            with self._lock:
+                l1.pop(k, None)
+
+    def forget_pending(self, domain: str, key: str, data: bytes) -> None:
+        """Our write of ``data`` will never be acknowledged (it failed, or a newer one superseded it)."""
+        self._unnote((domain, key), data)
+        self.drop(domain, key)
+
+    def _unnote(self, k: tuple[str, str], data: bytes) -> None:
+        # Remove the note only if it is still ``data``; store_pending may set a newer one at any
+        # moment, and setdefault puts back what we took only if nothing newer arrived.
+        cur = self._pending.pop(k, None)
+        if cur is not None and cur is not data:
+            self._pending.setdefault(k, cur)
 
     def store(self, domain: str, key: str, data: bytes, hlc: int, stale_ms: float = 0.0,
               record: bytes | None = None, token: int | None = None) -> bool:
-        """Cache a value; False (not cached) when an invalidation overtook the fetch."""
+        """Cache a value; False (not cached) when an invalidation overtook the fetch, or a write of
+        ours is pending (it is newer than anything fetched or written before it)."""
         k = (domain, key)
-        e = (data, hlc, self._clock(), stale_ms, record)
         with self._lock:
-            pending = self._l0.get(k)
-            if pending is not None and pending[1] == PENDING and token is not None:
-                return False  # our own unacknowledged write is newer than anything fetched
+            if k in self._pending:
+                return False
             if token is not None and hlc != PENDING:
                 if token < self._forgotten_upto:
                     return False
@@ -152,6 +189,7 @@ class LocalCache:
                 # nor anything fetched while an unconditional invalidation of the key went by.
                 if seen is not None and (seen[1] > hlc or seen[2] > token):
                     return False
+            e = (data, hlc, self._clock(), stale_ms, record)
             l1 = self._l1.get(domain)
             if l1 is None:
                 l1 = self._l1[domain] = self._l1_factory(domain, self._l1_max_bytes, _entry_size)
@@ -162,50 +200,73 @@ class LocalCache:
                 self._l0.pop(k, None)
                 return False
             self._promote(k, e)
-        return True
+            return not self._yield_to_pending(k, l1)
 
     def acknowledge(self, domain: str, key: str, data: bytes, hlc: int) -> None:
-        """Our pending write of ``data`` got version ``hlc``: cache it in L1 with that version,
-        unless a newer version was announced meanwhile or another write replaced it here."""
-        k = (domain, key)
+        """Our pending write of ``data`` got version ``hlc``: cache it with that version, unless a
+        newer version was announced meanwhile or a newer write of ours replaced it."""
         with self._lock:
-            e = self._l0.get(k)
-            if e is not None and (e[1] != PENDING or e[0] is not data):
-                return  # replaced since (a newer write of ours, or a fetched newer version)
-            seen = self._recent.get(k)
-            if seen is not None and seen[1] > hlc:
-                self._l0.pop(k, None)
-                return
-            l1 = self._l1.get(domain)
+            self._acknowledge(domain, (domain, key), data, hlc)
+
+    def acknowledge_many(self, domain: str, acks: list[tuple[str, bytes, int]], chunk: int = 256) -> None:
+        """``acknowledge`` for a batch's ``(key, data, hlc)``: one lock round per ``chunk``."""
+        for i in range(0, len(acks), chunk):
+            with self._lock:
+                for key, data, hlc in acks[i : i + chunk]:
+                    self._acknowledge(domain, (domain, key), data, hlc)
+
+    def _acknowledge(self, domain: str, k: tuple[str, str], data: bytes, hlc: int) -> None:
+        if self._pending.get(k) is not data:
+            return  # a newer write of ours is pending (or this one was forgotten)
+        seen = self._recent.get(k)
+        stale = seen is not None and seen[1] > hlc
+        e = self._l0.get(k)
+        l1 = self._l1.get(domain)
+        if not stale:
             if l1 is None:
                 l1 = self._l1[domain] = self._l1_factory(domain, self._l1_max_bytes, _entry_size)
             new = (data, hlc, self._clock(), 0.0, None)
             try:
                 l1[k] = new
             except ValueError:
-                self._l0.pop(k, None)
-                return
-            if e is not None:
-                self._l0[k] = new
+                stale = True
+            else:
+                if e is not None:
+                    self._l0[k] = new
+        if stale:
+            self._l0.pop(k, None)
+        self._unnote(k, data)
+        self._yield_to_pending(k, l1)
 
     def invalidate(self, domain: str, key: str, hlc: int = 0) -> bool:
         """Drop ``key`` if the cached version is older than ``hlc`` (0: drop whatever is cached)."""
-        k = (domain, key)
         with self._lock:
-            self._seq += 1
-            self._remember_invalidation(k, hlc)
-            l1 = self._l1.get(domain)
-            e = None if l1 is None else l1.get(k)
-            e = e or self._l0.get(k)
-            if e is None:
-                return False
-            if hlc and (e[1] >= hlc):
-                return False  # cached is as new or newer (our own pending write, or already this one)
-            if l1 is not None:
-                l1.pop(k, None)
-            self._l0.pop(k, None)
-            self.invalidations += 1
-            return True
+            return self._invalidate(domain, (domain, key), hlc)
+
+    def invalidate_many(self, items: list[tuple[str, str, int]], chunk: int = 256) -> int:
+        """``invalidate`` for ``(domain, key, hlc)`` items: one lock round per ``chunk``; how many dropped."""
+        dropped = 0
+        for i in range(0, len(items), chunk):
+            with self._lock:
+                for domain, key, hlc in items[i : i + chunk]:
+                    dropped += self._invalidate(domain, (domain, key), hlc)
+        return dropped
+
+    def _invalidate(self, domain: str, k: tuple[str, str], hlc: int) -> bool:
+        self._seq += 1
+        self._remember_invalidation(k, hlc)
+        l1 = self._l1.get(domain)
+        e = None if l1 is None else l1.get(k)
+        e = e or self._l0.get(k)
+        if e is None:
+            return False
+        if hlc and (e[1] >= hlc):
+            return False  # cached is as new or newer (our own pending write, or already this one)
+        if l1 is not None:
+            l1.pop(k, None)
+        self._l0.pop(k, None)
+        self.invalidations += 1
+        return True
 
     def _remember_invalidation(self, k: tuple[str, str], hlc: int) -> None:
         prev = self._recent.pop(k, None) or (0, 0, 0)

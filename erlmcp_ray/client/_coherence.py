@@ -111,20 +111,17 @@ class Coherence:
             self._counters.add("polls")
 
     def _apply(self, messages: list) -> None:
-        dropped = 0
         with self._lock:
             inval = list(self._inval_callbacks.values())
-        for m in messages:
-            seq, domain, key, hlc, _deleted, record, reason = m
-            if reason != RELAXED:
-                self._cache.invalidate(domain, key, hlc)
-                dropped += 1
-                if inval:
-                    self._notify(inval, CacheInvalidated(domain, key, reason, hlc, seq))
+        drops = [(m[1], m[2], m[3]) for m in messages if m[6] != RELAXED]
+        if drops:
+            self._cache.invalidate_many(drops)
+            self._counters.add("invalidations_received", len(drops))
+        for seq, domain, key, hlc, _deleted, record, reason in messages:
+            if inval and reason != RELAXED:
+                self._notify(inval, CacheInvalidated(domain, key, reason, hlc, seq))
             if record is not None:
                 self._deliver(domain, key, record)
-        if dropped:
-            self._counters.add("invalidations_received", dropped)
 
     def _deliver(self, domain: str, key: str, record: bytes) -> None:
         with self._lock:

@@ -32,7 +32,7 @@ from erlmcp_ray.config import CoherenceLevel
 from erlmcp_ray.core.entry import CacheInvalidated, Subscription
 from erlmcp_ray.core.invalidation import INVALIDATE, PATTERN, TAG
 from erlmcp_ray.core.routing import shard_for
-from erlmcp_ray.core.wire import WriteOp
+from erlmcp_ray.core.wire import write_op
 from erlmcp_ray.errors import InvalidValueError
 
 __all__ = ["CacheCoordinator", "CacheInvalidated", "InvalidationResult"]
@@ -150,7 +150,7 @@ class CacheCoordinator:
             return
         by_shard: dict[int, list] = defaultdict(list)
         for k in keys:
-            by_shard[shard_for(k, d.shards)].append(WriteOp(k, None))
+            by_shard[shard_for(k, d.shards)].append(write_op(k, None))
         self._wb.send_now(d.name, d.shards, list(keys))
         for shard, ops in by_shard.items():
             owner, seq = Copy(d.name, shard, 0), self._next_seq()

@@ -35,7 +35,7 @@ from erlmcp_ray.core.codec import decode_value, encode_value
 from erlmcp_ray.core.entry import Entry, Subscription, Version
 from erlmcp_ray.core.pressure import level_for
 from erlmcp_ray.core.routing import shard_for
-from erlmcp_ray.core.wire import WriteOp
+from erlmcp_ray.core.wire import write_op
 from erlmcp_ray.errors import (
     ErlmcpRayError,
     MemoryPressureError,
@@ -111,7 +111,7 @@ class MemoryClient:
     @property
     def counters(self) -> dict[str, int]:
         """How often each path was taken (a snapshot)."""
-        return self._counters.snapshot()
+        return {**self._counters.snapshot(), "buffered_puts": self._wb.buffered_puts}
 
     @property
     def closed(self) -> bool:
@@ -193,8 +193,9 @@ class MemoryClient:
         key = _validate.key(key)
         level = self._level(d, consistency)
         coh = self.settings.coherence if coherence is None else _validate.coherence(coherence)
-        op = WriteOp(key, encode_value(value), _validate.ttl_ms(ttl, d.default_ttl_ms), _validate.tags(tags),
-                     coh is RELAXED_COH)
+        # WriteOp's fields as a plain tuple (see core.wire: the put path makes 100k of these)
+        op = (key, encode_value(value), _validate.ttl_ms(ttl, d.default_ttl_ms),
+              _validate.tags(tags) if tags else (), coh is RELAXED_COH, 0)
         self._check_open()
         shard = shard_for(key, d.shards)
         if coh is STRONG_COH:
@@ -202,7 +203,6 @@ class MemoryClient:
         if level is EVENTUAL:
             self._wb.add(domain, shard, op)
             self._own_writes.note(domain, key)
-            self._counters.add("buffered_puts")
             return None
         return self._write_now(d, shard, op, level, coh)
 
@@ -215,11 +215,11 @@ class MemoryClient:
         coh = self.settings.coherence if coherence is None else _validate.coherence(coherence)
         self._check_open()
         shard = shard_for(key, d.shards)
-        return self._write_now(d, shard, WriteOp(key, None, None, (), coh is RELAXED_COH), level, coh) is not None
+        return self._write_now(d, shard, write_op(key, None, relaxed=coh is RELAXED_COH), level, coh) is not None
 
-    def _write_now(self, d: DomainRoute, shard: int, op: WriteOp, level: Consistency,
+    def _write_now(self, d: DomainRoute, shard: int, op: tuple, level: Consistency,
                    coherence: CoherenceLevel) -> Version | None:
-        key = op.key
+        key, data = op[0], op[1]
         self._wb.send_now(d.name, d.shards, [key])
         stamp = self._wb.claim(d.name, key)
         t0 = time.perf_counter()
@@ -238,17 +238,22 @@ class MemoryClient:
             if level is STRONG or not done:  # every in-sync copy holds it, or it failed
                 self._wb.release(d.name, key, stamp)
             self._own_writes.note(d.name, key)
-            self._cache.drop(d.name, key)
+            if not done:
+                self._cache.drop(d.name, key)
         if rec is None:
+            self._cache.drop(d.name, key)
             return None
-        if op.data is not None:
-            self._cache.store(d.name, key, op.data, R.record_hlc(rec), 0.0, rec)
+        hlc = R.record_hlc(rec)
+        # Older cached copies, and a late acknowledgement of an older write of ours, are stale now.
+        self._cache.invalidate(d.name, key, hlc)
+        if data is not None:
+            self._cache.store(d.name, key, data, hlc, 0.0, rec)
         if coherence is STRONG_COH:
             # Other clients drop copies older than this version before we return.
-            self.coordinator.invalidate_sync([(d.name, key, None, "write", R.record_hlc(rec))])
+            self.coordinator.invalidate_sync([(d.name, key, None, "write", hlc)])
         return Version.from_record(rec)
 
-    def _sync_write(self, d: DomainRoute, shard: int, op: WriteOp, stamp: int) -> bytes | None:
+    def _sync_write(self, d: DomainRoute, shard: int, op: tuple, stamp: int) -> bytes | None:
         owner, seq = Copy(d.name, shard, 0), self._next_seq()
         answer = self._retry.run(
             lambda: self._transport.call(owner, "write", self.client_id, seq, [op], True, timeout=self._timeout),
@@ -267,7 +272,7 @@ class MemoryClient:
         out += [(i, RemoteError(f"{d.name}: a write was rejected by its owner: {m}")) for i, m in answer.rejected]
         return out or None
 
-    def _send_strong(self, domain: str, shard: int, ops: list[WriteOp]) -> list[Any]:
+    def _send_strong(self, domain: str, shard: int, ops: list[tuple]) -> list[Any]:
         """One group-commit round: the owner applies, every replica applies the owner's answer."""
         d = self._routes[domain]
         seq = self._next_seq()
@@ -335,7 +340,7 @@ class MemoryClient:
         buffered, inflight = self._wb.sizes()
         return {
             "cache": {**self._cache.stats(), "l2_size": None},
-            "tiers": self._counters.snapshot(),
+            "tiers": self.counters,
             "write_behind": {"buffered": buffered, "in_flight_batches": inflight,
                              "group_commit_batches": self._group.batches, "group_commit_ops": self._group.ops},
             "latency_ms": self._latencies.summary(),

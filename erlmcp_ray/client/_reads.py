@@ -23,7 +23,6 @@ import itertools
 import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 
 from erlmcp_ray.client._cache import PENDING, LocalCache
@@ -43,20 +42,34 @@ STRONG, BOUNDED = Consistency.STRONG, Consistency.BOUNDED_STALE
 
 
 class OwnWrites:
-    """When this client last wrote each key (bounded), for read-your-writes across a cache miss."""
+    """When this client last wrote each key, for read-your-writes across a cache miss.
+
+    ``note`` is one dict assignment (atomic under the GIL: no lock on the put path); past
+    ``capacity`` keys, the older half is forgotten under a lock (a forgotten key is only read
+    from a replica sooner than it would have been).
+    """
 
     def __init__(self, window_s: float, capacity: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
         self._window_s, self._capacity, self._clock = window_s, capacity, clock
-        self._lock = threading.Lock()
-        self._at: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._prune_lock = threading.Lock()
+        self._at: dict[tuple[str, str], float] = {}
 
     def note(self, domain: str, key: str) -> None:
-        k = (domain, key)
-        with self._lock:
-            self._at.pop(k, None)
-            self._at[k] = self._clock()
-            if len(self._at) > self._capacity:
-                self._at.popitem(last=False)
+        self._at[(domain, key)] = self._clock()
+        if len(self._at) > self._capacity:
+            self._prune()
+
+    def _prune(self) -> None:
+        with self._prune_lock:
+            if len(self._at) <= self._capacity:
+                return
+            cutoff = self._clock() - self._window_s
+            items = list(self._at.items())  # one C-level copy: str-tuple keys run no Python code
+            keep = [kv for kv in items if kv[1] >= cutoff]
+            if len(keep) > self._capacity // 2:
+                keep.sort(key=lambda kv: kv[1])
+                keep = keep[-(self._capacity // 2):]
+            self._at = dict(keep)
 
     def recent(self, domain: str, key: str) -> bool:
         t = self._at.get((domain, key))

@@ -14,6 +14,8 @@ new owner, or already confirmed) must never be overwritten by an older one. A re
 carries the version its first owner gave it (``WriteOp.resend_of``), so the new owner skips
 it when it holds that version or a newer one (a write from another client, say).
 
+Ops are ``core.wire.WriteOp``'s fields as plain tuples (see ``core.wire`` for why).
+
 Locks: ``_lock`` guards the buffer and the bookkeeping, and is held only for dict and list
 operations (the caller's ``put`` takes it). ``_send_lock`` orders submissions to owners (the
 thread's batches, a caller's ``send_now`` before a direct write, resends): it is held while
@@ -71,6 +73,11 @@ class WriteBuffer:
         self._n -= 1
         return group.pop(key)
 
+    def take_groups(self) -> dict[tuple[str, int], dict[str, tuple[WriteOp, int]]]:
+        """Everything buffered, as ``{(domain, shard): {key: (op, stamp)}}``; the buffer is left empty."""
+        out, self._ops, self._n = self._ops, {}, 0
+        return out
+
     def take(self, max_batch: int) -> list[tuple[str, int, list[tuple[WriteOp, int]]]]:
         """Everything buffered, as ``(domain, shard, [(op, stamp)])`` batches of at most ``max_batch``."""
         out = []
@@ -123,7 +130,9 @@ class WriteBehind:
         self._wake = threading.Condition(self._lock)
         self._send_lock = threading.Lock()
         self._buffer = WriteBuffer()
-        self._sending: dict[tuple[str, str], WriteOp] = {}  # taken from the buffer, being submitted
+        # groups taken from the buffer, being submitted: (domain, shard) -> {key: (op, stamp)}
+        self._sending: dict[tuple[str, int], dict] = {}
+        self.buffered_puts = 0  # counted under _lock
         self._inflight: list[_Batch] = []
         self._unconfirmed: dict[tuple[str, int], list[_Applied]] = {}
         self._latest: dict[tuple[str, str], int] = {}  # (domain, key) -> stamp of its newest unconfirmed write
@@ -144,15 +153,19 @@ class WriteBehind:
             stamp = next(self._stamps)
             self._buffer.add(domain, shard, op, stamp)
             self._latest[(domain, op[0])] = stamp
+            self.buffered_puts += 1
             self._cache.store_pending(domain, op[0], op[1])
-            if len(self._buffer) >= self._settings.write_behind_max_batch:
-                self._wake.notify()
+            if len(self._buffer) == self._settings.write_behind_max_batch:
+                self._wake.notify()  # once, as it fills: the thread sends at once
 
     def peek(self, domain: str, shard: int, key: str) -> WriteOp | None:
         """Our write of ``key`` not yet handed to its owner, if any."""
         with self._lock:
             op = self._buffer.peek(domain, shard, key)
-            return self._sending.get((domain, key)) if op is None else op
+            if op is None and self._sending:
+                found = self._sending.get((domain, shard), {}).get(key)
+                op = None if found is None else found[0]
+            return op
 
     def claim(self, domain: str, key: str) -> int:
         """A direct (strong or bounded) write of ``key`` is about to be sent: from now on it is the
@@ -255,15 +268,17 @@ class WriteBehind:
     def _send_buffered(self, max_batch: int) -> None:
         with self._send_lock:
             with self._lock:
-                batches = self._buffer.take(max_batch)
-                for domain, _shard, pairs in batches:
-                    for op, _stamp in pairs:
-                        self._sending[(domain, op[0])] = op
-            for domain, shard, pairs in batches:
-                self._submit(_Batch(domain, shard, self._next_seq(), [p[0] for p in pairs], [p[1] for p in pairs]))
-            if batches:
-                with self._lock:
-                    self._sending.clear()
+                # Still visible to peek() until submitted: a read must not miss our own write.
+                self._sending = self._buffer.take_groups()
+            if not self._sending:
+                return
+            for (domain, shard), group in self._sending.items():
+                pairs = list(group.values())
+                for i in range(0, len(pairs), max_batch):
+                    part = pairs[i : i + max_batch]
+                    self._submit(_Batch(domain, shard, self._next_seq(), [p[0] for p in part], [p[1] for p in part]))
+            with self._lock:
+                self._sending = {}
 
     def _submit(self, batch: _Batch) -> None:
         """Hand a batch to its owner (caller holds ``_send_lock``, which keeps submissions in order)."""
@@ -320,10 +335,9 @@ class WriteBehind:
         if bad:
             self._counters.add("write_errors", len(bad))
             for i in bad:
-                self._cache.drop(batch.domain, batch.ops[i][0])
-        for op, hlc in zip(batch.ops, hlcs):
-            if hlc > 0:
-                self._cache.acknowledge(batch.domain, op[0], op[1], hlc)
+                self._cache.forget_pending(batch.domain, batch.ops[i][0], batch.ops[i][1])
+        self._cache.acknowledge_many(batch.domain, [(op[0], op[1], hlc) for op, hlc in zip(batch.ops, hlcs)
+                                                    if hlc > 0])
 
     def _retry_or_fail(self, failed: list[tuple[_Batch, ErlmcpRayError]]) -> None:
         for batch, _ in failed:
@@ -342,7 +356,7 @@ class WriteBehind:
         for batch in dropped:
             self._counters.add("write_errors", len(batch.ops))
             for op in batch.ops:
-                self._cache.drop(batch.domain, op[0])
+                self._cache.forget_pending(batch.domain, op[0], op[1])
         if not retry:
             return
         # Sleep with no lock held: callers keep buffering, and reads keep peeking the buffer.
@@ -350,6 +364,11 @@ class WriteBehind:
         with self._send_lock:
             for batch in retry:
                 kept = self._newest_only(batch.domain, batch.ops, batch.stamps)
+                if len(kept) < len(batch.ops):  # superseded: never acknowledged, so not pending either
+                    survivors = {id(op) for op, _ in kept}
+                    for op in batch.ops:
+                        if id(op) not in survivors:
+                            self._cache.forget_pending(batch.domain, op[0], op[1])
                 if not kept:
                     continue
                 ops, stamps = [o for o, _ in kept], [s for _, s in kept]
@@ -410,5 +429,5 @@ class WriteBehind:
         for op, stamp, hlc in zip(applied.ops, applied.stamps, applied.hlcs or [0] * len(applied.ops)):
             if hlc < 0 or self._latest.get((domain, op[0])) != stamp:
                 continue  # not written the first time, or superseded by a newer write of the key
-            out.append((op._replace(resend_of=hlc) if hlc > 0 else op, stamp))
+            out.append(((*op[:5], hlc) if hlc > 0 else op, stamp))  # WriteOp.resend_of
         return out

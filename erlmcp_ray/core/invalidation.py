@@ -7,9 +7,10 @@ changed in my domains since N?". A poll both delivers and acknowledges: a client
 about messages the log no longer holds, or about a log from another incarnation, the answer says
 ``gap`` and the client drops its cached entries.
 
-A message is a ``core.wire.PollMessage`` (a named tuple, cheap to pickle and to hold 100k of)::
+A message is a plain tuple in ``core.wire.PollMessage``'s field order (cheap to pickle and to
+hold 100k of: a NamedTuple instance would stay tracked by the garbage collector)::
 
-    PollMessage(seq, domain, key, hlc, deleted, record, reason)
+    (seq, domain, key, hlc, deleted, record, reason)
 
 ``record`` is the packed record (value included, see ``core.record``) or None: None either for an
 explicit invalidation ("drop this key, whatever version you hold"; hlc 0) or because the client did
@@ -28,14 +29,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from erlmcp_ray.core.record import record_hlc, record_is_deleted
-from erlmcp_ray.core.wire import PollAnswer, PollMessage
+from erlmcp_ray.core.wire import PollAnswer
 
 __all__ = [
     "INVALIDATE", "MAX_POLL_MESSAGES", "PATTERN", "RELAXED", "TAG", "WRITE",
     "InvalidationLog", "Message", "PollResult",
 ]
 
-Message = PollMessage
+Message = tuple  # PollMessage's fields
 
 WRITE, RELAXED, INVALIDATE, TAG, PATTERN = "write", "relaxed", "invalidate", "tag", "pattern"
 
@@ -146,10 +147,10 @@ class InvalidationLog:
         self._last_seq += 1
         if record is None:
             # No record: drop cached copies older than ``hlc`` (0: whatever version they are).
-            self._log.append(PollMessage(self._last_seq, domain, key, hlc, False, None, reason))
+            self._log.append((self._last_seq, domain, key, hlc, False, None, reason))
             return
         self._log.append(
-            PollMessage(self._last_seq, domain, key, record_hlc(record), record_is_deleted(record), record, reason))
+            (self._last_seq, domain, key, record_hlc(record), record_is_deleted(record), record, reason))
         self._bytes += len(record)
 
     def _trim(self) -> None:
@@ -224,7 +225,7 @@ class InvalidationLog:
             if domain not in wanted:
                 continue
             if message[5] is not None and domain not in values:
-                message = message._replace(record=None)  # the client only invalidates: spare it the bytes
+                message = (*message[:5], None, message[6])  # the client only invalidates: spare it the bytes
             out.append(message)
             if len(out) == MAX_POLL_MESSAGES:
                 return out, message[0]

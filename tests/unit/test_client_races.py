@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from erlmcp_ray.client._cache import LocalCache
+from erlmcp_ray.client._cache import PENDING, LocalCache
 from erlmcp_ray.client._group_commit import GroupCommit
 from erlmcp_ray.client._transport import Copy
 from erlmcp_ray.core.wire import WriteOp
@@ -70,6 +70,46 @@ def test_a_fetch_started_before_our_own_buffered_write_is_not_cached():
     # the old fetch answers with the version it read before our write
     assert cache.store("d", "k", b"older", 5, token=token) is False
     assert cache.lookup("d", "k") is None
+
+
+def _pending_shown(cache, data):
+    e = cache.lookup("d", "k")
+    return e is not None and e[0] == data and e[1] == PENDING
+
+
+@pytest.mark.parametrize("step", ["store", "acknowledge", "promote"])
+def test_a_write_of_ours_noted_while_a_locked_writer_runs_stays_in_front(step):
+    """``store_pending`` takes no lock (the eventual put path). It runs exactly while a fetched
+    answer is stored, an older write of ours is acknowledged, or an L1 entry is promoted: the
+    pending write must be what L0 shows afterwards, and no older version may be left in L1."""
+    clock = SwitchingClock()
+    cache = LocalCache(l0_entries=1, clock=clock)
+    if step == "acknowledge":
+        cache.store_pending("d", "k", b"older")
+    if step == "promote":
+        cache.store("d", "k", b"cached", 1)
+        cache.store("d", "other", b"x", 1)  # k in L1 only
+    clock.switch = lambda: cache.store_pending("d", "k", b"mine")
+    if step == "store":
+        cache.store("d", "k", b"fetched", 5, token=cache.begin_fetch())
+    elif step == "acknowledge":
+        cache.acknowledge("d", "k", b"older", 7)
+    else:
+        cache.lookup("d", "k")
+    clock.worker.join(5)
+    assert _pending_shown(cache, b"mine")
+    cache.store("d", "z", b"z", 1)  # L0 (one entry) drops the pending copy of k
+    assert cache.lookup("d", "k") is None, "an older version of k was left in L1"
+
+
+def test_a_late_acknowledgement_of_an_older_write_is_not_cached_over_a_newer_version():
+    cache = LocalCache()
+    older = b"older"
+    cache.store_pending("d", "k", older)
+    cache.invalidate("d", "k", 10)  # a strong write of ours (version 10) completed meanwhile
+    cache.acknowledge("d", "k", older, 7)  # the older write's answer arrives late
+    assert cache.lookup("d", "k") is None
+    assert cache.store("d", "k", b"newer", 10) is True
 
 
 # ------------------------------------------------------------------ bug 2: resends overwrite newer writes
