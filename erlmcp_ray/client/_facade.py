@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import gc
 import itertools
 import logging
 import time
@@ -23,24 +22,21 @@ from erlmcp_ray.client import _validate
 from erlmcp_ray.client._cache import LocalCache
 from erlmcp_ray.client._coherence import Coherence
 from erlmcp_ray.client._coordinator import CacheCoordinator
+from erlmcp_ray.client._direct import DirectWrites
 from erlmcp_ray.client._group_commit import GroupCommit
+from erlmcp_ray.client._inspect import Inspector
 from erlmcp_ray.client._reads import OwnWrites, ReadPath
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute, domain_routes
 from erlmcp_ray.client._stats import Counters, Latencies
-from erlmcp_ray.client._transport import Copy, RayTransport, Retry, Transport
+from erlmcp_ray.client._transport import RayTransport, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
 from erlmcp_ray.core import record as R
 from erlmcp_ray.core.codec import decode_value, encode_value
 from erlmcp_ray.core.entry import Entry, Subscription, Version
-from erlmcp_ray.core.pressure import level_for
 from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.core.wire import write_op
 from erlmcp_ray.errors import (
-    ErlmcpRayError,
-    MemoryPressureError,
-    RemoteError,
-    ReplicationError,
     UnavailableError,
     UnknownDomainError,
 )
@@ -90,7 +86,10 @@ class MemoryClient:
         self._reads = ReadPath(transport=self._transport, retry=self._retry, settings=s, cache=self._cache,
                                write_behind=self._wb, own_writes=self._own_writes, counters=self._counters,
                                latencies=self._latencies)
-        self._group = GroupCommit(self._send_strong, timeout_s=s.call_timeout_s)
+        self._direct = DirectWrites(transport=self._transport, retry=self._retry, routes=self._routes,
+                                    reads=self._reads, write_behind=self._wb, client_id=self.client_id,
+                                    next_seq=self._next_seq, timeout_s=s.call_timeout_s)
+        self._group = GroupCommit(self._direct.strong_round, timeout_s=s.call_timeout_s)
         self._coherence = Coherence(transport=self._transport, settings=s, cache=self._cache,
                                     counters=self._counters, client_id=self.client_id, domains=list(self._routes),
                                     poll_hook=poll_hook)
@@ -99,6 +98,8 @@ class MemoryClient:
             retry=self._retry, write_behind=self._wb, coherence=self._coherence, settings=s,
             client_id=self.client_id, next_seq=self._next_seq, check_open=self._check_open)
         """The cache coordination protocols (spec ``erlmcp_cache_coordinator``)."""
+        self._inspector = Inspector(transport=self._transport, routes=self._routes, config=config,
+                                    domain=self._domain, check_open=self._check_open, timeout_s=s.call_timeout_s)
         self._wb.start()
         self._coherence.start()
 
@@ -231,7 +232,7 @@ class MemoryClient:
                 self._latencies.add("strong_put", time.perf_counter() - t0)
             else:
                 self._counters.add("sync_writes")
-                rec = self._sync_write(d, shard, op, stamp)
+                rec = self._direct.bounded(d, shard, op, stamp)
                 self._latencies.add("sync_put", time.perf_counter() - t0)
             done = True
         finally:
@@ -253,69 +254,8 @@ class MemoryClient:
             self.coordinator.invalidate_sync([(d.name, key, None, "write", hlc)])
         return Version.from_record(rec)
 
-    def _sync_write(self, d: DomainRoute, shard: int, op: tuple, stamp: int) -> bytes | None:
-        owner, seq = Copy(d.name, shard, 0), self._next_seq()
-        answer = self._retry.run(
-            lambda: self._transport.call(owner, "write", self.client_id, seq, [op], True, timeout=self._timeout),
-            on_unavailable=lambda: self._transport.forget(owner))
-        self._reads.same_owner(d.name, shard, answer.incarnation)
-        failure = self._op_failure(d, answer)
-        if failure is not None:
-            raise failure[0][1]
-        rec = answer.items[0][1]
-        self._wb.track(d.name, shard, answer.incarnation, answer.seq, op, stamp,
-                       R.record_hlc(rec) if type(rec) is bytes else 0)
-        return rec
-
-    def _op_failure(self, d: DomainRoute, answer: Any) -> list[tuple[int, Exception]] | None:
-        out = [(i, self._pressure_error(d.name, m)) for i, m in answer.refused]
-        out += [(i, RemoteError(f"{d.name}: a write was rejected by its owner: {m}")) for i, m in answer.rejected]
-        return out or None
-
-    def _send_strong(self, domain: str, shard: int, ops: list[tuple]) -> list[Any]:
-        """One group-commit round: the owner applies, every replica applies the owner's answer."""
-        d = self._routes[domain]
-        seq = self._next_seq()
-        deadline = time.monotonic() + self._timeout
-        owner = Copy(domain, shard, 0)
-
-        def start() -> tuple[Any, list]:
-            # Submit the owner's write and, chained on its answer, every replica's apply.
-            answer = self._transport.submit(owner, "write", self.client_id, seq, ops, True, True)
-            replicas = []
-            for slot in range(1, d.copies):
-                try:
-                    replicas.append((slot, self._transport.submit(Copy(domain, shard, slot), "apply_write", answer)))
-                except UnavailableError:
-                    replicas.append((slot, None))
-            result = self._transport.result(answer, self._timeout, f"{domain} shard {shard} owner")
-            return result, replicas
-
-        # Retried while Ray restarts the owner, with the same request seq.
-        result, replicas = self._retry.run(start, on_unavailable=lambda: self._transport.forget(owner),
-                                           deadline=deadline)
-        acked, failures = 1, []
-        for slot, pending in replicas:
-            if pending is None:
-                failures.append(f"slot {slot}: unreachable")
-                continue
-            try:
-                self._transport.result(pending, max(0.001, deadline - time.monotonic()), f"replica slot {slot}")
-                acked += 1
-            except ErlmcpRayError as exc:
-                self._transport.forget(Copy(domain, shard, slot))
-                failures.append(f"slot {slot}: {exc}")
-        if acked < d.min_insync:
-            raise ReplicationError(
-                f"{domain} shard {shard}: applied by {acked} of {d.copies} copies, {d.min_insync} required; "
-                f"the write is not acknowledged and may or may not be visible later ({'; '.join(failures)})")
-        out: list[Any] = [rec for _key, rec in result.items]
-        for i, error in self._op_failure(d, result) or ():  # these ops were not written: their callers get the error
-            out[i] = error
-        return out
-
-    def _pressure_error(self, domain: str, message: str) -> MemoryPressureError:
-        return MemoryPressureError(message, domain=domain, limit=f"max_bytes={self._routes[domain].max_bytes}")
+    def _pressure_error(self, domain: str, message: str) -> Exception:
+        return self._direct.pressure_error(domain, message)
 
     def flush(self, timeout: float | None = None) -> None:
         """Wait until every buffered write reached its owner, its replicas and the coordinator (so one
@@ -348,93 +288,27 @@ class MemoryClient:
                           "lease_ok": self._coherence.usable()},
         }
 
-    def _gather(self, targets: list[Copy], method: str) -> list[Any]:
-        self._check_open()
-        pending = [self._transport.submit(t, method) for t in targets]
-        return [self._transport.result(p, self._timeout, method) for p in pending]
-
     def sync_status(self) -> dict[str, Any]:
         """Per domain and shard: each copy's seq, staleness and sync counters."""
-        out: dict[str, Any] = {}
-        for d in self._routes.values():
-            shards = []
-            for shard in range(d.shards):
-                copies = self._gather([Copy(d.name, shard, slot) for slot in range(d.copies)], "stats")
-                owner = copies[0]
-                shards.append({
-                    "shard": shard, "seq": owner["seq"], "replicated_seq": owner["replicated_seq"],
-                    "published_seq": owner["published_seq"], "syncs": owner["syncs"],
-                    "replicas": [{"slot": c["slot"], "seq_lag": owner["seq"] - (owner["replicas"].get(c["slot"], {})
-                                  .get("acked_seq") or 0), "staleness_ms": c["staleness_ms"],
-                                  "node_id": c["node_id"]} for c in copies[1:]],
-                })
-            out[d.name] = shards
-        return out
+        return self._inspector.sync_status()
 
     def get_domain_stats(self, domain: str) -> dict[str, Any]:
         """Entries, bytes, limit, shards and copies of ``domain`` (owner copies are counted once)."""
-        d = self._domain(domain)
-        owners = self._gather([Copy(d.name, s, 0) for s in range(d.shards)], "stats")
-        cfg = self.config.domain(domain)
-        return {
-            "domain": domain, "entries": sum(o["entries"] for o in owners),
-            "bytes": sum(o["bytes"] for o in owners), "limit": cfg.max_bytes,
-            "tombstones": sum(o["tombstones"] for o in owners), "shards": d.shards, "replicas": d.copies - 1,
-            "consistency": d.consistency.value, "conflicts_resolved": sum(o["conflicts_resolved"] for o in owners),
-            "eviction": cfg.eviction.value, "evictions": sum(o["evictions"] for o in owners),
-            "refused_writes": sum(o["refused_writes"] for o in owners),
-            # the domain is as pressed as its most pressed shard
-            "pressure": _worst([(o["pressure"] or {}).get("level", "low") for o in owners]),
-        }
-
-    def _all_copies(self, method: str) -> list[dict]:
-        return self._gather([Copy(d.name, shard, slot) for d in self._routes.values()
-                             for shard in range(d.shards) for slot in range(d.copies)], method)
+        return self._inspector.get_domain_stats(domain)
 
     def get_cluster_memory(self) -> dict[str, Any]:
         """The spec's cluster memory: nodes, total bytes, and per node the copies it holds and the
         memory of our actors there (RSS), against the per-node limits and their pressure level."""
-        limits = self.config.limits
-
-        def blank(node_id: str, address: Any) -> dict[str, Any]:
-            return {"node_id": node_id, "address": address, "memory_total": 0, "processes": 0, "actors": 0,
-                    "bytes": 0, "entries": 0, "copies": []}
-
-        per_node = {n["NodeID"]: blank(n["NodeID"], n.get("NodeManagerAddress"))
-                    for n in self._transport.alive_nodes()}
-        for m in self._all_copies("memory"):
-            node = per_node.setdefault(m["node_id"], blank(m["node_id"], None))
-            node["memory_total"] = m["node_memory_total"]
-            node["processes"] += m["rss"]
-            node["actors"] += 1
-            node["bytes"] += m["bytes"]
-            node["entries"] += m["entries"]
-            node["copies"].append((m["domain"], m["shard"], m["slot"], m["bytes"]))
-        for node in per_node.values():
-            ratio = max(node["bytes"] / limits.max_bytes, node["entries"] / limits.max_entries)
-            node.update(limit_bytes=limits.max_bytes, max_entries=limits.max_entries, used_ratio=ratio,
-                        pressure=str(level_for(ratio)), warn=ratio >= limits.warn_percent)
-        return {"nodes": len(per_node), "total_memory_bytes": len(per_node) * limits.max_bytes,
-                "used_bytes": sum(n["bytes"] for n in per_node.values()),
-                "node_data": sorted(per_node.values(), key=lambda n: n["node_id"])}
+        return self._inspector.get_cluster_memory()
 
     def force_gc(self) -> dict[str, Any]:
         """Purge expired entries and collect garbage in every shard copy and in this client;
         returns what was freed."""
-        results = self._all_copies("force_gc")
-        return {"copies": len(results),
-                "expired_purged": sum(r["expired_purged"] for r in results),
-                "accounted_bytes_freed": sum(r["accounted_bytes_freed"] for r in results),
-                "rss_bytes_freed": sum(r["rss_bytes_freed"] for r in results),
-                "client_objects_collected": gc.collect()}
+        return self._inspector.force_gc()
 
     def compact(self) -> dict[str, Any]:
         """Shrink every shard copy's structures (dicts, expiry heap, op-log); returns what was freed."""
-        results = self._all_copies("compact")
-        return {"copies": len(results),
-                "expiry_items_dropped": sum(r["expiry_items_dropped"] for r in results),
-                "log_ops_dropped": sum(r["log_ops_dropped"] for r in results),
-                "rss_bytes_freed": sum(r["rss_bytes_freed"] for r in results)}
+        return self._inspector.compact()
 
     # -------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -493,8 +367,4 @@ async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     # Remote calls block; an async actor's event loop must not. The client is thread-safe.
     return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
-
-def _worst(levels: list[str]) -> str:
-    order = ["low", "medium", "high", "critical"]
-    return max(levels, key=order.index) if levels else "low"
 

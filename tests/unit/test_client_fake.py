@@ -1,0 +1,140 @@
+"""The client's logic without Ray: read path, coherence, subscriptions, strong-write failures, on the
+in-process ``FakeTransport`` (real shard copies and a real invalidation log)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from erlmcp_ray.client import COORDINATOR, Copy
+from erlmcp_ray.core.invalidation import InvalidationLog
+from erlmcp_ray.errors import ReplicationError
+from erlmcp_ray.testing import FakeTransport
+
+CFG = {
+    "domains": {"shared": {"shards": 2}, "session": {"shards": 1, "staleness_ms": 200}},
+    "client": {"poll_timeout_s": 0.2},
+    "cache_coordinator": {"lease_ms": 2000, "invalidation_timeout": 1000},
+}
+
+
+def wait_until(predicate, timeout=5.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def fake():
+    return FakeTransport(CFG)
+
+
+@pytest.fixture
+def pair(fake):
+    a, b = fake.client(), fake.client()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_a_write_drops_other_clients_cached_copies(fake, pair):
+    a, b = pair
+    a.put("shared", "k", 1, consistency="strong")
+    assert b.get("shared", "k") == 1 and b.get("shared", "k", local_only=True) == 1
+    a.put("shared", "k", 2, consistency="strong")
+    wait_until(lambda: b.get("shared", "k", local_only=True) is None, what="b to drop its copy")
+    assert b.get("shared", "k") == 2
+
+
+def test_strong_coherence_drops_copies_before_put_returns(fake, pair):
+    a, b = pair
+    a.put("shared", "k", 1, consistency="strong")
+    assert b.get("shared", "k") == 1
+    a.put("shared", "k", 2, coherence="strong")
+    assert b.get("shared", "k", local_only=True) is None
+
+
+def test_a_new_coordinator_epoch_makes_clients_drop_everything(fake, pair):
+    a, b = pair
+    a.put("shared", "k", 1, consistency="strong")
+    assert b.get("shared", "k") == 1
+    with fake._lock:
+        fake.log = InvalidationLog(epoch=2, lease_ms=2000)  # as a restarted coordinator
+    wait_until(lambda: b.counters["gaps"] >= 1, what="b to notice the new epoch")
+    assert b.get("shared", "k", local_only=True) is None
+    assert b.get("shared", "k") == 1
+
+
+def test_without_a_recent_poll_the_cache_is_not_trusted(fake, pair):
+    a, b = pair
+    a.put("shared", "k", 1, consistency="strong")
+    assert b.get("shared", "k") == 1
+    fake.down(COORDINATOR)
+    trust_s = b.settings.trust_s
+    time.sleep(trust_s + 0.3)
+    owner_reads = b.counters["owner_reads"] + b.counters["replica_reads"]
+    assert b.get("shared", "k") == 1  # served, but not from its cache
+    assert b.counters["owner_reads"] + b.counters["replica_reads"] == owner_reads + 1
+    fake.up(COORDINATOR)
+
+
+def test_subscribers_get_every_write_in_order(fake, pair):
+    a, b = pair
+    seen = []
+    sub = b.subscribe("shared", lambda e: seen.append((e.key, e.value, e.deleted)))
+    for i in range(20):
+        a.put("shared", "k", i)
+    a.delete("shared", "k")
+    a.flush(timeout=5)
+    wait_until(lambda: len(seen) >= 2 and seen[-1][2], what="the delete to arrive")
+    values = [v for k, v, d in seen if not d]
+    assert values == sorted(values) and values[-1] == 19  # coalesced writes may be skipped, never reordered
+    sub.cancel()
+
+
+def test_a_stale_replica_sends_a_bounded_read_to_the_owner(fake, pair):
+    a, b = pair
+    fake.hold("session", 0)  # the replica never caught up: its staleness is unbounded
+    a.put("session", "s", "v", consistency="strong")
+    before = b.counters["stale_replica_fallbacks"]
+    assert b.get("session", "s", consistency="bounded_stale") == "v"
+    assert b.counters["stale_replica_fallbacks"] == before + 1  # the one replica answered "stale"
+    fake.release("session", 0)
+
+
+def test_a_strong_write_short_of_min_insync_raises_replication_error_and_is_indeterminate(fake, pair):
+    a, b = pair
+    fake.down(Copy("session", 0, 1))
+    with pytest.raises(ReplicationError, match="not acknowledged"):
+        a.put("session", "r", "maybe", consistency="strong")
+    # Documented: the owner applied it, so a later read may see it (like a timeout's outcome).
+    assert b.get("session", "r", consistency="strong") == "maybe"
+    fake.up(Copy("session", 0, 1))
+
+
+def test_reads_of_a_key_being_written_by_this_client_see_the_write(fake):
+    c = fake.client()
+    try:
+        errors = []
+
+        def writer():
+            for i in range(500):
+                c.put("shared", "mine", i)
+                got = c.get("shared", "mine")
+                if got != i:
+                    errors.append((i, got))
+
+        threads = [threading.Thread(target=writer)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert errors == []
+        c.flush(timeout=5)
+    finally:
+        c.close()
