@@ -169,6 +169,7 @@ def _random_walk(factory: CacheFactory, getsizeof: Callable[[Any], int] | None,
 
 # The fake transport and the linearizability checker live in erlmcp_ray._testkit; shipped from here.
 from erlmcp_ray._testkit.fake_transport import FakePending, FakeTransport  # noqa: E402
+from erlmcp_ray.client._transport import Copy  # noqa: E402
 from erlmcp_ray._testkit.history import (  # noqa: E402
     HistoryRecorder,
     LinearizabilityResult,
@@ -176,5 +177,5 @@ from erlmcp_ray._testkit.history import (  # noqa: E402
     check_linearizable,
 )
 
-__all__ += ["FakePending", "FakeTransport", "HistoryRecorder", "LinearizabilityResult", "Operation",
+__all__ += ["Copy", "FakePending", "FakeTransport", "HistoryRecorder", "LinearizabilityResult", "Operation",
             "check_linearizable"]

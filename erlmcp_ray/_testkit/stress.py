@@ -20,11 +20,17 @@ __all__ = ["stale_read_stress"]
 
 
 class _Reader:
-    def __init__(self, namespace: str, domain: str, hot: list[str], filler: list[str], seed: int) -> None:
+    def __init__(self, namespace: str, domain: str, hot: list[str], filler: list[str], seed: int,
+                 switch_interval_s: float | None) -> None:
         import random
+        import sys
 
         import erlmcp_ray
 
+        if switch_interval_s is not None:
+            # Switch threads far more often than CPython's 5 ms: the reader's and the coherence
+            # thread's steps interleave at many more points, which is what this stress is for.
+            sys.setswitchinterval(switch_interval_s)
         self._client = erlmcp_ray.connect(namespace)
         self._domain, self._hot, self._filler = domain, hot, filler
         self._rng = random.Random(seed)
@@ -58,7 +64,7 @@ class _Reader:
 
 def stale_read_stress(namespace: str, *, domain: str = "shared", writes: int = 1000, readers: int = 2,
                       hot_keys: int = 4, filler_keys: int = 600, filler_per_hot: int = 3,
-                      timeout_s: float = 600.0) -> dict[str, Any]:
+                      switch_interval_s: float | None = 1e-5, timeout_s: float = 600.0) -> dict[str, Any]:
     """Run the stress against the system in ``namespace``; returns counts (``stale`` should be 0)."""
     import ray
 
@@ -73,7 +79,7 @@ def stale_read_stress(namespace: str, *, domain: str = "shared", writes: int = 1
         writer.put(domain, k, 0, consistency="strong")
     writer.flush(timeout=60)
     actor = ray.remote(num_cpus=0)(_Reader)
-    procs = [actor.remote(namespace, domain, hot, filler, seed) for seed in range(readers)]
+    procs = [actor.remote(namespace, domain, hot, filler, seed, switch_interval_s) for seed in range(readers)]
     l1_sizes = ray.get([p.warm.remote() for p in procs], timeout=timeout_s)
     acked: dict[str, list[tuple[float, int]]] = {k: [(0.0, 0)] for k in hot}
     # Readers run while the writer writes: give them about as long as the writes will take.
