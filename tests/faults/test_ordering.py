@@ -4,20 +4,19 @@ strong operations are linearizable, and a restarted system has no ghost clients.
 
 from __future__ import annotations
 
-import random
-import threading
 import time
 
 import pytest
 import ray
 
 import erlmcp_ray
-from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray._testkit.stress import stale_read_stress
+from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray.core import record as R
 from erlmcp_ray.core.codec import decode_value
-from erlmcp_ray.testing import HistoryRecorder, check_linearizable
+from erlmcp_ray.testing import check_linearizable
 from tests.conftest import module_system, one_coherence_round
+from tests.workloads import strong_register_history
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -72,31 +71,8 @@ def test_no_stale_read_after_strong_coherence_writes_across_processes(system):
 
 def test_strong_operations_from_several_clients_are_linearizable(system):
     clients = [system.client() for _ in range(2)]
-    rec = HistoryRecorder()
-    values = iter(range(1, 10**9))
-    lock = threading.Lock()
-
-    def worker(p):
-        c, r = clients[p % 2], random.Random(p)
-        for _ in range(60):
-            key = f"lin{r.randrange(2)}"
-            if r.random() < 0.5:
-                with lock:
-                    v = next(values)
-                t = rec.invoke(p, "put", key, v)
-                c.put("shared", key, v, consistency="strong")
-                rec.ok(t)
-            else:
-                t = rec.invoke(p, "get", key)
-                rec.ok(t, c.get("shared", key, consistency="strong"))
-
-    threads = [threading.Thread(target=worker, args=(p,)) for p in range(6)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-        result = check_linearizable(rec.history())
+        result = check_linearizable(strong_register_history(clients, threads=6, ops=60, keys=2))
         assert result.ok, result.explanation
         assert result.operations == 360
     finally:

@@ -12,21 +12,13 @@ from erlmcp_ray.client import COORDINATOR, Copy
 from erlmcp_ray.core.invalidation import InvalidationLog
 from erlmcp_ray.errors import ReplicationError
 from erlmcp_ray.testing import FakeTransport
+from tests.conftest import wait_for
 
 CFG = {
     "domains": {"shared": {"shards": 2}, "session": {"shards": 1, "staleness_ms": 200}},
     "client": {"poll_timeout_s": 0.2},
     "cache_coordinator": {"lease_ms": 2000, "invalidation_timeout": 1000},
 }
-
-
-def wait_until(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
@@ -47,7 +39,7 @@ def test_a_write_drops_other_clients_cached_copies(fake, pair):
     a.put("shared", "k", 1, consistency="strong")
     assert b.get("shared", "k") == 1 and b.get("shared", "k", local_only=True) == 1
     a.put("shared", "k", 2, consistency="strong")
-    wait_until(lambda: b.get("shared", "k", local_only=True) is None, what="b to drop its copy")
+    wait_for(lambda: b.get("shared", "k", local_only=True) is None, what="b to drop its copy")
     assert b.get("shared", "k") == 2
 
 
@@ -65,7 +57,7 @@ def test_a_new_coordinator_epoch_makes_clients_drop_everything(fake, pair):
     assert b.get("shared", "k") == 1
     with fake._lock:
         fake.log = InvalidationLog(epoch=2, lease_ms=2000)  # as a restarted coordinator
-    wait_until(lambda: b.counters["gaps"] >= 1, what="b to notice the new epoch")
+    wait_for(lambda: b.counters["gaps"] >= 1, what="b to notice the new epoch")
     assert b.get("shared", "k", local_only=True) is None
     assert b.get("shared", "k") == 1
 
@@ -91,7 +83,7 @@ def test_subscribers_get_every_write_in_order(fake, pair):
         a.put("shared", "k", i)
     a.delete("shared", "k")
     a.flush(timeout=5)
-    wait_until(lambda: len(seen) >= 2 and seen[-1][2], what="the delete to arrive")
+    wait_for(lambda: len(seen) >= 2 and seen[-1][2], what="the delete to arrive")
     values = [v for k, v, d in seen if not d]
     assert values == sorted(values) and values[-1] == 19  # coalesced writes may be skipped, never reordered
     sub.cancel()

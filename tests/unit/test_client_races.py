@@ -17,18 +17,11 @@ from erlmcp_ray.client._group_commit import GroupCommit
 from erlmcp_ray.client._transport import Copy
 from erlmcp_ray.core.wire import WriteOp
 from erlmcp_ray.errors import OperationTimeoutError
-from erlmcp_ray.testing import FakeTransport, HistoryRecorder, check_linearizable
+from erlmcp_ray.testing import FakeTransport, check_linearizable
+from tests.conftest import wait_for
+from tests.workloads import strong_register_history
 
 CFG = {"domains": {"shared": {"shards": 1}}, "client": {"poll_timeout_s": 0.2}}
-
-
-def wait_until(predicate, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.002)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # ------------------------------------------------------------------ bug 1: an invalidated entry comes back
@@ -119,10 +112,10 @@ def test_a_write_lost_in_an_owner_restart_is_not_resent_over_a_newer_one():
     try:
         fake.hold("shared", 0)  # the owner applies, but does not replicate yet
         client.put("shared", "k", 1)
-        wait_until(lambda: fake.owner("shared").state.get("k") is not None, what="v1 at the owner")
+        wait_for(lambda: fake.owner("shared").state.get("k") is not None, what="v1 at the owner")
         fake.restart(Copy("shared", 0, 0))  # the owner dies before replicating v1: the new one lacks it
         client.put("shared", "k", 2)
-        wait_until(lambda: fake.owner("shared").state.get("k") is not None, what="v2 at the new owner")
+        wait_for(lambda: fake.owner("shared").state.get("k") is not None, what="v2 at the new owner")
         fake.release("shared", 0)
         client.flush(timeout=10)
         for slot in range(2):
@@ -141,7 +134,7 @@ def test_a_lost_write_is_resent_when_nothing_newer_exists():
     try:
         fake.hold("shared", 0)
         client.put("shared", "k", 1)
-        wait_until(lambda: fake.owner("shared").state.get("k") is not None, what="v1 at the owner")
+        wait_for(lambda: fake.owner("shared").state.get("k") is not None, what="v1 at the owner")
         fake.restart(Copy("shared", 0, 0))
         fake.release("shared", 0)
         client.flush(timeout=10)
@@ -233,7 +226,7 @@ def test_readers_arriving_during_a_fetch_share_one_follow_up_fetch():
                 for _ in range(8)]
         for t in late:
             t.start()
-        wait_until(lambda: reader.counters["shared_fetches"] >= 7, what="late readers to share a fetch")
+        wait_for(lambda: reader.counters["shared_fetches"] >= 7, what="late readers to share a fetch")
         reads_before = fake.calls.get("read", 0)  # the first read is held before it is counted
         gate.set()
         for t in [first, *late]:
@@ -255,31 +248,9 @@ def test_concurrent_strong_operations_are_linearizable():
 
     fake = FakeTransport(CFG, before_call=jitter, after_call=jitter)
     client = fake.client()
-    rec = HistoryRecorder()
-    counter = iter(range(1, 10**9))
-    lock = threading.Lock()
-
-    def worker(p):
-        r = random.Random(p)
-        for _ in range(150):
-            key = f"k{r.randrange(3)}"
-            if r.random() < 0.5:
-                with lock:
-                    value = next(counter)
-                t = rec.invoke(p, "put", key, value)
-                client.put("shared", key, value, consistency="strong")
-                rec.ok(t)
-            else:
-                t = rec.invoke(p, "get", key)
-                rec.ok(t, client.get("shared", key, consistency="strong"))
-
-    threads = [threading.Thread(target=worker, args=(p,)) for p in range(8)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        result = check_linearizable(rec.history())
+        history = strong_register_history([client], threads=8, ops=150, keys=3)
+        result = check_linearizable(history)
         assert result.ok, result.explanation
         assert result.operations == 8 * 150
     finally:
@@ -294,7 +265,7 @@ def test_puts_and_reads_do_not_wait_for_a_retry_pause_of_the_write_behind():
     try:
         fake.down(owner)
         client.put("shared", "a", 1)
-        wait_until(lambda: client.counters["batch_retries"] >= 2, what="the write-behind to retry")
+        wait_for(lambda: client.counters["batch_retries"] >= 2, what="the write-behind to retry")
         worst = 0.0
         for i in range(200):  # meanwhile the thread sleeps between retries
             t0 = time.perf_counter()
@@ -321,7 +292,7 @@ def test_a_group_commit_follower_gives_up_after_its_timeout_unsent():
     gc = GroupCommit(send, timeout_s=0.2)
     leader = threading.Thread(target=lambda: gc.submit("d", 0, "first"))
     leader.start()
-    wait_until(lambda: sent == ["first"], what="the leader's round")
+    wait_for(lambda: sent == ["first"], what="the leader's round")
     with pytest.raises(OperationTimeoutError, match="was not sent"):
         gc.submit("d", 0, "second")
     gate.set()
