@@ -52,14 +52,15 @@ class _Recorder:
 
 
 def _agrees(cache: Any, rec: _Recorder, getsizeof: Callable[[Any], int] | None = None) -> None:
-    keys = set(cache)  # first: iterating may drop expired entries, which updates ``rec``
+    n = len(cache)  # first: len() drops expired entries (reported: updates ``rec``); iterating skips them
+    keys = set(cache)
     assert keys == set(rec.model), f"holds {sorted(map(repr, keys ^ set(rec.model)))} unlike the reference"
     for key in keys:
         assert key in cache and cache.get(key) == rec.model[key], f"wrong value for {key!r}"
     size = sum((getsizeof or (lambda v: 1))(v) for v in rec.model.values())
     assert cache.currsize == size, f"currsize {cache.currsize} but the values weigh {size}"
     assert cache.currsize <= cache.maxsize, f"currsize {cache.currsize} > maxsize {cache.maxsize}"
-    assert len(cache) == len(keys)
+    assert n == len(keys) == len(cache)
     assert cache.evictions == rec.reported, "evictions counter disagrees with on_evict calls"
 
 

@@ -2,19 +2,22 @@
 
 Layout:
 
-    _base.py     Cache: a MutableMapping owning maxsize/getsizeof/currsize, evictions, on_evict;
+    _base.py     Cache: a ``cachetools.Cache`` owning maxsize/getsizeof/currsize, evictions, on_evict;
                  a policy overrides a few hooks (victim selection, access bookkeeping)
-    _simple.py   LRUCache, FIFOCache, RandomCache (injected ``rng``)
-    _ttl.py      TTLCache: LRU with a time-to-live, injected ``timer``
+    _simple.py   LRUCache, FIFOCache, RandomCache (injected ``rng``, or cachetools' ``choice``)
+    _ttl.py      TTLCache: LRU with a time-to-live, injected ``timer`` (cachetools' signature)
     _lfu.py      LFUCache: O(1) frequency buckets
     _arc.py      ARCCache: Megiddo & Modha's ARC, real-valued target p
     _tinylfu.py  TinyLFUCache (W-TinyLFU, as Caffeine) and its FrequencySketch
     _select.py   recommend_policy / explain_policy, benchmark_policies, simulate
 
-Every class takes ``(maxsize, getsizeof=None, *, on_evict=None, **policy_kwargs)``; with
+Every class takes ``(maxsize, getsizeof=None, *, on_evict=None, **policy_kwargs)`` (TTLCache:
+cachetools' ``(maxsize, ttl, timer, getsizeof)``, and ``(maxsize, getsizeof)`` too); with
 ``getsizeof`` the bound is on the sum of sizes (bytes), otherwise on the number of entries.
 Every operation is O(1) (amortised). ``erlmcp_ray.testing.check_cache_policy`` is the contract
-each one passes. Like cachetools, a cache is not thread-safe: share one under a lock. No Ray here.
+each one passes, and cachetools' own test suite (tests/unit/test_cachetools_suite.py) runs
+against LRU, LFU, FIFO, Random (as RRCache), TTL, and its generic part against ARC and W-TinyLFU.
+Like cachetools, a cache is not thread-safe: share one under a lock. No Ray here.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def make_cache(name: str, maxsize: int, getsizeof: Callable[[Any], int] | None =
         cls = POLICIES[str(getattr(name, "value", name)).lower()]
     except KeyError:
         raise ValueError(f"unknown eviction policy {name!r}; known: {sorted(POLICIES)}") from None
-    return cls(maxsize, getsizeof, **kwargs)
+    return cls(maxsize, getsizeof=getsizeof, **kwargs)
 
 
 __all__ = [

@@ -31,6 +31,8 @@ class ARCCache(Cache):
 
     __slots__ = ("_b1", "_b2", "_sb1", "_sb2", "_st1", "_st2", "_t1", "_t2", "p")
 
+    _OWN_STATE = (*Cache._OWN_STATE, "_b1", "_b2", "_t1", "_t2")
+
     def __init__(self, maxsize: int, getsizeof: Callable[[Any], int] | None = None, *,
                  on_evict: OnEvict | None = None) -> None:
         super().__init__(maxsize, getsizeof, on_evict=on_evict)

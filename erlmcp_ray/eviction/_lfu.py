@@ -43,6 +43,31 @@ class LFUCache(Cache):
         self._root = _Bucket(0)  # sentinel of the circular list; root.next is the lowest count
         self._bucket_of: dict = {}
 
+    # ------------------------------------------------------------ copy, pickle
+    # The buckets form a linked list: copied or pickled link by link, thousands of counts would
+    # recurse too deep. The state holds them as a list of (count, keys) instead, lowest first.
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        root = state.pop("_root")
+        del state["_bucket_of"]
+        buckets, bucket = [], root.next
+        while bucket is not root:
+            buckets.append((bucket.count, list(bucket.keys)))
+            bucket = bucket.next
+        state["_buckets"] = buckets
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        buckets = state.pop("_buckets")
+        super().__setstate__(state)
+        self._root = root = _Bucket(0)
+        self._bucket_of = bucket_of = {}
+        for count, keys in buckets:
+            bucket = self._bucket_after(root.prev, count)
+            bucket.keys = OrderedDict.fromkeys(keys)
+            bucket_of.update(dict.fromkeys(keys, bucket))
+
     def count(self, key: Hashable) -> int:
         """How many times ``key`` was accessed (stored or read) since it was admitted."""
         return self._bucket_of[key].count

@@ -28,7 +28,9 @@ from Caffeine's constants, each measured on the traces in benchmarks/results/evi
 
 from __future__ import annotations
 
+import math
 import random
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
@@ -117,6 +119,13 @@ class FrequencySketch:
             if self._additions >= self.sample_size:
                 self._reset()
 
+    def copy(self) -> FrequencySketch:
+        """An independent sketch with the same counts."""
+        sketch = FrequencySketch.__new__(FrequencySketch)
+        sketch.capacity, sketch.sample_size = self.capacity, self.sample_size
+        sketch._table, sketch._mask, sketch._additions = bytearray(self._table), self._mask, self._additions
+        return sketch
+
     def _reset(self) -> None:
         # Halving drops half a count from every odd counter; a key has four, hence the /4 (as Caffeine).
         odd = self._table.translate(_ODD).count(1)
@@ -139,6 +148,7 @@ class TinyLFUCache(Cache):
         "_sample_misses",
         "_sample_size",
         "_sketch",
+        "_sketch_grows",
         "_spb",
         "_spt",
         "_step",
@@ -147,6 +157,8 @@ class TinyLFUCache(Cache):
         "_window_max",
     )
 
+    _OWN_STATE = (*Cache._OWN_STATE, "_probation", "_protected", "_sketch", "_window")
+
     def __init__(self, maxsize: int, getsizeof: Callable[[Any], int] | None = None, *,
                  window: float = 0.01, protected: float = 0.80, adaptive: bool = True,
                  rng: random.Random | None = None, expected_entries: int | None = None,
@@ -154,22 +166,27 @@ class TinyLFUCache(Cache):
         if not (0.0 <= window <= 1.0 and 0.0 <= protected <= 1.0):
             raise ValueError("window and protected are fractions in [0, 1]")
         super().__init__(maxsize, getsizeof, on_evict=on_evict)
+        sized = self._getsizeof is not None  # an argument, or a subclass's getsizeof
+        # An unbounded cache never evicts: its quotas are computed on a large finite stand-in.
+        bound = maxsize if math.isfinite(maxsize) else sys.maxsize
         # As Caffeine: window = maxsize - floor(99% of maxsize), protected = floor(80% of main).
-        self._window_max = maxsize - int(maxsize * (1.0 - window))
-        self._protected_max = int((maxsize - self._window_max) * protected)
+        self._window_max = bound - int(bound * (1.0 - window))
+        self._protected_max = int((bound - self._window_max) * protected)
         self._window: OrderedDict = OrderedDict()  # key -> size, LRU first (all three)
         self._probation: OrderedDict = OrderedDict()
         self._protected: OrderedDict = OrderedDict()
         self._sw = self._spb = self._spt = 0
-        if expected_entries is None:  # byte-bounded: start small, the sketch doubles as entries arrive
-            expected_entries = maxsize if getsizeof is None else min(maxsize, 1024)
+        # Byte-bounded or unbounded: start small, the sketch doubles as entries arrive.
+        self._sketch_grows = sized or bound != maxsize
+        if expected_entries is None:
+            expected_entries = min(maxsize, 1024) if self._sketch_grows else maxsize
         self._sketch = FrequencySketch(max(expected_entries, 16))  # 16 bytes per expected entry
         self._rng = rng if rng is not None else random.Random()
         self._adaptive = adaptive
         self._sample_size = max(_SAMPLE_FACTOR * self._sketch.capacity, _SAMPLE_FLOOR)
         self._sample_hits = self._sample_misses = self._adjustment = 0
         self._prev_rate: float | None = None  # hit rate of the previous sample
-        self._step = _STEP_PERCENT * maxsize
+        self._step = _STEP_PERCENT * bound
 
     def segment_sizes(self) -> dict[str, int]:
         """Sizes of the three segments, and the window's and protected segment's current quotas."""
@@ -209,7 +226,7 @@ class TinyLFUCache(Cache):
     # --------------------------------------------------------------- misses
     def _admit(self, key: Hashable, size: int) -> None:
         sketch = self._sketch
-        if self._sizes is not None and len(self._data) > sketch.capacity:
+        if self._sketch_grows and len(self._data) > sketch.capacity:
             sketch = self._grow_sketch()
         sketch.increment(key)
         if self._window and self._sw + size > self._window_max:

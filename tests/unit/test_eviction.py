@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
 import random
 import subprocess
 import sys
 
+import cachetools
 import pytest
 
 from erlmcp_ray import eviction
@@ -104,6 +107,204 @@ def test_constructor_is_cachetools_shaped():
         assert (cache.maxsize, cache.currsize, cache.getsizeof("xy"), cache.evictions) == (10, 4, 2, 0)
     with pytest.raises(ValueError):
         LRUCache(-1)
+
+
+# ------------------------------------------------ cachetools compatibility (the suite: test_cachetools_suite)
+def filled(name, getsizeof=None):
+    """8 entries of size 1 in a cache of 8, every other one read since (counts, T2, protected)."""
+    cache = TTLCache(8, ttl=10.0) if name == "ttl" else factory_for(name)(8, getsizeof=getsizeof)
+    for i in range(8):
+        cache[i] = str(i)
+    for i in range(0, 8, 2):
+        cache[i]
+    return cache
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_every_policy_is_a_cachetools_cache(name):
+    cache = factory_for(name)(4)
+    assert isinstance(cache, cachetools.Cache)
+    cached = cachetools.cached(cache, info=True)(lambda x: x * 2)
+    assert [cached(1), cached(1), cached(2)] == [2, 2, 4]
+    assert cached.cache_info() == (1, 2, 4, 2)  # hits, misses, maxsize, currsize: read from a Cache
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+@pytest.mark.parametrize("how", ["copy", "deepcopy", "pickle"])
+def test_a_copy_holds_the_whole_state_and_shares_none_of_it(name, how):
+    source = filled(name, getsizeof=None if how == "pickle" else len)  # (a lambda would not pickle)
+    dup = {"copy": copy.copy, "deepcopy": copy.deepcopy,
+           "pickle": lambda c: pickle.loads(pickle.dumps(c))}[how]
+    twin = dup(source)
+    assert type(twin) is type(source) and dict(twin.items()) == dict(source.items())
+    assert (twin.currsize, twin.maxsize) == (source.currsize, source.maxsize) and twin.evictions == 0
+    twin_victims = [twin.popitem() for _ in range(len(twin))]
+    assert len(source) == 8 and source.currsize == 8 and twin.currsize == 0
+    if name not in ("random", "tinylfu"):  # no draws from an rng: the copy evicts exactly as its source
+        assert twin_victims == [source.popitem() for _ in range(8)]
+
+
+def test_a_shallow_copy_shares_attributes_and_values_not_state():
+    class Tagged(LRUCache):
+        def __init__(self, maxsize, **kwargs):
+            super().__init__(maxsize, **kwargs)
+            self.tag = []
+
+    evicted = []
+    source = Tagged(2, on_evict=lambda k, v: evicted.append(k))
+    source["a"], source["b"] = [1], [2]
+    twin = copy.copy(source)
+    assert twin.tag is source.tag and twin["a"] is source["a"]
+    twin["c"] = [3]  # evicts b from the copy only; the callback is shared
+    assert evicted == ["b"] and sorted(source) == ["a", "b"] and sorted(twin) == ["a", "c"]
+
+
+def test_lfu_copies_keep_use_counts_across_thousands_of_buckets():
+    n = sys.getrecursionlimit() + 10
+    source = LFUCache(n + 1)
+    for key in range(n):
+        source[key] = key
+        for _ in range(key):
+            source.get(key)
+    source[n] = n
+    for twin in (copy.copy(source), copy.deepcopy(source), pickle.loads(pickle.dumps(source))):
+        assert [twin.count(k) for k in (0, n, 5)] == [1, 1, 6]
+        assert [twin.popitem()[0] for _ in range(3)] == [0, n, 1]
+    assert len(source) == n + 1 and source.count(5) == 6
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_missing_is_called_by_getitem_only(name):
+    class Default(POLICIES[name]):
+        def __missing__(self, key):
+            self[key] = value = f"made-{key}"
+            return value
+
+    cache = Default(4, **({"timer": FakeTimer()} if name == "ttl" else {}))
+    assert cache["a"] == "made-a" and "a" in cache
+    assert cache.get("b") is None and cache.pop("b", None) is None and "b" not in cache
+    assert cache.setdefault("c") is None and cache["c"] is None  # setdefault does not ask __missing__
+    assert cache.setdefault("a", "other") == "made-a"
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_getsizeof_overridden_in_a_subclass_bounds_by_size(name):
+    class Sized(POLICIES[name]):
+        @staticmethod
+        def getsizeof(value):
+            return len(value)
+
+    cache = Sized(10)
+    cache["a"], cache["b"] = "xxxx", "yyyy"
+    assert cache.currsize == 8
+    cache["c"] = "zzzz"
+    assert cache.currsize <= 10 and len(cache) == 2 and "c" in cache
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_sizes_must_be_between_zero_and_maxsize(name):
+    cache = factory_for(name)(10, getsizeof=lambda v: v)
+    for bad in (-1, 11):
+        with pytest.raises(ValueError):
+            cache["k"] = bad
+    assert len(cache) == 0 and cache.currsize == 0
+    cache["zero"] = 0
+    assert "zero" in cache and cache.currsize == 0
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_popitem_on_empty_raises_keyerror_without_context(name):
+    with pytest.raises(KeyError, match="is empty") as info:
+        factory_for(name)(2).popitem()
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+@pytest.mark.parametrize("name", sorted(POLICIES))
+def test_a_growing_overwrite_keeps_its_key_and_evicts_others(name):
+    kwargs = {"random": {"choice": lambda keys: "a" if "a" in keys else keys[0]},  # offers "a" first
+              "tinylfu": {"rng": random.Random(7)}, "ttl": {"timer": FakeTimer()}}.get(name, {})
+    evicted = []
+    cache = make_cache(name, 10, len, on_evict=lambda k, v: evicted.append(k), **kwargs)
+    cache["a"], cache["b"], cache["c"] = "x" * 3, "y" * 3, "z" * 3
+    cache["a"] = "x" * 9  # even when the policy offers "a" itself as the victim
+    assert dict(cache.items()) == {"a": "x" * 9} and cache.currsize == 9
+    assert sorted(evicted) == ["b", "c"] and cache.evictions == 2
+
+
+def test_fifo_overwrite_reinserts_as_cachetools():
+    cache = FIFOCache(2)
+    cache["a"], cache["b"] = 1, 2
+    cache["a"] = 3  # a write moves a to the back; a read would not
+    cache["b"]
+    cache["c"] = 4
+    assert dict(cache.items()) == {"a": 3, "c": 4}
+
+
+def test_random_cache_takes_cachetools_choice_or_an_rng():
+    assert RandomCache(2).choice is random.choice
+    cache = RandomCache(2, choice=max)
+    cache.update({1: 1, 2: 2})
+    cache[0] = 0
+    assert sorted(cache) == [0, 1] and cache.choice is max
+    assert RandomCache(2, rng=random.Random(0)).choice.__self__ is not None
+    with pytest.raises(ValueError):
+        RandomCache(2, rng=random.Random(0), choice=max)
+
+
+def test_ttl_takes_cachetools_signature_and_the_shared_shape():
+    timer = FakeTimer()
+    positional = TTLCache(10, 5.0, timer, len)
+    assert (positional.ttl, positional.timer(), positional.getsizeof("abc")) == (5.0, 0.0, 3)
+    shared = TTLCache(10, len)  # (maxsize, getsizeof), as every policy: a callable is no ttl
+    assert (shared.ttl, shared.getsizeof("ab")) == (300.0, 2)
+    import datetime
+    days = TTLCache(2, ttl=datetime.timedelta(days=1), timer=datetime.datetime.now)
+    days["k"] = 1
+    assert days.expire(datetime.datetime.now() + datetime.timedelta(days=1)) == [("k", 1)]
+    with pytest.raises(ValueError):
+        TTLCache(2, ttl=datetime.timedelta(0))
+
+
+def test_ttl_timer_freezes_for_the_cache_inside_with():
+    timer, evicted = FakeTimer(), []
+    cache = TTLCache(4, ttl=5.0, timer=timer, on_evict=lambda k, v: evicted.append(k))
+    cache["a"] = 1
+    with cache.timer as now:
+        timer.now = 50.0
+        assert now == 0.0 and cache.timer() == 0.0 and cache.timer.now == 50.0  # attributes: the timer's
+        assert cache["a"] == 1 and "a" in cache  # the cache reads the frozen time too
+        twin = copy.copy(cache)
+        assert "a" not in twin  # a copy is not frozen
+    assert "a" not in cache and len(cache) == 0 and evicted == ["a"]
+
+
+def test_ttl_iteration_skips_expired_entries_len_drops_them():
+    timer, evicted = FakeTimer(), []
+    cache = TTLCache(4, ttl=2.0, timer=timer, on_evict=lambda k, v: evicted.append(k))
+    cache["a"] = 1
+    timer.now = 1.0
+    cache["b"] = 2
+    timer.now = 2.0
+    assert [k for k in cache] == ["b"] and evicted == []
+    assert len(cache) == 1 and evicted == ["a"]
+    timer.now = 5.0
+    with pytest.raises(KeyError):
+        del cache["b"]  # expired: gone, reported as an eviction, and a KeyError as in cachetools
+    assert evicted == ["a", "b"] and cache.currsize == 0
+
+
+def test_ttl_subclass_overriding_popitem_sees_the_evictions_of_writes():
+    seen = []
+
+    class Watched(TTLCache):
+        def popitem(self):
+            item = super().popitem()
+            seen.append(item)
+            return item
+
+    cache = Watched(2, ttl=10.0, timer=FakeTimer())
+    cache.update({"a": 1, "b": 2, "c": 3})
+    assert seen == [("a", 1)] and cache.evictions == 1
 
 
 # ----------------------------------------------------------------------------- per policy

@@ -3,6 +3,7 @@ naive reference implementations on synthetic traces."""
 
 from __future__ import annotations
 
+import copy
 import random
 
 import pytest
@@ -20,6 +21,7 @@ OPS = st.lists(
         st.tuples(st.just("del"), KEYS),
         st.tuples(st.just("popitem")),
         st.tuples(st.just("tick"), st.integers(0, 4)),
+        st.tuples(st.just("copy")),
     ),
     max_size=60,
 )
@@ -73,8 +75,9 @@ def apply(cache, ref, clock, op) -> None:
 
 
 def check_invariants(cache, ref, sized) -> None:
-    keys = set(cache)  # iterating drops expired TTL entries (reported), so read it first
-    assert keys == set(ref.model)
+    n = len(cache)  # first: len() drops expired TTL entries (reported); iterating only skips them
+    keys = set(cache)
+    assert keys == set(ref.model) and n == len(keys)
     assert all(cache.get(k) == v for k, v in ref.model.items())
     assert cache.currsize == sum(len(v) if sized else 1 for v in ref.model.values()) <= cache.maxsize
     assert cache.evictions == ref.reported
@@ -102,7 +105,17 @@ def test_any_operation_sequence_keeps_the_bound_and_agrees_with_a_dict(name, max
     ref, clock = Reference(), Clock()
     cache = build(name, maxsize * 3 if sized else maxsize, sized, ref, clock)
     for op in ops:
-        apply(cache, ref, clock, op)
+        if op[0] == "copy":  # carry on with a shallow copy: it must hold the whole state, and share none
+            twin, model = copy.copy(cache), dict(ref.model)
+            assert dict(twin.items()) == dict(cache.items()) and twin.currsize == cache.currsize
+            if cache:
+                cache.popitem()  # the original's evictions (reported to ``ref``) must not touch the copy
+                assert dict(twin.items()) == {k: v for k, v in model.items() if k in twin}
+                assert twin.currsize == sum(len(v) if sized else 1 for v in model.values())
+            ref.model, ref.reported = model, twin.evictions  # the copy holds what the original held
+            cache = twin
+        else:
+            apply(cache, ref, clock, op)
         check_invariants(cache, ref, sized)
 
 
