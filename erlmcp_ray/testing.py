@@ -1,11 +1,16 @@
-"""Contract suites, shipped so that every implementation (ours or yours) can be held to them.
+"""The test kit, shipped so that users' own tests can use it too (no pytest, Hypothesis or Ray needed).
 
     check_cache_policy(factory)   an eviction policy (``erlmcp_ray.eviction``) behaves as a
                                   size-bounded mapping that reports what it evicts
+    FakeTransport(config)         the whole memory system in this process (real shard copies and
+                                  invalidation log), behind the client's Transport seam; faults
+                                  (hold/release, down/up, restart) and call hooks; ``.client()``
+    Copy(domain, shard, slot)     names a shard copy, for FakeTransport's faults
+    HistoryRecorder()             records put/get invocations and returns from many threads
+    check_linearizable(history)   per key: does some order explain every read?
 
-Each suite raises ``AssertionError`` naming the broken rule and returns nothing when all hold.
-No pytest, Hypothesis or Ray needed: deterministic scenarios plus a seeded random walk checked
-against a plain ``dict``.
+The contract suite raises ``AssertionError`` naming the broken rule and returns nothing when all
+hold: deterministic scenarios plus a seeded random walk checked against a plain ``dict``.
 """
 
 from __future__ import annotations
