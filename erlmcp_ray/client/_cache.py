@@ -142,12 +142,14 @@ class LocalCache:
         """A token for a remote read about to start; pass it to ``store``."""
         return self._seq
 
-    def store_pending(self, domain: str, key: str, data: bytes) -> None:
+    def store_pending(self, domain: str, key: str, data: bytes, k: tuple[str, str] | None = None) -> None:
         """Our own buffered write: noted, then shown in L0 until ``acknowledge`` (on the
         write-behind thread) caches it with its version. No lock (the eventual put path): the
         note comes first, and every locked writer checks it after writing (see the module doc).
-        Should L0 drop the entry, reads find the write in the buffer or at the owner."""
-        k = (domain, key)
+        Should L0 drop the entry, reads find the write in the buffer or at the owner.
+        ``k``: ``(domain, key)`` if the caller has one already."""
+        if k is None:
+            k = (domain, key)
         self._pending[k] = data
         l0 = self._l0
         if k not in l0 and len(l0) >= self._l0_entries:

@@ -202,8 +202,7 @@ class MemoryClient:
         if coh is STRONG_COH:
             return self._write_now(d, shard, op, BOUNDED if level is EVENTUAL else level, coh)
         if level is EVENTUAL:
-            self._wb.add(domain, shard, op)
-            self._own_writes.note(domain, key)
+            self._own_writes.note(domain, key, self._wb.add(domain, shard, op))
             return None
         return self._write_now(d, shard, op, level, coh)
 

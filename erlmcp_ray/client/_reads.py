@@ -54,8 +54,9 @@ class OwnWrites:
         self._prune_lock = threading.Lock()
         self._at: dict[tuple[str, str], float] = {}
 
-    def note(self, domain: str, key: str) -> None:
-        self._at[(domain, key)] = self._clock()
+    def note(self, domain: str, key: str, k: tuple[str, str] | None = None) -> None:
+        """``k``: ``(domain, key)`` if the caller has one already."""
+        self._at[(domain, key) if k is None else k] = self._clock()
         if len(self._at) > self._capacity:
             self._prune()
 

@@ -47,46 +47,43 @@ log = logging.getLogger("erlmcp_ray.client")
 
 class WriteBuffer:
     """Coalescing buffer of eventual writes, keyed by (domain, shard) then key: the last write
-    to a key wins, as in a write-back cache. Each op travels with its stamp."""
+    to a key wins, as in a write-back cache."""
 
     def __init__(self) -> None:
-        self._ops: dict[tuple[str, int], dict[str, tuple[WriteOp, int]]] = {}
+        self._ops: dict[tuple[str, int], dict[str, WriteOp]] = {}
         self._n = 0
 
-    def add(self, domain: str, shard: int, op: WriteOp, stamp: int = 0) -> None:
+    def add(self, domain: str, shard: int, op: WriteOp) -> None:
         group = self._ops.get((domain, shard))
         if group is None:
             group = self._ops[(domain, shard)] = {}
         if op[0] not in group:
             self._n += 1
-        group[op[0]] = (op, stamp)
+        group[op[0]] = op
 
     def peek(self, domain: str, shard: int, key: str) -> WriteOp | None:
         group = self._ops.get((domain, shard))
-        found = None if group is None else group.get(key)
-        return None if found is None else found[0]
+        return None if group is None else group.get(key)
 
-    def pop(self, domain: str, shard: int, key: str) -> tuple[WriteOp, int] | None:
+    def pop(self, domain: str, shard: int, key: str) -> WriteOp | None:
         group = self._ops.get((domain, shard))
         if group is None or key not in group:
             return None
         self._n -= 1
         return group.pop(key)
 
-    def take_groups(self) -> dict[tuple[str, int], dict[str, tuple[WriteOp, int]]]:
-        """Everything buffered, as ``{(domain, shard): {key: (op, stamp)}}``; the buffer is left empty."""
+    def take_groups(self) -> dict[tuple[str, int], dict[str, WriteOp]]:
+        """Everything buffered, as ``{(domain, shard): {key: op}}``; the buffer is left empty."""
         out, self._ops, self._n = self._ops, {}, 0
         return out
 
-    def take(self, max_batch: int) -> list[tuple[str, int, list[tuple[WriteOp, int]]]]:
-        """Everything buffered, as ``(domain, shard, [(op, stamp)])`` batches of at most ``max_batch``."""
+    def take(self, max_batch: int) -> list[tuple[str, int, list[WriteOp]]]:
+        """Everything buffered, as ``(domain, shard, ops)`` batches of at most ``max_batch``."""
         out = []
-        for (domain, shard), group in self._ops.items():
+        for (domain, shard), group in self.take_groups().items():
             ops = list(group.values())
             for i in range(0, len(ops), max_batch):
                 out.append((domain, shard, ops[i : i + max_batch]))
-        self._ops = {}
-        self._n = 0
         return out
 
     def __len__(self) -> int:
@@ -147,14 +144,18 @@ class WriteBehind:
         self._thread.start()
 
     # ------------------------------------------------------------ caller side
-    def add(self, domain: str, shard: int, op: WriteOp) -> None:
-        """Buffer an eventual write (and show it to this client's reads at once)."""
+    def add(self, domain: str, shard: int, op: WriteOp) -> tuple[str, str]:
+        """Buffer an eventual write (and show it to this client's reads at once); returns its
+        ``(domain, key)``, one tuple shared by every table that notes the write (fewer objects for
+        the garbage collector to track on the put path)."""
+        k = (domain, op[0])
         with self._lock:
-            stamp = next(self._stamps)
-            self._buffer.add(domain, shard, op, stamp)
-            self._latest[(domain, op[0])] = stamp
+            # A buffered op is always its key's newest write (a direct write takes it out of the
+            # buffer first), so its stamp is read back from _latest when the batch is made.
+            self._latest[k] = next(self._stamps)
+            self._buffer.add(domain, shard, op)
             self.buffered_puts += 1
-            self._cache.store_pending(domain, op[0], op[1])
+            self._cache.store_pending(domain, op[0], op[1], k)
             if len(self._buffer) == self._settings.write_behind_max_batch:
                 self._wake.notify()  # once, as it fills: the thread sends at once
 
@@ -163,8 +164,7 @@ class WriteBehind:
         with self._lock:
             op = self._buffer.peek(domain, shard, key)
             if op is None and self._sending:
-                found = self._sending.get((domain, shard), {}).get(key)
-                op = None if found is None else found[0]
+                op = self._sending.get((domain, shard), {}).get(key)
             return op
 
     def claim(self, domain: str, key: str) -> int:
@@ -184,11 +184,15 @@ class WriteBehind:
     def send_now(self, domain: str, shards: int, keys: list[str]) -> None:
         """Send buffered writes of ``keys`` before a direct call on them, so the two stay in order."""
         with self._send_lock:
+            taken = []
             with self._lock:
-                taken = [(shard_for(k, shards), self._buffer.pop(domain, shard_for(k, shards), k)) for k in keys]
-            for shard, found in taken:
-                if found is not None:
-                    self._submit(_Batch(domain, shard, self._next_seq(), [found[0]], [found[1]]))
+                for key in keys:
+                    shard = shard_for(key, shards)
+                    op = self._buffer.pop(domain, shard, key)
+                    if op is not None:
+                        taken.append((shard, op, self._latest.get((domain, key), 0)))
+            for shard, op, stamp in taken:
+                self._submit(_Batch(domain, shard, self._next_seq(), [op], [stamp]))
 
     def track(self, domain: str, shard: int, incarnation: str, owner_seq: int, op: WriteOp, stamp: int,
               hlc: int) -> None:
@@ -270,13 +274,15 @@ class WriteBehind:
             with self._lock:
                 # Still visible to peek() until submitted: a read must not miss our own write.
                 self._sending = self._buffer.take_groups()
-            if not self._sending:
+                latest = self._latest
+                batches = [(domain, shard, list(group.values()), [latest.get((domain, key), 0) for key in group])
+                           for (domain, shard), group in self._sending.items()]
+            if not batches:
                 return
-            for (domain, shard), group in self._sending.items():
-                pairs = list(group.values())
-                for i in range(0, len(pairs), max_batch):
-                    part = pairs[i : i + max_batch]
-                    self._submit(_Batch(domain, shard, self._next_seq(), [p[0] for p in part], [p[1] for p in part]))
+            for domain, shard, ops, stamps in batches:
+                for i in range(0, len(ops), max_batch):
+                    self._submit(_Batch(domain, shard, self._next_seq(), ops[i : i + max_batch],
+                                        stamps[i : i + max_batch]))
             with self._lock:
                 self._sending = {}
 

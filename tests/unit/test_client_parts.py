@@ -110,7 +110,7 @@ def test_write_buffer_coalesces_and_batches():
     for i in range(5):
         buf.add("d", 1, (f"x{i}", b"v", None, ()))
     assert len(buf) == 6 and buf.peek("d", 0, "k")[1] == b"2"
-    assert buf.pop("d", 1, "x0")[0][0] == "x0" and buf.pop("d", 1, "x0") is None
+    assert buf.pop("d", 1, "x0")[0] == "x0" and buf.pop("d", 1, "x0") is None
     batches = buf.take(max_batch=3)
     assert sorted((d, s, len(ops)) for d, s, ops in batches) == [("d", 0, 1), ("d", 1, 1), ("d", 1, 3)]
     assert len(buf) == 0 and buf.take(3) == []
