@@ -29,7 +29,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from erlmcp_ray.eviction import LRUCache
@@ -210,49 +210,67 @@ class LocalCache:
         with self._lock:
             self._acknowledge(domain, (domain, key), data, hlc)
 
-    def acknowledge_many(self, domain: str, acks: list[tuple[str, bytes, int]], chunk: int = 256) -> None:
-        """``acknowledge`` for a batch's ``(key, data, hlc)``: one lock round per ``chunk``."""
-        for i in range(0, len(acks), chunk):
+    def acknowledge_many(self, domain: str, ops: list, hlcs: list[int], chunk: int = 256) -> None:
+        """``acknowledge`` for a batch's ops (WriteOp tuples) and their versions (0 or less: none);
+        one lock round per ``chunk``."""
+        ack = self._acknowledge
+        for i in range(0, len(ops), chunk):
             with self._lock:
-                for key, data, hlc in acks[i : i + chunk]:
-                    self._acknowledge(domain, (domain, key), data, hlc)
+                for op, hlc in zip(ops[i : i + chunk], hlcs[i : i + chunk]):
+                    if hlc > 0:
+                        ack(domain, (domain, op[0]), op[1], hlc)
 
     def _acknowledge(self, domain: str, k: tuple[str, str], data: bytes, hlc: int) -> None:
-        if self._pending.get(k) is not data:
+        # The write-behind thread runs this once per eventual write: kept flat on purpose.
+        pending = self._pending
+        if pending.get(k) is not data:
             return  # a newer write of ours is pending (or this one was forgotten)
         seen = self._recent.get(k)
-        stale = seen is not None and seen[1] > hlc
-        e = self._l0.get(k)
+        l0 = self._l0
         l1 = self._l1.get(domain)
-        if not stale:
+        if seen is not None and seen[1] > hlc:
+            l0.pop(k, None)  # a newer version was announced meanwhile
+        else:
             if l1 is None:
                 l1 = self._l1[domain] = self._l1_factory(domain, self._l1_max_bytes, _entry_size)
             new = (data, hlc, self._clock(), 0.0, None)
             try:
                 l1[k] = new
-            except ValueError:
-                stale = True
+            except ValueError:  # larger than the whole L1
+                l0.pop(k, None)
             else:
-                if e is not None:
-                    self._l0[k] = new
-        if stale:
-            self._l0.pop(k, None)
-        self._unnote(k, data)
-        self._yield_to_pending(k, l1)
+                if k in l0:
+                    l0[k] = new
+        # Take our note away, unless store_pending put a newer one meanwhile (see _unnote) ...
+        cur = pending.pop(k, None)
+        if cur is not None and cur is not data:
+            pending.setdefault(k, cur)
+        # ... and if one is there now, it is what L0 must show.
+        if k in pending:
+            self._yield_to_pending(k, l1)
 
     def invalidate(self, domain: str, key: str, hlc: int = 0) -> bool:
         """Drop ``key`` if the cached version is older than ``hlc`` (0: drop whatever is cached)."""
         with self._lock:
             return self._invalidate(domain, (domain, key), hlc)
 
-    def invalidate_many(self, items: list[tuple[str, str, int]], chunk: int = 256) -> int:
-        """``invalidate`` for ``(domain, key, hlc)`` items: one lock round per ``chunk``; how many dropped."""
-        dropped = 0
-        for i in range(0, len(items), chunk):
+    def invalidate_many(self, items: Iterable[tuple[str, str, int]], chunk: int = 256) -> int:
+        """``invalidate`` for ``(domain, key, hlc)`` items: one lock round per ``chunk``; how many
+        were looked at. Pass a generator: a list of a poll's thousands of tuples would all be alive
+        at once, for the garbage collector to count."""
+        it = iter(items)
+        seen = 0
+        while True:
+            n = 0
             with self._lock:
-                for domain, key, hlc in items[i : i + chunk]:
-                    dropped += self._invalidate(domain, (domain, key), hlc)
-        return dropped
+                for domain, key, hlc in it:
+                    self._invalidate(domain, (domain, key), hlc)
+                    n += 1
+                    if n == chunk:
+                        break
+            seen += n
+            if n < chunk:
+                return seen
 
     def _invalidate(self, domain: str, k: tuple[str, str], hlc: int) -> bool:
         self._seq += 1

@@ -113,10 +113,9 @@ class Coherence:
     def _apply(self, messages: list) -> None:
         with self._lock:
             inval = list(self._inval_callbacks.values())
-        drops = [(m[1], m[2], m[3]) for m in messages if m[6] != RELAXED]
-        if drops:
-            self._cache.invalidate_many(drops)
-            self._counters.add("invalidations_received", len(drops))
+        dropped = self._cache.invalidate_many((m[1], m[2], m[3]) for m in messages if m[6] != RELAXED)
+        if dropped:
+            self._counters.add("invalidations_received", dropped)
         for seq, domain, key, hlc, _deleted, record, reason in messages:
             if inval and reason != RELAXED:
                 self._notify(inval, CacheInvalidated(domain, key, reason, hlc, seq))

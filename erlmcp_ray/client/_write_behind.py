@@ -334,7 +334,7 @@ class WriteBehind:
         with self._lock:
             self._inflight.remove(batch)
             self._unconfirmed.setdefault((batch.domain, batch.shard), []).append(
-                _Applied(answer.incarnation, answer.seq, batch.ops, batch.stamps, list(hlcs)))
+                _Applied(answer.incarnation, answer.seq, batch.ops, batch.stamps, hlcs))
             for i, error in bad.items():  # not written: flush() raises, the cached copy goes
                 self._errors.append(error)
                 self._drop_stamp(batch.domain, batch.ops[i][0], batch.stamps[i])
@@ -342,8 +342,7 @@ class WriteBehind:
             self._counters.add("write_errors", len(bad))
             for i in bad:
                 self._cache.forget_pending(batch.domain, batch.ops[i][0], batch.ops[i][1])
-        self._cache.acknowledge_many(batch.domain, [(op[0], op[1], hlc) for op, hlc in zip(batch.ops, hlcs)
-                                                    if hlc > 0])
+        self._cache.acknowledge_many(batch.domain, batch.ops, hlcs)
 
     def _retry_or_fail(self, failed: list[tuple[_Batch, ErlmcpRayError]]) -> None:
         for batch, _ in failed:
@@ -418,9 +417,12 @@ class WriteBehind:
                         lost.extend(self._resendable(domain, applied))  # its owner died before replicating it
                     elif applied.owner_seq > progress.published:
                         keep.append(applied)
-                    else:
+                    else:  # replicated and published: its stamps are done with
+                        latest = self._latest
                         for op, stamp in zip(applied.ops, applied.stamps):
-                            self._drop_stamp(domain, op[0], stamp)
+                            k = (domain, op[0])
+                            if latest.get(k) == stamp:
+                                del latest[k]
                 if keep:
                     self._unconfirmed[(domain, shard)] = keep
             if lost:
