@@ -39,6 +39,7 @@ from erlmcp_ray.core.vclock import Ordering, VersionVector
 from erlmcp_ray.errors import (
     CheckpointNotFoundError,
     ConfigError,
+    CorruptDataError,
     ErlmcpRayError,
     InvalidConsistencyError,
     InvalidKeyError,
@@ -82,6 +83,7 @@ __all__ = [
     "CoherenceLevel",
     "ConfigError",
     "Consistency",
+    "CorruptDataError",
     "DomainConfig",
     "Entry",
     "ErlmcpRayError",

@@ -16,6 +16,7 @@ caller untranslated. The tree is kept shallow on purpose::
     ├── UnavailableError            retryable
     │   └── OperationTimeoutError   retryable
     ├── RemoteError
+    ├── CorruptDataError
     └── CheckpointNotFoundError     (also LookupError)
 
 Builtins are never shadowed: the timeout error is ``OperationTimeoutError``,
@@ -27,6 +28,7 @@ from __future__ import annotations
 __all__ = [
     "CheckpointNotFoundError",
     "ConfigError",
+    "CorruptDataError",
     "ErlmcpRayError",
     "InvalidConsistencyError",
     "InvalidKeyError",
@@ -127,6 +129,15 @@ class OperationTimeoutError(UnavailableError):
 
 class RemoteError(ErlmcpRayError):
     """Raised when: a system actor failed with an unexpected error (a bug); the message has its traceback."""
+
+
+class CorruptDataError(ErlmcpRayError):
+    """Raised when: stored data fails its checksum or cannot be decoded; the message names the
+    shard (or blob) and the file or key, so nothing corrupt is ever served as empty."""
+
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
 
 
 class CheckpointNotFoundError(ErlmcpRayError, LookupError):

@@ -2,6 +2,8 @@
 
     check_cache_policy(factory)   an eviction policy (``erlmcp_ray.eviction``) behaves as a
                                   size-bounded mapping that reports what it evicts
+    check_store(factory, reopen)  a durable store (``erlmcp_ray.storage``) keeps records and
+                                  blobs byte for byte, fences epochs atomically, survives reopening
     FakeTransport(config)         the whole memory system in this process (real shard copies and
                                   invalidation log), behind the client's Transport seam; faults
                                   (hold/release, down/up, restart) and call hooks; ``.client()``
@@ -176,6 +178,7 @@ def _random_walk(factory: CacheFactory, getsizeof: Callable[[Any], int] | None,
 # The fake transport and the linearizability checker live in erlmcp_ray._testkit; shipped from here.
 from erlmcp_ray._testkit.fake_transport import FakePending, FakeTransport  # noqa: E402
 from erlmcp_ray.client._transport import Copy  # noqa: E402
+from erlmcp_ray._testkit.store_contract import check_store  # noqa: E402
 from erlmcp_ray._testkit.history import (  # noqa: E402
     HistoryRecorder,
     LinearizabilityResult,
@@ -184,4 +187,4 @@ from erlmcp_ray._testkit.history import (  # noqa: E402
 )
 
 __all__ += ["Copy", "FakePending", "FakeTransport", "HistoryRecorder", "LinearizabilityResult", "Operation",
-            "check_linearizable"]
+            "check_linearizable", "check_store"]
