@@ -12,6 +12,8 @@ A Python port of the erlmcp v3 distributed memory design (spec in
     _ray.py          Ray waits with timeouts and error translation
     client/          MemoryClient composed of small parts (cache, read path, write-behind,
                      group commit, coherence, client.coordinator) over one Transport seam
+    storage/         durable stores (spec L3): protocol, SQLiteStore, RedisStore
+    persistence_selector.py  the spec's backend selection tree
     system.py        start / connect / shutdown
     testing.py       contract suites, FakeTransport, HistoryRecorder / check_linearizable
     eviction/        LRU, LFU, TTL, FIFO, ARC, Random, W-TinyLFU; recommend/benchmark policies
