@@ -69,6 +69,7 @@ __all__ = [
     "DomainConfig",
     "DurableConfig",
     "DurableKind",
+    "DurableMode",
     "EvictionPolicyName",
     "GuardLimits",
     "MemoryConfig",
@@ -176,6 +177,14 @@ class EvictionPolicyName(_NameEnum):
     RANDOM = "random"
     TINYLFU = "tinylfu"
     NONE = "none"
+
+
+class DurableMode(_NameEnum):
+    """How a domain's shard owners use the durable tier."""
+
+    OFF = "off"  # memory only (a one-copy domain loses everything when its actor dies)
+    WRITE_BEHIND = "write_behind"  # flushed every durable.flush_ms: that window can be lost
+    WRITE_THROUGH = "write_through"  # a write is acknowledged once the durable store holds it
 
 
 class DurableKind(_NameEnum):
@@ -431,6 +440,11 @@ class DomainConfig(_Model):
         None, description="Seconds an entry lives unless put with a ttl; None = no expiry."
     )
     max_entries: Count | None = Field(None, description="Entries the domain may hold; None = no count limit.")
+    durable: DurableMode | None = Field(
+        None,
+        description="Durable tier use: off, write_behind or write_through; None = write_through for "
+        "backend disk, off otherwise. Not allowed on backend memory (spec ETS keeps no disk copy).",
+    )
     invalidate_source: bool = Field(
         False,
         description="The domain caches an outside source: an invalidation also removes the entry "
@@ -446,6 +460,12 @@ class DomainConfig(_Model):
                 f"backend {self.backend.value!r} keeps a single copy (spec ETS/DETS have no replicas); "
                 "use backend 'replicated' or replication_factor 1",
             )
+        if self.backend is Backend.MEMORY and self.durable not in (None, DurableMode.OFF):
+            raise _FieldProblem("durable", "backend 'memory' keeps no disk copy (spec ETS); use backend "
+                                "'disk' (one copy) or 'replicated' with a durable mode")
+        if self.backend is Backend.DISK and self.durable is DurableMode.OFF:
+            raise _FieldProblem("durable", "backend 'disk' is the durable one-copy backend (spec DETS); "
+                                "use backend 'memory' for no disk copy")
         # The replicated/None case is checked by MemoryConfig, which knows the inherited factor.
         known = rf if rf is not None else (None if self.backend is Backend.REPLICATED else 1)
         if known is not None and self.min_insync is not None and self.min_insync > known:
@@ -464,6 +484,9 @@ class DurableConfig(_Model):
         None, description="redis://, rediss:// or unix:// URL; required when kind is redis."
     )
     data_dir: str | None = Field(None, description="Directory for local files; None = the system default.")
+    flush_ms: Millis = Field(
+        100, description="write_behind domains: milliseconds between flushes (the window a crash may lose)."
+    )
 
     @model_validator(mode="after")
     def _check_redis(self) -> DurableConfig:
@@ -690,6 +713,9 @@ class MemoryConfig(_Model):
                 raise _FieldProblem(
                     f"domains.{name}.min_insync", f"{insync} exceeds the replication factor {copies}"
                 )
+            if self.durable_mode_for(name) is not DurableMode.OFF and self.durable.kind is DurableKind.NONE:
+                raise _FieldProblem(f"domains.{name}.durable",
+                                    "needs a durable tier, but durable.kind is 'none'")
         return self
 
     # ------------------------------------------------------------------ loading
@@ -731,6 +757,13 @@ class MemoryConfig(_Model):
     def consistency_for(self, domain: str) -> Consistency:
         """The domain's default consistency, inherited from distributed_memory when unset."""
         return self.domain(domain).consistency or self.distributed_memory.consistency
+
+    def durable_mode_for(self, domain: str) -> DurableMode:
+        """How the domain's owners use the durable tier: explicit, else write_through for disk."""
+        settings = self.domain(domain)
+        if settings.durable is not None:
+            return settings.durable
+        return DurableMode.WRITE_THROUGH if settings.backend is Backend.DISK else DurableMode.OFF
 
     def replication_factor_for(self, domain: str) -> int:
         """Copies per shard: explicit, else the system default when replicated, else 1."""

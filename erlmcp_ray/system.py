@@ -32,9 +32,10 @@ from erlmcp_ray.actors.options import (
 )
 from erlmcp_ray.actors.shard import ShardActor
 from erlmcp_ray.client import MemoryClient, connect_client, release_shared
-from erlmcp_ray.config import MemoryConfig
+from erlmcp_ray.config import DurableKind, DurableMode, MemoryConfig
 from erlmcp_ray.core.shard_copy import ShardSettings
 from erlmcp_ray.errors import ConfigError, UnavailableError
+from erlmcp_ray.storage import open_store
 
 __all__ = ["MemorySystem", "connect", "shutdown", "start"]
 
@@ -53,8 +54,8 @@ class MemorySystem:
         """A new client (its own caches and threads)."""
         return connect(self.namespace)
 
-    def shutdown(self) -> None:
-        shutdown(self.namespace)
+    def shutdown(self, *, purge: bool = False) -> None:
+        shutdown(self.namespace, purge=purge)
 
     def __repr__(self) -> str:
         return f"MemorySystem(namespace={self.namespace!r}, domains={list(self.config.domains)})"
@@ -82,6 +83,9 @@ def _shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
         # leaves room for a late one and the transit time.
         heartbeat_ms=min(250.0, max(10.0, staleness / 4)),
         sync_timeout_s=min(5.0, config.client.call_timeout_s),
+        durable_mode=config.durable_mode_for(domain).value,
+        store=config.durable.model_dump(mode="json"),
+        flush_s=config.durable.flush_ms / 1000.0,
     )
 
 
@@ -115,6 +119,11 @@ def start(config: Any = None, *, namespace: str = "erlmcp", address: str | None 
             raise ConfigError(f"a memory system with a different configuration is running in namespace "
                               f"{namespace!r}; shut it down first or start with config=None to join it")
         return MemorySystem(namespace, running)
+    if any(cfg.durable_mode_for(d) is not DurableMode.OFF for d in cfg.domains):
+        # Reachable and writable now, or a clear error naming it (not shard actors failing later).
+        store = open_store(cfg.durable, namespace)
+        if store is not None:
+            store.close()
     _create(cfg, namespace)
     return MemorySystem(namespace, cfg)
 
@@ -175,8 +184,9 @@ def connect(namespace: str = "erlmcp", *, address: str | None = None, poll_hook:
     return connect_client(namespace, poll_hook=poll_hook)
 
 
-def shutdown(namespace: str = "erlmcp") -> None:
-    """Stop the system actors of ``namespace`` (data held only in memory is gone). Idempotent."""
+def shutdown(namespace: str = "erlmcp", *, purge: bool = False) -> None:
+    """Stop the system actors of ``namespace``. Data held only in memory is gone; what durable
+    domains wrote to the durable tier stays for the next ``start()``, unless ``purge``. Idempotent."""
     if not ray.is_initialized():
         return
     release_shared(namespace)
@@ -189,6 +199,7 @@ def shutdown(namespace: str = "erlmcp") -> None:
         _ray.get(coordinator.forget_state.remote(), timeout=30, what="coordinator forget_state")
     except Exception as exc:  # noqa: BLE001 - its KV key is per start(): a later start never reads it
         log.warning("the coordinator could not forget its state: %s", exc)
+    _flush_durable_owners(cfg, namespace)
     for domain in cfg.domains:
         copies = cfg.replication_factor_for(domain)
         for shard in range(cfg.domain(domain).shards):
@@ -200,6 +211,10 @@ def shutdown(namespace: str = "erlmcp") -> None:
                 except Exception:  # noqa: BLE001
                     pass
     _kill(COORDINATOR, namespace)
+    if purge and cfg.durable.kind is not DurableKind.NONE:
+        store = open_store(cfg.durable, namespace)
+        store.purge()
+        store.close()
     # Named actors are released asynchronously; wait so a following start() can reuse the names.
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -208,6 +223,25 @@ def shutdown(namespace: str = "erlmcp") -> None:
             time.sleep(0.05)
         except ValueError:
             break
+
+
+def _flush_durable_owners(cfg: MemoryConfig, namespace: str) -> None:
+    """A clean shutdown loses nothing of write_behind domains: each owner flushes first."""
+    refs = []
+    for domain in cfg.domains:
+        if cfg.durable_mode_for(domain) is DurableMode.OFF:
+            continue
+        for shard in range(cfg.domain(domain).shards):
+            try:
+                refs.append(ray.get_actor(shard_name(domain, shard, 0), namespace=namespace).flush_durable.remote())
+            except ValueError:
+                pass  # not running: nothing of it to flush
+    if refs:
+        try:
+            _ray.get(refs, timeout=60, what="flushing durable domains before shutdown")
+        except Exception as exc:  # noqa: BLE001 - shut down anyway; say what may be lost
+            log.warning("a durable flush before shutdown failed (write_behind changes of the last "
+                        "flush interval may be lost): %s", exc)
 
 
 def _kill(name: str, namespace: str) -> None:

@@ -10,6 +10,11 @@ replicated ops to the coordinator, which is what other clients' caches invalidat
 on. Publishing only what the replicas already hold means a client that drops a
 cached entry and reads a replica sees the new value.
 
+Durable domains: the owner opens the durable store, starts from what it holds (then merges
+what a live peer has), and hands it every change — at once for write_through (the write is
+acknowledged only after the store holds it; if the store fails, the caller gets the error and a
+retry applies the write again), every ``flush_s`` for write_behind.
+
 Strong writes do not wait on this thread: the client passes the owner's answer
 straight to each replica's ``apply_write`` (one Ray dependency, no extra hop
 through the owner's Python), and returns once all have applied it.
@@ -28,10 +33,12 @@ import ray
 
 from erlmcp_ray import _ray
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
+from erlmcp_ray.config import DurableConfig
 from erlmcp_ray.core.pressure import AllowGrowth, CollectGarbage, RefuseGrowth, Warn
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
 from erlmcp_ray.core.wire import Progress, ReadAnswer, WriteAnswer, WriteOp
 from erlmcp_ray.errors import UnavailableError
+from erlmcp_ray.storage import open_store
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +57,42 @@ class ShardActor:
         self._stopping = threading.Event()
         self._held_until = 0.0
         self._strong_dirty = False
+        self._store = None
+        self._flush_lock = threading.Lock()  # store writes in the order their changes were taken
+        self._open_lock = threading.Lock()
+        # An owner of a durable domain serves nothing before it loaded its shard from the store.
+        self._durable_ready = settings.durable_mode == "off"
         if _ray.was_restarted():
             self._recover_from_peers()
+        if not self._durable_ready:
+            try:
+                self._open_durable()
+            except UnavailableError as exc:
+                # Never fail the constructor over it: Ray would not restart this actor again. Every
+                # call tries again (and answers UnavailableError, which clients retry) until it works.
+                log.warning("%s/%s: durable store unreachable, serving nothing until it is: %s", domain,
+                            shard, exc)
         if self._copy.is_owner:
             self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)
             self._thread.start()
+
+    def _open_durable(self) -> None:
+        with self._open_lock:
+            if self._durable_ready:
+                return
+            store = open_store(DurableConfig(**self._settings.store), self.namespace)
+            if self._copy.is_owner:
+                image = store.load_shard(self.domain, self.shard)
+                with self._lock:
+                    self._copy.load_durable(image.records)
+                log.info("%s/%s: %d records loaded from %s", self.domain, self.shard, len(image.records),
+                         store.location)
+            self._store = store
+            self._durable_ready = True
+
+    def _ready(self) -> None:
+        if not self._durable_ready:
+            self._open_durable()
 
     def _peer(self, slot: int) -> Any:
         if slot not in self._peers:
@@ -82,16 +120,43 @@ class ShardActor:
               chained: bool = False) -> WriteAnswer:
         """Apply a batch of writes (see ``ShardCopy.write``). ``chained``: the client passes this
         answer to every replica itself (a strong write), so replication can wait for a lazy round."""
+        self._ready()
         with self._lock:
             answer = self._copy.write(client_id, request_seq, ops, full)
             effects, self._copy.effects = self._copy.effects, []
         for effect in effects:
             self._act(effect)
+        if self._store is not None and self._settings.durable_mode == "write_through":
+            try:
+                self.flush_durable()
+            except Exception:
+                with self._lock:  # not acknowledged: a retry with the same seq must write it again
+                    self._copy.forget_answer(client_id, request_seq)
+                raise
         if chained:
             self._strong_dirty = True
         else:
             self._wake.set()
         return answer
+
+    def flush_durable(self) -> int:
+        """Hand every change since the last flush to the durable store; how many records."""
+        self._ready()
+        if self._store is None:
+            return 0
+        with self._flush_lock:
+            with self._lock:
+                records, deletes = self._copy.state.take_dirty()
+                epoch = self._copy.epoch
+            if not records and not deletes:
+                return 0
+            try:
+                self._store.write_batch(self.domain, self.shard, epoch, records, deletes)
+            except Exception:
+                with self._lock:  # offered again next time
+                    self._copy.state.mark_dirty([k for k, _ in records] + list(deletes))
+                raise
+            return len(records) + len(deletes)
 
     def _act(self, effect: Any) -> None:
         if isinstance(effect, Warn):
@@ -103,11 +168,13 @@ class ShardActor:
                         else "accepting writes again")
 
     def read(self, key: str, max_staleness_ms: float | None = None) -> ReadAnswer:
+        self._ready()
         with self._lock:
             return self._copy.read(key, max_staleness_ms)
 
     def find(self, tag: str | None = None, pattern: str | None = None) -> list[str]:
         """Live keys carrying ``tag`` or matching the glob ``pattern``."""
+        self._ready()
         with self._lock:
             return self._copy.find(tag, pattern)
 
@@ -117,6 +184,7 @@ class ShardActor:
         Sequence numbers count in this incarnation's op-log; a restarted owner has
         a new incarnation, and clients resend what it never confirmed.
         """
+        self._ready()
         with self._lock:
             return self._copy.progress()
 
@@ -138,7 +206,9 @@ class ShardActor:
         linger_s = self._settings.linger_ms / 1000.0
         lazy_s = self._settings.strong_publish_delay_ms / 1000.0
         tick = min(heartbeat_s, lazy_s)
-        last_round = 0.0
+        if self._store is not None:
+            tick = min(tick, self._settings.flush_s)
+        last_round = last_flush = 0.0
         while not self._stopping.is_set():
             woke = self._wake.wait(timeout=tick)
             if woke and linger_s:
@@ -147,6 +217,15 @@ class ShardActor:
                 time.sleep(linger_s)
             self._wake.clear()
             now = time.monotonic()
+            if self._store is not None and now - last_flush >= self._settings.flush_s:
+                # write_behind: this is its flush; write_through: expiries, evictions, collected
+                # tombstones (changes no write call flushed)
+                last_flush = now
+                try:
+                    self.flush_durable()
+                except Exception as exc:  # noqa: BLE001 - kept dirty, retried next round
+                    log.warning("%s/%s: durable flush to %s failed: %s", self.domain, self.shard,
+                                self._store.location, exc)
             lazy_due = self._strong_dirty and now - last_round >= lazy_s
             if not (woke or lazy_due or now - last_round >= heartbeat_s):
                 continue
@@ -217,6 +296,7 @@ class ShardActor:
 
     # ------------------------------------------------------------ inspection
     def snapshot(self) -> dict:
+        self._ready()
         with self._lock:
             return self._copy.state.snapshot()
 
@@ -227,7 +307,9 @@ class ShardActor:
     def stats(self) -> dict:
         node_id = ray.get_runtime_context().get_node_id()
         with self._lock:
-            return {**self._copy.stats(), "node_id": node_id}
+            return {**self._copy.stats(), "node_id": node_id, "durable": self._settings.durable_mode,
+                    "durable_location": None if self._store is None else self._store.location,
+                    "durable_pending": len(self._copy.state.dirty or ())}
 
     def memory(self) -> dict:
         """This copy's data and its process's memory, for ``get_cluster_memory``."""

@@ -67,6 +67,12 @@ class ShardSettings:
     sync_timeout_s: float = 5.0
     #: a replica that has not acked for this long is out of sync (no longer waited for)
     out_of_sync_after_s: float = 5.0
+    #: the durable tier: "off", "write_behind" or "write_through" (owners only write to it)
+    durable_mode: str = "off"
+    #: the DurableConfig (as a dict) of the store the owner opens, when durable_mode is not off
+    store: dict | None = None
+    #: write_behind: seconds between flushes
+    flush_s: float = 0.1
 
 
 class ShardCopy:
@@ -110,6 +116,21 @@ class ShardCopy:
     @property
     def is_owner(self) -> bool:
         return self.slot == self.owner_slot
+
+    def load_durable(self, records: dict[str, bytes]) -> None:
+        """Start from what the durable tier holds (a restart, or the whole cluster's); from here on
+        every change is tracked for it."""
+        self.state.merge(records.items())
+        if self.policy is not None:
+            for key in list(self.state.keys()):
+                self.policy[key] = self._entry_size(key)
+        # What this copy held already (from a peer) and the store lacks is to be written to it.
+        raw = self.state.raw_record
+        self.state.dirty = {k for k in self.state.stored_keys() if raw(k) != records.get(k)}
+
+    def forget_answer(self, client_id: str, request_seq: int) -> None:
+        """The answer to this request did not become durable: a retry must apply it again."""
+        self._dedup.forget(client_id, request_seq)
 
     def recover(self, snapshot: dict) -> None:
         """A restarted copy starts empty: take a peer's state, and rebuild what the policy tracks

@@ -73,6 +73,8 @@ class ShardState:
         self._tomb_bytes = 0
         self._entries = 0
         self.conflicts_resolved = 0
+        #: keys changed since the durable tier last took them (None: no durable tier, not tracked)
+        self.dirty: set[str] | None = None
 
     # ------------------------------------------------------------------ reads
     def get(self, key: str) -> bytes | None:
@@ -201,6 +203,8 @@ class ShardState:
                 self._live_bytes -= klen + len(old)
                 self._entries -= 1
         self._data[key] = new
+        if self.dirty is not None:
+            self.dirty.add(key)
         seq = self.log.append(key, new)
         flags = new[10]
         if flags & R.FLAG_DELETED:
@@ -268,6 +272,8 @@ class ShardState:
         return n
 
     def _drop(self, key: str) -> None:
+        if self.dirty is not None:
+            self.dirty.add(key)
         rec = self._data.pop(key)
         del self._tombstones[key]
         self._tomb_bytes -= _klen(key) + len(rec)
@@ -294,6 +300,29 @@ class ShardState:
         self._expiry.clear()
         self._tagged.clear()
         self._live_bytes = self._tomb_bytes = self._entries = 0
+
+    def take_dirty(self) -> tuple[list[tuple[str, bytes]], list[str]]:
+        """What changed since the last call, for the durable tier: ``(records, deleted keys)`` —
+        tombstones and expired entries are records (so a reload resurrects nothing); collected
+        tombstones are deletes."""
+        keys, self.dirty = self.dirty or set(), set()
+        records, deletes = [], []
+        for key in keys:
+            rec = self._data.get(key)
+            if rec is None:
+                deletes.append(key)
+            else:
+                records.append((key, rec))
+        return records, deletes
+
+    def stored_keys(self) -> list[str]:
+        """Every key with a stored record, tombstones included."""
+        return list(self._data)
+
+    def mark_dirty(self, keys: Iterable[str]) -> None:
+        """Keys the durable tier did not take after all (its write failed): offer them again."""
+        if self.dirty is not None:
+            self.dirty.update(keys)
 
     # ------------------------------------------------------- snapshots/digest
     def snapshot(self) -> dict[str, Any]:

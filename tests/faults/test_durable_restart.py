@@ -1,0 +1,80 @@
+"""The whole cluster goes away: shutdown(), ray.shutdown(), a new Ray, start() with the same config.
+Every durable domain comes back (entries, versions, tags, expiry, deletes), digests equal."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+import erlmcp_ray
+from erlmcp_ray.actors.options import shard_name
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+NS = "t_durable_restart"
+
+
+def _ray_up():
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+
+
+def _owner_digests(cfg):
+    out = {}
+    for domain in ("notes", "kept", "lazy"):
+        for shard in range(cfg["domains"][domain].get("shards", 1)):
+            owner = ray.get_actor(shard_name(domain, shard, 0), namespace=NS)
+            out[(domain, shard)] = ray.get(owner.digest.remote(), timeout=60)
+    return out
+
+
+def test_every_durable_domain_comes_back_after_a_full_ray_restart(tmp_path):
+    cfg = {
+        "durable": {"kind": "sqlite", "data_dir": str(tmp_path), "flush_ms": 50},
+        "domains": {
+            "notes": {"backend": "disk", "max_bytes": "10MB", "shards": 2},
+            "kept": {"backend": "replicated", "max_bytes": "10MB", "durable": "write_through"},
+            "lazy": {"backend": "replicated", "max_bytes": "10MB", "durable": "write_behind"},
+            "scratch": {"backend": "memory", "max_bytes": "10MB"},
+        },
+        "client": {"poll_timeout_s": 0.5},
+    }
+    if ray.is_initialized():
+        ray.shutdown()
+    _ray_up()
+    try:
+        system = erlmcp_ray.start(cfg, namespace=NS)
+        with system.client() as c:
+            for i in range(200):
+                for domain in ("notes", "kept", "lazy", "scratch"):
+                    c.put(domain, f"k{i}", {"i": i, "d": domain}, tags=[f"t{i % 3}"])
+            for domain in ("notes", "kept", "lazy"):
+                c.put(domain, "ttl", "later", ttl=3600, consistency="strong")
+                c.put(domain, "gone", 1, consistency="strong")
+                c.delete(domain, "gone", consistency="strong")
+            c.flush(timeout=60)
+            versions = {d: c.get_entry(d, "k7", consistency="strong").version for d in ("notes", "kept", "lazy")}
+        before = _owner_digests(cfg)
+        erlmcp_ray.shutdown(NS)  # keeps durable data (write_behind owners flush first)
+        ray.shutdown()
+
+        _ray_up()
+        system = erlmcp_ray.start(cfg, namespace=NS)
+        assert _owner_digests(cfg) == before
+        with system.client() as c:
+            for domain in ("notes", "kept", "lazy"):
+                for i in range(200):
+                    assert c.get(domain, f"k{i}", consistency="strong") == {"i": i, "d": domain}
+                entry = c.get_entry(domain, "k7", consistency="strong")
+                assert entry.version == versions[domain] and entry.tags == ("t1",)
+                ttl = c.get_entry(domain, "ttl", consistency="strong")
+                assert ttl.value == "later" and ttl.expires_at_ms > time.time() * 1000
+                assert c.get(domain, "gone", consistency="strong") is None
+            assert c.get("scratch", "k1", consistency="strong") is None  # memory domains start empty
+            c.put("kept", "after", 1, consistency="strong")  # and take writes again
+            assert c.get("kept", "after", consistency="strong") == 1
+    finally:
+        if ray.is_initialized():
+            erlmcp_ray.shutdown(NS, purge=True)
+            ray.shutdown()

@@ -1,0 +1,129 @@
+"""Durable domains on a real Ray with real stores: a one-copy owner killed mid-traffic loses no
+acknowledged write; the durable tier failing fails write-through puts; bad durable configs and an
+unreachable Redis are clear errors at start()."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+import erlmcp_ray
+from erlmcp_ray.actors.options import shard_name
+from erlmcp_ray.core.routing import shard_for
+from erlmcp_ray.errors import ConfigError, UnavailableError
+from erlmcp_ray.storage import SQLiteStore
+from tests.redis_server import RedisServer, free_port
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def config(durable: dict) -> dict:
+    return {
+        "durable": durable,
+        "domains": {
+            "notes": {"backend": "disk", "max_bytes": "10MB", "shards": 2},
+            "kept": {"backend": "replicated", "max_bytes": "10MB", "durable": "write_through"},
+        },
+        "client": {"poll_timeout_s": 0.5, "call_timeout_s": 8.0},
+    }
+
+
+def _kill_owner(namespace: str, domain: str, key: str, shards: int) -> None:
+    owner = ray.get_actor(shard_name(domain, shard_for(key, shards), 0), namespace=namespace)
+    ray.kill(owner, no_restart=False)  # the process dies; Ray reruns the constructor
+
+
+def test_a_killed_one_copy_owner_comes_back_with_every_acknowledged_write(ray_local, tmp_path):
+    ns = "t_durable_sqlite"
+    system = erlmcp_ray.start(config({"kind": "sqlite", "data_dir": str(tmp_path)}), namespace=ns)
+    try:
+        with system.client() as c:
+            for i in range(50):
+                c.put("notes", f"s{i}", {"i": i}, consistency="strong", tags=["t"])
+                c.put("notes", f"e{i}", i)  # eventual: acknowledged by flush()
+            c.put("notes", "short", "gone soon", consistency="strong", ttl=0.2)
+            c.put("notes", "deleted", 1, consistency="strong")
+            assert c.delete("notes", "deleted", consistency="strong")
+            c.flush(timeout=30)
+            for key in ("s0", "s1"):  # both shards
+                _kill_owner(ns, "notes", key, 2)
+            time.sleep(0.3)
+            for i in range(50):
+                assert c.get("notes", f"s{i}", consistency="strong") == {"i": i}
+                assert c.get("notes", f"e{i}", consistency="strong") == i
+            assert c.get_entry("notes", "s7", consistency="strong").tags == ("t",)
+            assert c.get("notes", "short", consistency="strong") is None  # expired: not resurrected
+            assert c.get("notes", "deleted", consistency="strong") is None  # deleted: stays deleted
+        stored = SQLiteStore(tmp_path / f"{ns}.db")
+        assert sum(len(stored.load_shard("notes", s).records) for s in range(2)) >= 102
+        stored.close()
+    finally:
+        erlmcp_ray.shutdown(ns, purge=True)
+    assert not SQLiteStore(tmp_path / f"{ns}.db").shards(), "shutdown(purge=True) left data behind"
+
+
+def test_redis_durable_tier_write_through_fails_clearly_while_redis_is_down(ray_local, tmp_path):
+    server = RedisServer(tmp_path).start()
+    ns = "t_durable_redis"
+    try:
+        system = erlmcp_ray.start(config({"kind": "redis", "redis_url": server.url}), namespace=ns)
+        with system.client() as c:
+            c.put("notes", "a", 1, consistency="strong")
+            _kill_owner(ns, "notes", "a", 2)
+            assert c.get("notes", "a", consistency="strong") == 1  # reloaded from Redis
+            server.kill()
+            with pytest.raises(UnavailableError):
+                c.put("notes", "b", 2, consistency="strong")  # not acknowledged: nothing durable
+            server.start()  # same port and directory (append-only file)
+            c.put("notes", "b", 3, consistency="strong")
+            _kill_owner(ns, "notes", "b", 2)
+            assert c.get("notes", "b", consistency="strong") == 3
+    finally:
+        erlmcp_ray.shutdown(ns, purge=True)
+        server.kill()
+
+
+def test_an_unreachable_redis_fails_start_at_once_naming_the_url(ray_local):
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    t0 = time.monotonic()
+    with pytest.raises(UnavailableError, match=url.rsplit("/", 1)[0]):
+        erlmcp_ray.start(config({"kind": "redis", "redis_url": url}), namespace="t_durable_unreachable")
+    assert time.monotonic() - t0 < 15
+
+
+@pytest.mark.parametrize(("cfg", "field"), [
+    ({"durable": {"kind": "none"}, "domains": {"d": {"backend": "disk", "max_bytes": "1MB"}}}, "domains.d.durable"),
+    ({"domains": {"d": {"backend": "memory", "max_bytes": "1MB", "durable": "write_through"}}}, "domains.d.durable"),
+    ({"domains": {"d": {"backend": "replicated", "max_bytes": "1MB", "durable": "often"}}}, "domains.d.durable"),
+    ({"durable": {"kind": "redis"}}, "durable.redis_url"),
+    ({"durable": {"kind": "redis", "redis_url": "http://x"}}, "durable.redis_url"),
+])
+def test_bad_durable_configs_name_the_field(cfg, field):
+    with pytest.raises(ConfigError) as info:
+        erlmcp_ray.MemoryConfig.load(cfg)
+    assert info.value.path == field
+
+
+def test_an_owner_restarted_while_redis_is_down_serves_again_once_it_is_back(ray_local, tmp_path):
+    """A restarted actor whose constructor raises is never restarted again by Ray: the owner must
+    come up without its store, serve nothing (UnavailableError), and load its shard once it can."""
+    server = RedisServer(tmp_path).start()
+    ns = "t_durable_redis_restart"
+    try:
+        system = erlmcp_ray.start(config({"kind": "redis", "redis_url": server.url}), namespace=ns)
+        with system.client() as c:
+            c.put("notes", "a", 1, consistency="strong")
+            server.kill()
+            _kill_owner(ns, "notes", "a", 2)
+            time.sleep(1.0)  # its constructor runs while Redis is down
+            with pytest.raises(UnavailableError):
+                c.get("notes", "a", consistency="strong")  # not "absent": it has not loaded its shard
+            server.start()
+            assert c.get("notes", "a", consistency="strong") == 1
+            c.put("notes", "a", 2, consistency="strong")
+            assert c.get("notes", "a", consistency="strong") == 2
+    finally:
+        erlmcp_ray.shutdown(ns, purge=True)
+        server.kill()
