@@ -37,7 +37,7 @@ from erlmcp_ray.config import DurableConfig
 from erlmcp_ray.core.pressure import AllowGrowth, CollectGarbage, RefuseGrowth, Warn
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
 from erlmcp_ray.core.wire import Progress, ReadAnswer, WriteAnswer, WriteOp
-from erlmcp_ray.errors import UnavailableError
+from erlmcp_ray.errors import CorruptDataError, UnavailableError
 from erlmcp_ray.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,11 @@ class ShardActor:
         if not self._durable_ready:
             try:
                 self._open_durable()
-            except UnavailableError as exc:
+            except (UnavailableError, CorruptDataError) as exc:
                 # Never fail the constructor over it: Ray would not restart this actor again. Every
-                # call tries again (and answers UnavailableError, which clients retry) until it works.
-                log.warning("%s/%s: durable store unreachable, serving nothing until it is: %s", domain,
+                # call tries again and, until it works, answers the error (UnavailableError, which
+                # clients retry, or CorruptDataError naming what is corrupt) -- never an empty shard.
+                log.warning("%s/%s: durable store not loaded, serving nothing until it is: %s", domain,
                             shard, exc)
         if self._copy.is_owner:
             self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)

@@ -49,7 +49,7 @@ def test_a_killed_one_copy_owner_comes_back_with_every_acknowledged_write(ray_lo
             c.flush(timeout=30)
             for key in ("s0", "s1"):  # both shards
                 _kill_owner(ns, "notes", key, 2)
-            time.sleep(0.3)
+            time.sleep(1.0)  # ray.kill is asynchronous: read from the new processes
             for i in range(50):
                 assert c.get("notes", f"s{i}", consistency="strong") == {"i": i}
                 assert c.get("notes", f"e{i}", consistency="strong") == i
@@ -72,6 +72,7 @@ def test_redis_durable_tier_write_through_fails_clearly_while_redis_is_down(ray_
         with system.client() as c:
             c.put("notes", "a", 1, consistency="strong")
             _kill_owner(ns, "notes", "a", 2)
+            time.sleep(1.0)  # ray.kill is asynchronous: read from the new process
             assert c.get("notes", "a", consistency="strong") == 1  # reloaded from Redis
             server.kill()
             with pytest.raises(UnavailableError):
@@ -79,6 +80,7 @@ def test_redis_durable_tier_write_through_fails_clearly_while_redis_is_down(ray_
             server.start()  # same port and directory (append-only file)
             c.put("notes", "b", 3, consistency="strong")
             _kill_owner(ns, "notes", "b", 2)
+            time.sleep(1.0)
             assert c.get("notes", "b", consistency="strong") == 3
     finally:
         erlmcp_ray.shutdown(ns, purge=True)
@@ -127,3 +129,23 @@ def test_an_owner_restarted_while_redis_is_down_serves_again_once_it_is_back(ray
     finally:
         erlmcp_ray.shutdown(ns, purge=True)
         server.kill()
+
+
+def test_a_corrupt_stored_record_is_an_error_naming_it_never_an_empty_shard(ray_local, tmp_path):
+    import sqlite3
+
+    from erlmcp_ray.errors import CorruptDataError
+
+    ns = "t_durable_corrupt"
+    system = erlmcp_ray.start(config({"kind": "sqlite", "data_dir": str(tmp_path)}), namespace=ns)
+    try:
+        with system.client() as c:
+            c.put("notes", "a", 1, consistency="strong")
+            with sqlite3.connect(tmp_path / f"{ns}.db") as db:
+                db.execute("UPDATE records SET record = ? WHERE key = 'a'", (b"garbage",))
+            _kill_owner(ns, "notes", "a", 2)
+            time.sleep(1.0)  # ray.kill is asynchronous: let the new process load the shard
+            with pytest.raises(CorruptDataError, match=r"notes/\d key 'a'"):
+                c.get("notes", "a", consistency="strong")
+    finally:
+        erlmcp_ray.shutdown(ns, purge=True)
