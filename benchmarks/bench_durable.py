@@ -24,7 +24,6 @@ import datetime as _dt
 import os
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import ray
 import redis
+from _meta import git_revision  # benchmarks/_meta.py (this directory is on sys.path)
 
 import erlmcp_ray
 from erlmcp_ray.core import record as R
@@ -75,16 +75,6 @@ def timed(fn, n: int) -> list[float]:
 
 def us(x: float) -> str:
     return f"{x * 1e6:,.0f} µs"
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10)
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def reload_time(store, n: int) -> tuple[float, float]:

@@ -14,12 +14,12 @@ import argparse
 import datetime as _dt
 import os
 import shlex
-import subprocess
 import sys
 import time
 import uuid
 
 import ray
+from _meta import git_revision  # benchmarks/_meta.py (this directory is on sys.path)
 
 import erlmcp_ray
 from erlmcp_ray._testkit.stress import stale_read_stress
@@ -29,16 +29,6 @@ CONFIG = {
     "cache_coordinator": {"invalidation_timeout": 3000, "lease_ms": 6000},
     "client": {"poll_timeout_s": 0.5, "l0_entries": 16},
 }
-
-
-def git_revision() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=10)
-        return rev.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except Exception:  # noqa: BLE001
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
