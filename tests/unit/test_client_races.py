@@ -272,7 +272,9 @@ def test_puts_and_reads_do_not_wait_for_a_retry_pause_of_the_write_behind():
             client.put("shared", f"b{i}", i)
             assert client.get("shared", "a") == 1
             worst = max(worst, time.perf_counter() - t0)
-        assert worst < 0.05, f"a put waited {worst * 1000:.0f} ms"
+        # The old write-behind slept up to 0.5 s holding the lock every put takes; half of that
+        # leaves room for a loaded machine without letting that hazard back in.
+        assert worst < 0.25, f"a put waited {worst * 1000:.0f} ms"
         fake.up(owner)
         client.flush(timeout=20)
         assert fake.owner("shared").state.get("b199") is not None
