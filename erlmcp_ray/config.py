@@ -487,6 +487,11 @@ class DurableConfig(_Model):
     flush_ms: Millis = Field(
         100, description="write_behind domains: milliseconds between flushes (the window a crash may lose)."
     )
+    max_backlog: Count = Field(
+        100_000,
+        description="write_behind domains: changes an owner may hold for an unreachable store; past it, "
+        "writes are refused (UnavailableError) rather than piling up unbounded.",
+    )
 
     @model_validator(mode="after")
     def _check_redis(self) -> DurableConfig:

@@ -86,6 +86,7 @@ def _shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
         durable_mode=config.durable_mode_for(domain).value,
         store=config.durable.model_dump(mode="json"),
         flush_s=config.durable.flush_ms / 1000.0,
+        max_backlog=config.durable.max_backlog,
     )
 
 

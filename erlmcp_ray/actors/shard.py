@@ -60,6 +60,7 @@ class ShardActor:
         self._store = None
         self._flush_lock = threading.Lock()  # store writes in the order their changes were taken
         self._open_lock = threading.Lock()
+        self._store_failing = False  # the last flush failed: write_behind backlog is bounded
         # An owner of a durable domain serves nothing before it loaded its shard from the store.
         self._durable_ready = settings.durable_mode == "off"
         if _ray.was_restarted():
@@ -122,6 +123,7 @@ class ShardActor:
         """Apply a batch of writes (see ``ShardCopy.write``). ``chained``: the client passes this
         answer to every replica itself (a strong write), so replication can wait for a lazy round."""
         self._ready()
+        self._check_backlog()
         with self._lock:
             answer = self._copy.write(client_id, request_seq, ops, full)
             effects, self._copy.effects = self._copy.effects, []
@@ -140,6 +142,25 @@ class ShardActor:
             self._wake.set()
         return answer
 
+    def _check_backlog(self) -> None:
+        """write_behind with the store failing: past ``max_backlog`` held changes, refuse writes (the
+        client retries them) rather than hold an ever larger window of loss."""
+        if not self._store_failing or self._settings.durable_mode != "write_behind":
+            return
+        backlog = len(self._copy.state.dirty or ())
+        if backlog < self._settings.max_backlog:
+            return
+        try:  # the store may be back: then the backlog goes now, and this write is taken
+            self.flush_durable()
+            return
+        except Exception:  # noqa: BLE001 - still unreachable: refuse, below
+            backlog = len(self._copy.state.dirty or ())
+        if backlog >= self._settings.max_backlog:
+            raise UnavailableError(
+                f"{self.domain}/{self.shard}: the durable store {self._store.location} is unreachable and "
+                f"{backlog} changes wait for it (durable.max_backlog = {self._settings.max_backlog}); "
+                f"writes are refused until it is back, reads are served")
+
     def flush_durable(self) -> int:
         """Hand every change since the last flush to the durable store; how many records."""
         self._ready()
@@ -154,9 +175,11 @@ class ShardActor:
             try:
                 self._store.write_batch(self.domain, self.shard, epoch, records, deletes)
             except Exception:
+                self._store_failing = True
                 with self._lock:  # offered again next time
                     self._copy.state.mark_dirty([k for k, _ in records] + list(deletes))
                 raise
+            self._store_failing = False
             return len(records) + len(deletes)
 
     def _act(self, effect: Any) -> None:
@@ -210,6 +233,7 @@ class ShardActor:
         if self._store is not None:
             tick = min(tick, self._settings.flush_s)
         last_round = last_flush = 0.0
+        flush_pause = self._settings.flush_s
         while not self._stopping.is_set():
             woke = self._wake.wait(timeout=tick)
             if woke and linger_s:
@@ -218,15 +242,17 @@ class ShardActor:
                 time.sleep(linger_s)
             self._wake.clear()
             now = time.monotonic()
-            if self._store is not None and now - last_flush >= self._settings.flush_s:
+            if self._store is not None and now - last_flush >= flush_pause:
                 # write_behind: this is its flush; write_through: expiries, evictions, collected
                 # tombstones (changes no write call flushed)
                 last_flush = now
                 try:
                     self.flush_durable()
-                except Exception as exc:  # noqa: BLE001 - kept dirty, retried next round
-                    log.warning("%s/%s: durable flush to %s failed: %s", self.domain, self.shard,
-                                self._store.location, exc)
+                    flush_pause = self._settings.flush_s
+                except Exception as exc:  # noqa: BLE001 - kept dirty, retried with backoff
+                    flush_pause = min(5.0, flush_pause * 2)
+                    log.warning("%s/%s: durable flush to %s failed (next try in %.1f s): %s", self.domain,
+                                self.shard, self._store.location, flush_pause, exc)
             lazy_due = self._strong_dirty and now - last_round >= lazy_s
             if not (woke or lazy_due or now - last_round >= heartbeat_s):
                 continue

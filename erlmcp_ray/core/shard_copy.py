@@ -73,6 +73,8 @@ class ShardSettings:
     store: dict | None = None
     #: write_behind: seconds between flushes
     flush_s: float = 0.1
+    #: write_behind: changes held for an unreachable store before writes are refused
+    max_backlog: int = 100_000
 
 
 class ShardCopy:

@@ -149,3 +149,37 @@ def test_a_corrupt_stored_record_is_an_error_naming_it_never_an_empty_shard(ray_
                 c.get("notes", "a", consistency="strong")
     finally:
         erlmcp_ray.shutdown(ns, purge=True)
+
+
+def test_write_behind_holds_a_bounded_backlog_while_redis_is_down_and_loses_nothing(ray_local, tmp_path):
+    server = RedisServer(tmp_path).start()
+    ns = "t_durable_backlog"
+    cfg = config({"kind": "redis", "redis_url": server.url, "flush_ms": 50, "max_backlog": 20})
+    cfg["domains"]["lazy"] = {"backend": "disk", "max_bytes": "10MB", "durable": "write_behind"}
+    try:
+        system = erlmcp_ray.start(cfg, namespace=ns)
+        with system.client() as c:
+            c.put("lazy", "before", 0, consistency="strong")
+            server.kill()
+            accepted, refused = [], 0
+            for i in range(40):
+                try:
+                    c.put("lazy", f"k{i}", i, consistency="strong")
+                    accepted.append(i)
+                except UnavailableError as exc:
+                    refused += 1
+                    assert "max_backlog" in str(exc)
+                    break
+            assert refused == 1 and 15 <= len(accepted) <= 25, (accepted, refused)
+            assert c.get("lazy", "k0", consistency="strong") == 0  # reads are served meanwhile
+            server.start()
+            c.put("lazy", "after", 1, consistency="strong")  # taken again once the store is back
+        erlmcp_ray.shutdown(ns)  # flushes the write_behind owner, keeps the data
+        system = erlmcp_ray.start(cfg, namespace=ns)
+        with system.client() as c:
+            for i in accepted:
+                assert c.get("lazy", f"k{i}", consistency="strong") == i  # nothing acknowledged was lost
+            assert c.get("lazy", "after", consistency="strong") == 1
+    finally:
+        erlmcp_ray.shutdown(ns, purge=True)
+        server.kill()
