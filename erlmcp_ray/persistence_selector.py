@@ -14,13 +14,20 @@ everything on a restart. Here a high durability requirement is honoured first â€
 Redis persistence or Hazelcast MapStore would expect. The spec's own example (1 MB, 95 % reads,
 moderate, multi_node) still gets memory.
 
-Pure: no Ray. Measuring the backends on a running system (``benchmark_strategies``) and switching a
-domain's backend live (``auto_select``) come with the durable domains (issue 10).
+``benchmark_strategies(characteristics)`` measures instead of estimating: it starts a scratch
+memory system (a fresh namespace on this process's Ray) with one domain per backend, runs a short
+workload with the given read ratio against each, and shuts it down (purging what it stored).
+Switching a running domain's backend live (``auto_select``) is not built yet.
 """
 
 from __future__ import annotations
 
 import math
+import random
+import statistics
+import tempfile
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +103,82 @@ def recommend_for_registry() -> Strategy:
     """A registry of agents and tools: small and read-mostly (the spec keeps it in ETS)."""
     return recommend_strategy({"data_size": 1024 * 1024, "read_ratio": 0.98,
                                "durability_requirement": "moderate", "cluster_topology": "multi_node"})
+
+
+def benchmark_strategies(characteristics: dict[str, Any], *, ops: int = 2000, keys: int = 200,
+                         value_bytes: int = 256, redis_url: str | None = None) -> list[dict[str, Any]]:
+    """Measure each backend on this machine with the workload's read ratio: per backend, read and write
+    p50/p99 (Âµs, strong: every operation reaches the shard), ops/s, what survives what, and whether it
+    is the recommended one. Backends: memory, disk (SQLite), replicated (durable write_through on
+    SQLite), and disk on Redis when ``redis_url`` is given. Needs Ray (started here if it is not)."""
+    import ray
+
+    import erlmcp_ray
+
+    c = _checked(characteristics)
+    if not isinstance(ops, int) or ops < 1 or not isinstance(keys, int) or keys < 1:
+        raise InvalidValueError("ops and keys must be positive ints", where="ops")
+    if not ray.is_initialized():
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    recommended = recommend_strategy(c).backend
+    runs = [({"kind": "sqlite", "data_dir": tempfile.mkdtemp(prefix="erlmcp_bench_")},
+             [("memory", Backend.MEMORY, {"backend": "memory"}, "none: lost when its actor dies"),
+              ("disk/sqlite", Backend.DISK, {"backend": "disk"}, "a process or node restart (SQLite file)"),
+              ("replicated", Backend.REPLICATED, {"backend": "replicated", "durable": "write_through"},
+               "a node loss (replicas) and a full restart (SQLite file)")])]
+    if redis_url is not None:
+        runs.append(({"kind": "redis", "redis_url": redis_url},
+                     [("disk/redis", Backend.DISK, {"backend": "disk"}, "a restart of everything but Redis")]))
+    value = b"x" * value_bytes
+    out = []
+    for durable, backends in runs:
+        namespace = f"erlmcp_bench_{uuid.uuid4().hex[:8]}"
+        cfg = {"durable": durable, "client": {"poll_timeout_s": 0.5},
+               "domains": {f"b{i}": {**spec, "max_bytes": "256MB"} for i, (_, _, spec, _) in enumerate(backends)}}
+        system = erlmcp_ray.start(cfg, namespace=namespace)
+        try:
+            with system.client() as client:
+                for i, (name, backend, _spec, survives) in enumerate(backends):
+                    reads, writes, elapsed = _workload(client, f"b{i}", c["read_ratio"], ops, keys, value)
+                    out.append({
+                        "backend": name, "spec_name": _SPEC_NAMES[backend], "ops": ops,
+                        "ops_per_s": ops / elapsed,
+                        "read_p50_us": _q(reads, 0.5), "read_p99_us": _q(reads, 0.99),
+                        "write_p50_us": _q(writes, 0.5), "write_p99_us": _q(writes, 0.99),
+                        "survives": survives, "recommended": backend is recommended and name != "disk/redis",
+                    })
+        finally:
+            erlmcp_ray.shutdown(namespace, purge=True)
+    return out
+
+
+def _workload(client: Any, domain: str, read_ratio: float, ops: int, keys: int,
+              value: bytes) -> tuple[list[float], list[float], float]:
+    rng = random.Random(0)
+    for k in range(keys):
+        client.put(domain, f"k{k}", value, consistency="strong")
+    reads: list[float] = []
+    writes: list[float] = []
+    start = time.perf_counter()
+    for _ in range(ops):
+        key = f"k{rng.randrange(keys)}"
+        t = time.perf_counter()
+        if rng.random() < read_ratio:
+            client.get(domain, key, consistency="strong")
+            reads.append(time.perf_counter() - t)
+        else:
+            client.put(domain, key, value, consistency="strong")
+            writes.append(time.perf_counter() - t)
+    return reads, writes, time.perf_counter() - start
+
+
+def _q(samples: list[float], q: float) -> float:
+    if not samples:
+        return 0.0
+    if q == 0.5:
+        return statistics.median(samples) * 1e6
+    s = sorted(samples)
+    return s[min(len(s) - 1, int(len(s) * q))] * 1e6
 
 
 def _checked(characteristics: Any) -> dict[str, Any]:

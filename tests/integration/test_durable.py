@@ -183,3 +183,20 @@ def test_write_behind_holds_a_bounded_backlog_while_redis_is_down_and_loses_noth
     finally:
         erlmcp_ray.shutdown(ns, purge=True)
         server.kill()
+
+
+def test_benchmark_strategies_measures_every_backend(ray_local, tmp_path):
+    from erlmcp_ray.persistence_selector import benchmark_strategies
+
+    server = RedisServer(tmp_path).start()
+    try:
+        rows = benchmark_strategies({"read_ratio": 0.8, "durability_requirement": "high",
+                                     "cluster_topology": "multi_node"}, ops=150, keys=20, redis_url=server.url)
+    finally:
+        server.kill()
+    assert [r["backend"] for r in rows] == ["memory", "disk/sqlite", "replicated", "disk/redis"]
+    for r in rows:
+        assert r["ops_per_s"] > 0 and r["read_p50_us"] > 0 and r["write_p50_us"] > 0 and r["survives"]
+    assert [r["backend"] for r in rows if r["recommended"]] == ["replicated"]
+    with pytest.raises(erlmcp_ray.errors.InvalidValueError):
+        benchmark_strategies({"read_ratio": 2})
