@@ -259,26 +259,45 @@ def test_concurrent_strong_operations_are_linearizable():
 
 # ------------------------------------------------------------------ bug 6: locks, sleeps, bounded waits
 def test_puts_and_reads_do_not_wait_for_a_retry_pause_of_the_write_behind():
+    """The write-behind thread's retry pause is held open by the test (its injected sleep blocks)
+    while the caller puts and reads: they must all complete during the pause. The old thread slept
+    holding the lock every put takes, so here they would wait for the release."""
     fake = FakeTransport(CFG)
     client = fake.client()
     owner = Copy("shared", 0, 0)
+    pausing, release = threading.Event(), threading.Event()
+    real_sleep = client._wb._sleep
+
+    def held_sleep(seconds):
+        if threading.current_thread().name == "erlmcp-write-behind":
+            pausing.set()
+            release.wait(30)  # a retry pause that lasts until the test says so
+        else:
+            real_sleep(seconds)
+
+    client._wb._sleep = held_sleep  # WriteBehind takes its sleep as a seam
     try:
         fake.down(owner)
         client.put("shared", "a", 1)
-        wait_for(lambda: client.counters["batch_retries"] >= 2, what="the write-behind to retry")
-        worst = 0.0
-        for i in range(200):  # meanwhile the thread sleeps between retries
-            t0 = time.perf_counter()
-            client.put("shared", f"b{i}", i)
-            assert client.get("shared", "a") == 1
-            worst = max(worst, time.perf_counter() - t0)
-        # The old write-behind slept up to 0.5 s holding the lock every put takes; half of that
-        # leaves room for a loaded machine without letting that hazard back in.
-        assert worst < 0.25, f"a put waited {worst * 1000:.0f} ms"
+        assert pausing.wait(10), "the write-behind never paused to retry"
+        done = threading.Event()
+
+        def caller():
+            for i in range(200):
+                client.put("shared", f"b{i}", i)
+                assert client.get("shared", "a") == 1
+            done.set()
+
+        t = threading.Thread(target=caller)
+        t.start()
+        t.join(20)
+        assert done.is_set() and not release.is_set(), "puts waited for the write-behind's retry pause"
+        release.set()
         fake.up(owner)
         client.flush(timeout=20)
         assert fake.owner("shared").state.get("b199") is not None
     finally:
+        release.set()
         client.close()
 
 
