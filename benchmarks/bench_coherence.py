@@ -49,13 +49,14 @@ import uuid
 import ray
 
 import erlmcp_ray
-from erlmcp_ray.client._cache import LocalCache
 from erlmcp_ray.actors.options import COORDINATOR
+from erlmcp_ray.client._cache import LocalCache
 from erlmcp_ray.core.invalidation import INVALIDATE, MAX_POLL_MESSAGES, RELAXED
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # shared bench helpers: the bare actor, CPU/GC accounting, percentiles, git revision, load
-from bench_ops import BareDict, CpuMeter, git_revision, loadavg, pct
+from _common import git_revision, pct
+from bench_ops import BareDict, CpuMeter, loadavg
 
 DOMAIN = "shared"  # replicated, RF 2; one shard
 FAN_DOMAIN = "cache"  # memory backend, one copy; invalidate_source on

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import ray
 import redis
-from _meta import git_revision  # benchmarks/_meta.py (this directory is on sys.path)
+from _common import git_revision, pct  # benchmarks/_common.py
 
 import erlmcp_ray
 from erlmcp_ray.core import record as R
@@ -57,11 +57,6 @@ class Bare:
 
     def put(self, k: str, v: object) -> None:
         self.d[k] = v
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(len(s) * q))]
 
 
 def timed(fn, n: int) -> list[float]:

@@ -31,13 +31,13 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import threading
 import time
 import uuid
 
 import ray
+from _common import git_revision, pct  # benchmarks/_common.py
 
 import erlmcp_ray
 from erlmcp_ray.core.codec import encode_value
@@ -50,11 +50,6 @@ OWNER, REPLICA, COORD = f"erlmcp:shard:{DOMAIN}:0:0", f"erlmcp:shard:{DOMAIN}:0:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def pct(samples: list[float], q: float) -> float:
-    s = sorted(samples)
-    return s[min(len(s) - 1, int(len(s) * q))]
 
 
 def lat_stats_us(samples_s: list[float]) -> tuple[float, float]:
@@ -92,15 +87,6 @@ def fmt_us(x: float) -> str:
 
 def fmt_rate(x: float) -> str:
     return f"{x:,.0f} ops/s"
-
-
-def git_revision() -> str:
-    try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], check=False, capture_output=True,
-                             text=True, timeout=10, cwd=os.path.dirname(os.path.abspath(__file__)))
-        return out.stdout.strip() or "?"
-    except Exception:  # noqa: BLE001
-        return "?"
 
 
 def loadavg() -> str:

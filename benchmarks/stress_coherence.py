@@ -19,7 +19,7 @@ import time
 import uuid
 
 import ray
-from _meta import git_revision  # benchmarks/_meta.py (this directory is on sys.path)
+from _common import git_revision  # benchmarks/_common.py
 
 import erlmcp_ray
 from erlmcp_ray._testkit.stress import stale_read_stress
