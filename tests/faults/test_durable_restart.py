@@ -1,16 +1,21 @@
 """The whole cluster goes away: shutdown(), ray.shutdown(), a new Ray, start() with the same config.
-Every durable domain comes back (entries, versions, tags, expiry, deletes), digests equal."""
+Every durable domain comes back (entries, versions, tags, expiry, deletes), digests equal, on each
+durable store (SQLite, Redis); shutdown(purge=True) then leaves nothing of the namespace in it."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import ray
+import redis
 
 import erlmcp_ray
 from erlmcp_ray.actors.options import shard_name
+from erlmcp_ray.storage import SQLiteStore
 from tests.conftest import wait_for
+from tests.redis_server import RedisServer
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -30,9 +35,56 @@ def _owner_digests(cfg):
     return out
 
 
-def test_every_durable_domain_comes_back_after_a_full_ray_restart(tmp_path):
+class _SQLiteTier:
+    def __init__(self, tmp_path: Path) -> None:
+        self.durable = {"kind": "sqlite", "data_dir": str(tmp_path), "flush_ms": 50}
+        self._db = tmp_path / f"{NS}.db"
+
+    def stored(self) -> list[str]:
+        """What the store holds for NS: its shards and blobs."""
+        store = SQLiteStore(self._db)
+        try:
+            return [f"{d}/{s}" for d, s in store.shards()] + [f"blob:{b}" for b in store.list_blobs()]
+        finally:
+            store.close()
+
+    def close(self) -> None:
+        pass  # nothing running
+
+
+class _RedisTier:
+    # RedisStore keeps a system's data under the prefix "erlmcp:<namespace>" (storage.open_store).
+    # Another namespace's key on the same server: a purge of NS must keep it (its name starts with NS).
+    OTHER = f"erlmcp:{NS}_other:blob:x"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self._server = RedisServer(tmp_path).start()
+        self._r = redis.Redis.from_url(self._server.url)
+        self._r.set(self.OTHER, b"not ours")
+        self.durable = {"kind": "redis", "redis_url": self._server.url, "flush_ms": 50}
+
+    def stored(self) -> list[str]:
+        """Every key on this test's own server but OTHER (so any key layout of NS's data counts)."""
+        keys = sorted(k.decode() for k in self._r.scan_iter(count=1000))
+        assert self.OTHER in keys, "a purge of NS deleted another namespace's key"
+        return [k for k in keys if k != self.OTHER]
+
+    def close(self) -> None:
+        self._r.close()
+        self._server.kill()
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def tier(request, tmp_path):
+    """The durable tier of the test: SQLite in tmp_path, or a Redis server of its own there."""
+    t = _SQLiteTier(tmp_path) if request.param == "sqlite" else _RedisTier(tmp_path)
+    yield t
+    t.close()
+
+
+def test_every_durable_domain_comes_back_after_a_full_ray_restart(tier):
     cfg = {
-        "durable": {"kind": "sqlite", "data_dir": str(tmp_path), "flush_ms": 50},
+        "durable": tier.durable,
         "domains": {
             "notes": {"backend": "disk", "max_bytes": "10MB", "shards": 2},
             "kept": {"backend": "replicated", "max_bytes": "10MB", "durable": "write_through"},
@@ -65,6 +117,7 @@ def test_every_durable_domain_comes_back_after_a_full_ray_restart(tmp_path):
         before = _owner_digests(cfg)
         erlmcp_ray.shutdown(NS)  # keeps durable data (write_behind owners flush first)
         ray.shutdown()
+        assert tier.stored(), "shutdown() without purge left nothing in the durable store"
 
         _ray_up()
         system = erlmcp_ray.start(cfg, namespace=NS)
@@ -81,6 +134,11 @@ def test_every_durable_domain_comes_back_after_a_full_ray_restart(tmp_path):
             assert c.get("scratch", "k1", consistency="strong") is None  # memory domains start empty
             c.put("kept", "after", 1, consistency="strong")  # and take writes again
             assert c.get("kept", "after", consistency="strong") == 1
+
+        erlmcp_ray.shutdown(NS, purge=True)
+        assert tier.stored() == []
+        time.sleep(1.0)  # 20 flush intervals: no owner of the stopped system writes anything back
+        assert tier.stored() == []
     finally:
         if ray.is_initialized():
             erlmcp_ray.shutdown(NS, purge=True)
