@@ -3,6 +3,7 @@ redis-server of the test's own (tests/redis_server.py) — no mocks."""
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 import threading
 
@@ -12,7 +13,7 @@ import redis
 from erlmcp_ray.config import DurableConfig
 from erlmcp_ray.core import record as R
 from erlmcp_ray.errors import CorruptDataError, StaleEpochError, UnavailableError
-from erlmcp_ray.storage import RedisStore, SQLiteStore, open_store
+from erlmcp_ray.storage import RedisStore, SQLiteStore, _redis, open_store
 from erlmcp_ray.testing import check_store
 from tests.redis_server import RedisServer, free_port
 
@@ -92,6 +93,84 @@ def test_a_corrupt_redis_value_is_an_error_naming_shard_and_key(redis_server):
         s.load_shard("session", 0)
     s.purge()
     s.close()
+
+
+# ---------------------------------------------------------------------------- Redis load_shard's reading
+def _odd_records(n: int) -> dict[str, bytes]:
+    """Keys and records of many lengths (0..300 bytes: 1-, 2- and 3-digit RESP headers), records
+    holding RESP-looking bytes, non-ASCII keys."""
+    out = {}
+    for i in range(n):
+        key = f"k{i}" if i % 3 else f"ключ-{i}-" + "x" * (i % 120)
+        out[key] = _rec(b"\r\n$12\r\n*2\r\n" * (i % 20) + bytes([i % 256]) * (i % 7), i + 1)
+    return out
+
+
+class _SubclassedRedis(redis.Redis):
+    """Not a plain redis.Redis: load_shard reads through redis-py's own hscan."""
+
+
+@pytest.mark.parametrize("client", ["resp2", "resp3", "redis-py hscan"])
+def test_redis_load_shard_reads_every_record_over_many_hscan_steps(redis_server, monkeypatch, client):
+    monkeypatch.setattr(_redis, "_SCAN_COUNT", 500)  # many steps
+    monkeypatch.setattr(_redis, "_RECV", 1000)  # replies cut anywhere, headers included
+    if client == "redis-py hscan":
+        r = _SubclassedRedis.from_url(redis_server.url)
+    else:
+        r = redis.Redis.from_url(redis_server.url, protocol=2 if client == "resp2" else 3)
+
+        def no_fallback(*args):
+            raise AssertionError("a plain redis.Redis should be read off its socket")
+        monkeypatch.setattr(_redis.RedisStore, "_hscan", no_fallback)
+    s = RedisStore(redis_server.url, prefix=f"scan-{client}", client=r)
+    want = _odd_records(5000)
+    s.write_batch("d", 0, 3, list(want.items()))
+    s.write_batch("d", 1, 1, [("one", _rec(b"\x01"))])
+    for _ in range(2):  # the borrowed connection goes back to the pool fit for the next call
+        image = s.load_shard("d", 0)
+        assert image.epoch == 3 and image.records == want
+        assert s.load_shard("d", 1).records == {"one": _rec(b"\x01")}
+        assert s.load_shard("d", 2).records == {} and s.epoch("d", 0) == 3
+    s.purge()
+    s.close()
+
+
+@pytest.mark.parametrize("bad", [b"\x00\x00\x00\x01xyz", b"\x01\x02", b""])
+def test_a_corrupt_redis_value_among_many_is_named_and_the_store_serves_on(redis_server, monkeypatch, bad):
+    monkeypatch.setattr(_redis, "_SCAN_COUNT", 300)
+    s = RedisStore(redis_server.url, prefix="corrupt-many")
+    want = _odd_records(2000)
+    s.write_batch("session", 0, 1, list(want.items()))
+    redis.Redis.from_url(redis_server.url).hset("corrupt-many:{session:0}:records", "k1000", bad)
+    with pytest.raises(CorruptDataError, match=r"session/0 key 'k1000'"):
+        s.load_shard("session", 0)
+    s.write_batch("session", 0, 1, [("k1000", want["k1000"])])  # repaired
+    assert s.load_shard("session", 0).records == want
+    s.purge()
+    s.close()
+
+
+def test_redis_load_shard_reads_past_a_resp3_push_and_drops_that_connection():
+    """A push message (RESP3) between HSCAN replies is read past; the connection is then not
+    reused, since redis-py never saw the push. A canned server on a socket pair."""
+    class Conn:
+        def __init__(self, sock):
+            self._sock = sock
+
+        def pack_command(self, *args):
+            return redis.connection.Connection().pack_command(*args)
+
+    ours, server = socket.socketpair()
+    with ours, server:
+        server.sendall(b">3\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nx\r\n%1\r\n+a\r\n:1\r\n"
+                       b"*2\r\n$1\r\n0\r\n*4\r\n"
+                       b"$1\r\na\r\n$5\r\n\x00\x00\x00\x00z\r\n$2\r\nbb\r\n$4\r\nwxyz\r\n")
+        reads = _redis._read_hscan(Conn(ours), "h")
+        assert next(reads) == ([b"a", b"bb"], [b"z", b""], [b"\x00\x00\x00\x00", b"wxyz"])
+        with pytest.raises(StopIteration) as done:
+            next(reads)
+        assert done.value.value is False  # not clean: the pool must drop it
+        assert server.recv(100).startswith(b"*5\r\n$5\r\nHSCAN\r\n$1\r\nh\r\n$1\r\n0\r\n")
 
 
 def test_a_sqlite_file_that_is_not_a_database_is_refused_clearly(tmp_path):
