@@ -43,7 +43,7 @@ def config_check(source: str) -> None:
     except ConfigError as exc:
         click.echo(f"invalid configuration: {exc}", err=True)
         sys.exit(2)
-    domains = ", ".join(f"{n} ({d.backend.value}, {d.max_bytes} B)" for n, d in cfg.domains.items())
+    domains = ", ".join(f"{n} ({cfg.backend_for(n).value}, {d.max_bytes} B)" for n, d in cfg.domains.items())
     click.echo(f"ok: {len(cfg.domains)} domains: {domains}")
 
 

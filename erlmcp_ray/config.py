@@ -67,6 +67,7 @@ __all__ = [
     "Consistency",
     "DistributedMemoryConfig",
     "DomainConfig",
+    "DurabilityRequirement",
     "DurableConfig",
     "DurableKind",
     "DurableMode",
@@ -185,6 +186,14 @@ class DurableMode(_NameEnum):
     OFF = "off"  # memory only (a one-copy domain loses everything when its actor dies)
     WRITE_BEHIND = "write_behind"  # flushed every durable.flush_ms: that window can be lost
     WRITE_THROUGH = "write_through"  # a write is acknowledged once the durable store holds it
+
+
+class DurabilityRequirement(_NameEnum):
+    """The persistence selector's ``durability_requirement``."""
+
+    NONE = "none"
+    MODERATE = "moderate"
+    HIGH = "high"
 
 
 class DurableKind(_NameEnum):
@@ -374,7 +383,9 @@ class DistributedMemoryConfig(_Model):
     checkpoint_interval: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] = Field(
         300_000, description="Milliseconds between checkpoints to the durable tier; 0 turns them off."
     )
-    auto_select: bool = Field(True, description="Let the persistence selector pick tiers automatically.")
+    auto_select: bool = Field(
+        True, description="Let the persistence selector migrate domains that set no backend (with "
+        "persistence_selector.auto_select: both must be on).")
 
 
 class CacheCoordinatorConfig(_Model):
@@ -395,8 +406,11 @@ class CacheCoordinatorConfig(_Model):
 class PersistenceSelectorConfig(_Model):
     """Spec ``persistence_selector``: periodic re-evaluation of each domain's backend."""
 
-    auto_select: bool = Field(True, description="Re-evaluate backends from observed access patterns.")
-    evaluation_interval: Millis = Field(300_000, description="Milliseconds between two evaluations.")
+    auto_select: bool = Field(
+        True, description="Re-evaluate the backend of domains that set none from their observed size and "
+        "read ratio, and migrate them live (with distributed_memory.auto_select: both must be on).")
+    evaluation_interval: Annotated[int, BeforeValidator(_not_bool), Field(ge=100)] = Field(
+        300_000, description="Milliseconds between two evaluations (at least 100).")
 
 
 class NodeLimits(_Model):
@@ -410,10 +424,16 @@ class NodeLimits(_Model):
 class DomainConfig(_Model):
     """One memory domain (spec "Memory Domains"); None fields inherit system-wide defaults."""
 
-    backend: Backend = Field(
-        Backend.MEMORY,
-        description="memory (spec ETS: one copy), disk (spec DETS: one copy + SQLite write-through) "
-        "or replicated (spec Mnesia: owner + replicas).",
+    backend: Backend | None = Field(
+        None,
+        description="memory (spec ETS: one copy), disk (spec DETS: one copy + durable write-through) "
+        "or replicated (spec Mnesia: owner + replicas); None = chosen by the persistence selector "
+        "(memory until it decides; never migrated when set).",
+    )
+    durability_requirement: DurabilityRequirement = Field(
+        DurabilityRequirement.MODERATE,
+        description="What the persistence selector assumes for a domain whose backend it chooses: none, "
+        "moderate (survive a restart or a node loss) or high.",
     )
     max_bytes: ByteCount = Field(description="Byte budget of the domain; required for a new domain.")
     shards: Annotated[int, BeforeValidator(_not_bool), Field(ge=1, le=1024)] = Field(
@@ -454,12 +474,15 @@ class DomainConfig(_Model):
     @model_validator(mode="after")
     def _check_copies(self) -> DomainConfig:
         rf = self.replication_factor
-        if rf is not None and rf > 1 and self.backend is not Backend.REPLICATED:
+        if rf is not None and rf > 1 and self.backend not in (None, Backend.REPLICATED):
             raise _FieldProblem(
                 "replication_factor",
                 f"backend {self.backend.value!r} keeps a single copy (spec ETS/DETS have no replicas); "
                 "use backend 'replicated' or replication_factor 1",
             )
+        if self.backend is None and self.durable is not None:
+            raise _FieldProblem("durable", "the persistence selector chooses this domain's backend and its "
+                                "durable mode with it; set backend too, or set durability_requirement")
         if self.backend is Backend.MEMORY and self.durable not in (None, DurableMode.OFF):
             raise _FieldProblem("durable", "backend 'memory' keeps no disk copy (spec ETS); use backend "
                                 "'disk' (one copy) or 'replicated' with a durable mode")
@@ -467,7 +490,7 @@ class DomainConfig(_Model):
             raise _FieldProblem("durable", "backend 'disk' is the durable one-copy backend (spec DETS); "
                                 "use backend 'memory' for no disk copy")
         # The replicated/None case is checked by MemoryConfig, which knows the inherited factor.
-        known = rf if rf is not None else (None if self.backend is Backend.REPLICATED else 1)
+        known = rf if rf is not None else (None if self.backend in (None, Backend.REPLICATED) else 1)
         if known is not None and self.min_insync is not None and self.min_insync > known:
             raise _FieldProblem("min_insync", f"{self.min_insync} exceeds the replication factor {known}")
         return self
@@ -713,7 +736,10 @@ class MemoryConfig(_Model):
     @model_validator(mode="after")
     def _check_inherited_insync(self) -> MemoryConfig:
         for name in self.domains:
-            insync, copies = self.min_insync_for(name), self.replication_factor_for(name)
+            if self.domains[name].backend is None:
+                continue  # its copies follow the selector's choice; min_insync is capped by them
+            copies = self.replication_factor_for(name)
+            insync = self.domains[name].min_insync or copies
             if insync > copies:
                 raise _FieldProblem(
                     f"domains.{name}.min_insync", f"{insync} exceeds the replication factor {copies}"
@@ -763,6 +789,35 @@ class MemoryConfig(_Model):
         """The domain's default consistency, inherited from distributed_memory when unset."""
         return self.domain(domain).consistency or self.distributed_memory.consistency
 
+    def backend_for(self, domain: str) -> Backend:
+        """The domain's backend: explicit, else memory (until the persistence selector picks one,
+        see ``with_backends``)."""
+        return self.domain(domain).backend or Backend.MEMORY
+
+    def auto_domains(self) -> list[str]:
+        """Domains whose backend the persistence selector chooses (no backend set)."""
+        return [name for name, d in self.domains.items() if d.backend is None]
+
+    @property
+    def auto_select(self) -> bool:
+        """Whether the persistence selector migrates domains: both of the spec's switches on."""
+        return self.persistence_selector.auto_select and self.distributed_memory.auto_select
+
+    def with_backends(self, selected: Mapping[str, Backend | str]) -> MemoryConfig:
+        """This config as running: the persistence selector's choice for each domain in ``selected``
+        (only domains without an explicit backend; others are ignored). A selected replicated domain
+        with durability_requirement high is written through to the durable tier."""
+        domains = dict(self.domains)
+        for name, backend in selected.items():
+            d = domains.get(name)
+            if d is None or d.backend is not None:
+                continue
+            backend = Backend(backend)
+            durable = (DurableMode.WRITE_THROUGH if backend is Backend.REPLICATED
+                       and d.durability_requirement is DurabilityRequirement.HIGH else None)
+            domains[name] = d.model_copy(update={"backend": backend, "durable": durable})
+        return self.model_copy(update={"domains": domains})
+
     def durable_mode_for(self, domain: str) -> DurableMode:
         """How the domain's owners use the durable tier: explicit, else write_through for disk."""
         settings = self.domain(domain)
@@ -771,17 +826,18 @@ class MemoryConfig(_Model):
         return DurableMode.WRITE_THROUGH if settings.backend is Backend.DISK else DurableMode.OFF
 
     def replication_factor_for(self, domain: str) -> int:
-        """Copies per shard: explicit, else the system default when replicated, else 1."""
+        """Copies per shard: explicit (replicated only), else the system default when replicated, else 1."""
         settings = self.domain(domain)
+        if settings.backend is not Backend.REPLICATED:
+            return 1
         if settings.replication_factor is not None:
             return settings.replication_factor
-        replicated = settings.backend is Backend.REPLICATED
-        return self.distributed_memory.replication_factor if replicated else 1
+        return self.distributed_memory.replication_factor
 
     def min_insync_for(self, domain: str) -> int:
         """Copies a strong write must reach: explicit, else every copy."""
-        settings = self.domain(domain)
-        return settings.min_insync if settings.min_insync is not None else self.replication_factor_for(domain)
+        settings, copies = self.domain(domain), self.replication_factor_for(domain)
+        return copies if settings.min_insync is None else min(settings.min_insync, copies)
 
 
 # --------------------------------------------------------------------------- files

@@ -112,6 +112,9 @@ class ShardCopy:
         self._refusing = False
         self.pressure_changes: list[tuple] = []
         self.syncs = {"completed": 0, "failed": 0, "bytes": 0, "last_sync_time": None}
+        #: operations served (the persistence selector's read ratio); from 0 in each incarnation
+        self.reads = 0
+        self.writes = 0
         #: effects the actor acts on after the call (log lines, garbage collection)
         self.effects: list[Any] = []
 
@@ -129,6 +132,21 @@ class ShardCopy:
         # What this copy held already (from a peer) and the store lacks is to be written to it.
         raw = self.state.raw_record
         self.state.dirty = {k for k in self.state.stored_keys() if raw(k) != records.get(k)}
+
+    def set_copies(self, copies: int) -> None:
+        """The domain's layout changed (the persistence selector migrated it): from now on the owner
+        replicates to the copies of slots ``1 .. copies-1`` — a new one starts from a snapshot — and
+        no longer to the others."""
+        if not self.is_owner:
+            raise ValueError("only the owner tracks replicas")
+        if copies < 1:
+            raise ValueError(f"copies must be >= 1, got {copies}")
+        self.copies = copies
+        for slot in range(copies):
+            if slot != self.slot and slot not in self.progress_of:
+                self.progress_of[slot] = ReplicaProgress(slot)
+        for slot in [s for s in self.progress_of if s >= copies]:
+            del self.progress_of[slot]
 
     def forget_answer(self, client_id: str, request_seq: int) -> None:
         """The answer to this request did not become durable: a retry must apply it again."""
@@ -148,6 +166,7 @@ class ShardCopy:
         answer = self._dedup.lookup(client_id, request_seq)
         if answer is not IdempotencyTable.MISSING:
             return answer
+        self.writes += len(ops)
         state, items, refused, rejected = self.state, [], [], []
         for i, op in enumerate(ops):
             key, data = op[0], op[1]
@@ -189,6 +208,7 @@ class ShardCopy:
 
     def read(self, key: str, max_staleness_ms: float | None = None) -> ReadAnswer:
         """A replica staler than ``max_staleness_ms`` answers STALE and no record; the owner is never stale."""
+        self.reads += 1
         staleness = 0.0 if self.is_owner else self.freshness.staleness_ms()
         if max_staleness_ms is not None and staleness > max_staleness_ms:
             return ReadAnswer(STALE, None, staleness, self.incarnation)
@@ -364,6 +384,7 @@ class ShardCopy:
             domain=self.domain, shard=self.shard, slot=self.slot, role="owner" if self.is_owner else "replica",
             epoch=self.epoch, replicated_seq=self.replicated_seq, published_seq=self.published_seq,
             evictions=self.evictions, refused_writes=self.refused, rejected_ops=self.rejected,
+            reads=self.reads, writes=self.writes, copies=self.copies,
             pressure=self.pressure.snapshot().get(self.subject), pressure_changes=list(self.pressure_changes),
             policy=None if self.policy is None else type(self.policy).__name__,
             staleness_ms=0.0 if self.is_owner else self.freshness.staleness_ms(),

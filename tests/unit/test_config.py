@@ -225,7 +225,10 @@ def test_user_domain_is_added_with_its_own_defaults():
     cfg = MemoryConfig.load({"domains": {"tool_results": {"max_bytes": "5MB", "eviction": "LFU"}}})
     assert set(cfg.domains) == set(SPEC_DOMAINS) | {"tool_results"}
     tool = cfg.domain("tool_results")
-    assert (tool.backend, tool.max_bytes, tool.eviction, tool.shards) == (
+    # No backend set: the persistence selector chooses it, starting from memory.
+    assert tool.backend is None and cfg.backend_for("tool_results") is Backend.MEMORY
+    assert cfg.auto_domains() == ["tool_results"]
+    assert (cfg.backend_for("tool_results"), tool.max_bytes, tool.eviction, tool.shards) == (
         Backend.MEMORY,
         5 * MiB,
         EvictionPolicyName.LFU,
