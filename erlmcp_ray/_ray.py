@@ -23,7 +23,8 @@ from erlmcp_ray.errors import (
     UnavailableError,
 )
 
-__all__ = ["get", "get_actor", "translate", "wait", "was_restarted"]
+__all__ = ["alive_nodes", "get", "get_actor", "kill_named", "kv_del", "kv_get", "kv_put", "translate", "wait",
+           "was_restarted"]
 
 _UNAVAILABLE = (
     rex.RayActorError,
@@ -94,3 +95,49 @@ def was_restarted() -> bool:
         # Ray's own implementation reads a deprecated attribute and warns about itself.
         warnings.simplefilter("ignore", DeprecationWarning)
         return bool(ray.get_runtime_context().was_current_actor_reconstructed)
+
+
+def kv_get(key: bytes) -> bytes | None:
+    """Ray's key-value store (in the GCS: it outlives every actor); None when absent."""
+    from ray.experimental import internal_kv
+
+    if not internal_kv._internal_kv_initialized():
+        return None
+    try:
+        return internal_kv._internal_kv_get(key)
+    except Exception as exc:
+        raise translate(exc, f"reading {key!r} from Ray's key-value store") from exc
+
+
+def kv_put(key: bytes, value: bytes) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_put(key, value, overwrite=True)
+    except Exception as exc:
+        raise translate(exc, f"writing {key!r} to Ray's key-value store") from exc
+
+
+def kv_del(key: bytes) -> None:
+    from ray.experimental import internal_kv
+
+    try:
+        internal_kv._internal_kv_del(key)
+    except Exception as exc:
+        raise translate(exc, f"deleting {key!r} from Ray's key-value store") from exc
+
+
+def kill_named(name: str, namespace: str) -> None:
+    """Stop the named actor for good (no restart); nothing when there is none."""
+    try:
+        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    except ValueError:
+        pass
+
+
+def alive_nodes() -> list[dict]:
+    """The cluster's alive nodes, as ``ray.nodes()`` describes them."""
+    try:
+        return [n for n in ray.nodes() if n.get("Alive")]
+    except Exception as exc:
+        raise translate(exc, "listing the cluster's nodes") from exc

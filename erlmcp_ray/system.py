@@ -4,7 +4,12 @@
 ``shards × copies`` shard actors. The copies of one shard share a detached
 placement group whose bundles are spread over nodes (STRICT_SPREAD when the
 cluster has at least as many alive nodes as copies, SPREAD otherwise), so losing
-a node loses at most one copy of each shard.
+a node loses at most one copy of each shard. Beside them runs the selector
+(``actors/selector.py``), which migrates domains that set no backend.
+
+The layout (``core.layout``: what the selector chose) is written to Ray's KV store before any
+actor starts, from the durable store's copy when there is one, so a full restart brings a
+domain back on the backend it had been moved to.
 """
 
 from __future__ import annotations
@@ -24,16 +29,20 @@ from erlmcp_ray import _ray
 from erlmcp_ray.actors.coordinator import CoordinatorActor
 from erlmcp_ray.actors.options import (
     COORDINATOR,
+    SELECTOR,
     SHARD_BUNDLE,
     actor_class,
     coordinator_options,
+    selector_options,
     shard_name,
     shard_options,
+    shard_settings,
 )
+from erlmcp_ray.actors.selector import SelectorActor, history_key
 from erlmcp_ray.actors.shard import ShardActor
 from erlmcp_ray.client import MemoryClient, connect_client, release_shared
-from erlmcp_ray.config import DurableKind, DurableMode, MemoryConfig
-from erlmcp_ray.core.shard_copy import ShardSettings
+from erlmcp_ray.config import Backend, DurableKind, DurableMode, MemoryConfig
+from erlmcp_ray.core.layout import LAYOUT_BLOB, Layout, layout_key
 from erlmcp_ray.errors import ConfigError, UnavailableError
 from erlmcp_ray.storage import open_store
 
@@ -70,26 +79,6 @@ def _ensure_ray(namespace: str, address: str | None) -> None:
              include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
 
-def _shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
-    dcfg = config.domain(domain)
-    staleness = dcfg.staleness_ms
-    return ShardSettings(
-        domain_config=dcfg.model_dump(mode="json"),
-        # An evictable domain's shards share its max_bytes: each evicts past its part.
-        max_bytes=dcfg.max_bytes // dcfg.shards,
-        max_entries=None if dcfg.max_entries is None else max(1, dcfg.max_entries // dcfg.shards),
-        staleness_ms=staleness,
-        # Heartbeats keep a replica's staleness bound fresh; a quarter of the window
-        # leaves room for a late one and the transit time.
-        heartbeat_ms=min(250.0, max(10.0, staleness / 4)),
-        sync_timeout_s=min(5.0, config.client.call_timeout_s),
-        durable_mode=config.durable_mode_for(domain).value,
-        store=config.durable.model_dump(mode="json"),
-        flush_s=config.durable.flush_ms / 1000.0,
-        max_backlog=config.durable.max_backlog,
-    )
-
-
 def headroom_below_ray_oom(max_bytes: int, node_memory: int, ray_threshold: float) -> bool:
     """True when our pressure actions (which start at 90 % of ``max_bytes``) act before Ray's
     memory monitor (which kills the newest worker past ``ray_threshold`` of the node's memory)."""
@@ -120,35 +109,44 @@ def start(config: Any = None, *, namespace: str = "erlmcp", address: str | None 
             raise ConfigError(f"a memory system with a different configuration is running in namespace "
                               f"{namespace!r}; shut it down first or start with config=None to join it")
         return MemorySystem(namespace, running)
-    if any(cfg.durable_mode_for(d) is not DurableMode.OFF for d in cfg.domains):
+    layout = Layout()
+    if cfg.durable.kind is not DurableKind.NONE and (
+            cfg.auto_domains() or any(cfg.durable_mode_for(d) is not DurableMode.OFF for d in cfg.domains)):
         # Reachable and writable now, or a clear error naming it (not shard actors failing later).
         store = open_store(cfg.durable, namespace)
-        if store is not None:
+        try:
+            # What the persistence selector chose before a full restart: a domain it moved to disk
+            # comes back on disk, from its stored data.
+            layout = Layout.decode(store.get_blob(LAYOUT_BLOB)).for_config(cfg)
+        finally:
             store.close()
-    _create(cfg, namespace)
+    _ray.kv_put(layout_key(namespace), layout.encode())  # before any actor reads it
+    _create(cfg, layout, namespace)
     return MemorySystem(namespace, cfg)
 
 
-def _create(cfg: MemoryConfig, namespace: str) -> None:
+def _create(cfg: MemoryConfig, layout: Layout, namespace: str) -> None:
     # Ray warns that a restartable detached actor in a placement group dies with
     # the group. That is what we want: the group is removed only by shutdown().
     ray_actor_log = logging.getLogger("ray.actor")
     level = ray_actor_log.level
     ray_actor_log.setLevel(logging.ERROR)
     try:
-        _create_actors(cfg, namespace)
+        _create_actors(cfg, layout, namespace)
     finally:
         ray_actor_log.setLevel(level)
 
 
-def _create_actors(cfg: MemoryConfig, namespace: str) -> None:
+def _create_actors(user_cfg: MemoryConfig, layout: Layout, namespace: str) -> None:
     # A fresh id per start(): the coordinator keeps its client registry under it in Ray's KV
     # store, so a restarted coordinator finds it and a later start() never does.
     system_id = uuid.uuid4().hex
     coordinator = actor_class(CoordinatorActor, coordinator_options(namespace)).remote(
-        cfg.to_dict(), namespace, system_id=system_id)
-    alive = sum(1 for n in ray.nodes() if n.get("Alive"))
-    pings = [coordinator.ping.remote()]
+        user_cfg.to_dict(), namespace, system_id=system_id)
+    selector = actor_class(SelectorActor, selector_options(namespace)).remote(user_cfg.to_dict(), namespace)
+    alive = len(_ray.alive_nodes())
+    pings = [coordinator.ping.remote(), selector.ping.remote()]
+    cfg = layout.config(user_cfg)
     for domain in cfg.domains:
         copies = cfg.replication_factor_for(domain)
         for shard in range(cfg.domain(domain).shards):
@@ -163,7 +161,7 @@ def _create_actors(cfg: MemoryConfig, namespace: str) -> None:
                     strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=slot)
                 opts = shard_options(namespace, domain, shard, slot, strategy)
                 actor = actor_class(ShardActor, opts).remote(
-                    domain, shard, slot, copies, namespace, 1, _shard_settings(cfg, domain))
+                    domain, shard, slot, copies, namespace, 1, shard_settings(cfg, domain))
                 pings.append(actor.ping.remote())
     _ray.get(pings, timeout=_START_TIMEOUT_S, what="starting the memory system")
 
@@ -193,25 +191,32 @@ def shutdown(namespace: str = "erlmcp", *, purge: bool = False) -> None:
     release_shared(namespace)
     try:
         coordinator = _ray.get_actor(COORDINATOR, namespace)
-        cfg = MemoryConfig.load(_ray.get(coordinator.get_config.remote(), timeout=30, what="coordinator"))
+        user_cfg = MemoryConfig.load(_ray.get(coordinator.get_config.remote(), timeout=30, what="coordinator"))
+        layout = Layout.decode(_ray.get(coordinator.get_layout.remote(), timeout=30, what="coordinator"))
     except Exception:  # noqa: BLE001 - nothing (coherent) running: nothing to stop
         return
+    # Stopped first: no migration may start (or create copies) while the rest goes away.
+    _ray.kill_named(SELECTOR, namespace)
+    cfg = layout.config(user_cfg)
     try:  # the client registry and subscriptions it kept must not outlive this system
         _ray.get(coordinator.forget_state.remote(), timeout=30, what="coordinator forget_state")
     except Exception as exc:  # noqa: BLE001 - its KV key is per start(): a later start never reads it
         log.warning("the coordinator could not forget its state: %s", exc)
     _flush_durable_owners(cfg, namespace)
     for domain in cfg.domains:
-        copies = cfg.replication_factor_for(domain)
+        # A migration cut short may have left more copies than the layout says: stop those too.
+        copies = max(cfg.replication_factor_for(domain),
+                     user_cfg.with_backends({domain: Backend.REPLICATED}).replication_factor_for(domain))
         for shard in range(cfg.domain(domain).shards):
             for slot in range(copies):
-                _kill(shard_name(domain, shard, slot), namespace)
+                _ray.kill_named(shard_name(domain, shard, slot), namespace)
             if copies > 1:
                 try:
                     remove_placement_group(ray.util.get_placement_group(_pg_name(namespace, domain, shard)))
                 except Exception:  # noqa: BLE001
                     pass
-    _kill(COORDINATOR, namespace)
+    _ray.kill_named(COORDINATOR, namespace)
+    _ray.kv_del(history_key(namespace))
     if purge and cfg.durable.kind is not DurableKind.NONE:
         store = open_store(cfg.durable, namespace)
         store.purge()
@@ -243,10 +248,3 @@ def _flush_durable_owners(cfg: MemoryConfig, namespace: str) -> None:
         except Exception as exc:  # noqa: BLE001 - shut down anyway; say what may be lost
             log.warning("a durable flush before shutdown failed (write_behind changes of the last "
                         "flush interval may be lost): %s", exc)
-
-
-def _kill(name: str, namespace: str) -> None:
-    try:
-        ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-    except ValueError:
-        pass

@@ -25,10 +25,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from erlmcp_ray.client._transport import COORDINATOR, Copy
+from erlmcp_ray.client._transport import COORDINATOR, SELECTOR, Copy
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.invalidation import InvalidationLog
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
+from erlmcp_ray.core.layout import Layout
 from erlmcp_ray.core.wire import PollAnswer
 from erlmcp_ray.errors import ErlmcpRayError, RemoteError, UnavailableError
 
@@ -179,6 +180,8 @@ class FakeTransport:
             self.before_call(target, method, args)
         if target == COORDINATOR:
             value = self._coordinator(method, args)
+        elif target == SELECTOR:
+            value = self._selector(method)
         else:
             value = self._shard(target, method, args)
         if self.after_call is not None:
@@ -210,6 +213,17 @@ class FakeTransport:
                 return getattr(copy, method)(*args)
             raise RemoteError(f"the fake transport has no shard method {method!r}")
 
+    def _selector(self, method: str) -> Any:
+        """In-process shards never migrate: the report says what the config says."""
+        if method != "strategies":
+            raise RemoteError(f"the fake transport runs no persistence selector (asked {method!r})")
+        cfg = self.config
+        return {"auto_select": False, "generation": 0, "domains": {
+            name: {"backend": cfg.backend_for(name).value, "copies": cfg.replication_factor_for(name),
+                   "selected_by": "config" if d.backend is not None else "persistence_selector",
+                   "durable": cfg.durable_mode_for(name).value, "migrations": []}
+            for name, d in cfg.domains.items()}}
+
     def _coordinator(self, method: str, args: tuple) -> Any:
         with self._lock:
             if COORDINATOR in self._down:
@@ -218,6 +232,8 @@ class FakeTransport:
             log = self.log
             if method == "get_config":
                 return self.config.to_dict()
+            if method == "get_layout":
+                return Layout().encode()  # in-process shards never migrate
             if method == "register_client":
                 return log.register(*args)
             if method == "unregister_client":

@@ -28,6 +28,8 @@ from ray.experimental import internal_kv
 from erlmcp_ray import _ray
 from erlmcp_ray.core.entry import CacheInvalidated, MemoryUpdate
 from erlmcp_ray.core.invalidation import RELAXED, WRITE, InvalidationLog
+from erlmcp_ray.core.layout import Layout, layout_key
+from erlmcp_ray.core.wire import PollAnswer
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,11 @@ __all__ = ["MAX_POLL_TIMEOUT_S", "CoordinatorActor"]
 #: actor's max_concurrency, and a client that vanished mid-poll must let go of it.
 MAX_POLL_TIMEOUT_S = 60.0
 _DEFAULT_LEASE_MS = 10_000
+
+
+def _read_layout(key: bytes) -> Layout:
+    raw = internal_kv._internal_kv_get(key) if internal_kv._internal_kv_initialized() else None
+    return Layout.decode(raw)
 
 
 def _incarnation_epoch(epoch: int | None) -> int:
@@ -72,6 +79,10 @@ class CoordinatorActor:
         self._kv_key = f"erlmcp:{namespace}:{system_id}:coordinator".encode()
         self._forgotten = False
         self._restore()
+        # What the persistence selector chose (start() and the selector keep it in Ray's KV store);
+        # its generation rides on every poll answer, so clients learn of a migration at once.
+        self._layout_key = layout_key(namespace)
+        self._layout = _read_layout(self._layout_key)
 
     # ------------------------------------------------------------------ writes
     async def publish(self, items: list) -> int:
@@ -181,17 +192,18 @@ class CoordinatorActor:
         if domains is None and not self._log.knows(client_id):
             # A client we forgot (its lease lapsed) or never met (we restarted): it may have
             # missed messages, so it gets a gap, drops its caches and registers again.
-            return (self._log.epoch, self._log.last_seq, True, [])
+            return PollAnswer(self._log.epoch, self._log.last_seq, True, [], self._layout.generation)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s(timeout_s)
+        generation = self._layout.generation
         self._waiting += 1
         try:
             while True:
                 result = self._log.poll(client_id, since_seq, domains, value_domains)
                 self._ack_changed()
                 remaining = deadline - loop.time()
-                if result.messages or result.gap or remaining <= 0:
-                    return result.to_tuple()
+                if result.messages or result.gap or remaining <= 0 or generation != self._layout.generation:
+                    return result.to_tuple()._replace(layout=self._layout.generation)
                 # What was scanned held nothing for this client; don't rescan it on every wake.
                 since_seq = result.last_seq
                 # From here on use what the client registered: a subscribe() made while this
@@ -286,9 +298,23 @@ class CoordinatorActor:
             self._kinds[sid] = kind
 
     async def forget_state(self) -> None:
-        """Delete what ``_persist`` kept, for good (shutdown calls it)."""
+        """Delete what ``_persist`` kept, and the layout, for good (shutdown calls it)."""
         self._forgotten = True
         internal_kv._internal_kv_del(self._kv_key)
+        internal_kv._internal_kv_del(self._layout_key)
+
+    # ------------------------------------------------------------------ layout
+    async def get_layout(self) -> bytes:
+        """The running layout (``core.layout.Layout``, encoded)."""
+        return self._layout.encode()
+
+    async def layout_changed(self) -> int:
+        """The selector wrote a new layout to the KV store: take it, and answer every waiting poll
+        (each carries the new generation). Returns it."""
+        self._layout = _read_layout(self._layout_key)
+        event, self._published = self._published, asyncio.Event()
+        event.set()
+        return self._layout.generation
 
     # ------------------------------------------------------------------ inspection
     async def get_config(self) -> dict:

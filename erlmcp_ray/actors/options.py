@@ -13,9 +13,14 @@ from typing import Any
 
 import ray
 
-__all__ = ["COORDINATOR", "actor_class", "coordinator_options", "shard_name", "shard_options"]
+from erlmcp_ray.config import MemoryConfig
+from erlmcp_ray.core.shard_copy import ShardSettings
+
+__all__ = ["COORDINATOR", "SELECTOR", "actor_class", "coordinator_options", "selector_options", "shard_name",
+           "shard_options", "shard_settings"]
 
 COORDINATOR = "erlmcp:coordinator"
+SELECTOR = "erlmcp:selector"
 #: Resources each shard copy reserves in its placement-group bundle. A bundle may
 #: not be empty; a little "memory" fits every node, including a head with no CPUs.
 SHARD_BUNDLE = {"memory": 1024 * 1024}
@@ -54,6 +59,42 @@ def coordinator_options(namespace: str) -> dict:
         "max_restarts": -1,
         "max_task_retries": 0,
     }
+
+
+def selector_options(namespace: str) -> dict:
+    return {
+        "name": SELECTOR,
+        "namespace": namespace,
+        "lifetime": "detached",
+        "num_cpus": 0,
+        # Its evaluation thread runs migrations that take seconds; strategies() and an operator's
+        # auto_select() must still answer meanwhile.
+        "max_concurrency": 4,
+        "max_restarts": -1,
+        "max_task_retries": 0,
+    }
+
+
+def shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
+    """How the shard copies of ``domain`` behave under ``config`` (the running one: the persistence
+    selector's choice applied)."""
+    dcfg = config.domain(domain)
+    staleness = dcfg.staleness_ms
+    return ShardSettings(
+        domain_config=dcfg.model_dump(mode="json"),
+        # An evictable domain's shards share its max_bytes: each evicts past its part.
+        max_bytes=dcfg.max_bytes // dcfg.shards,
+        max_entries=None if dcfg.max_entries is None else max(1, dcfg.max_entries // dcfg.shards),
+        staleness_ms=staleness,
+        # Heartbeats keep a replica's staleness bound fresh; a quarter of the window
+        # leaves room for a late one and the transit time.
+        heartbeat_ms=min(250.0, max(10.0, staleness / 4)),
+        sync_timeout_s=min(5.0, config.client.call_timeout_s),
+        durable_mode=config.durable_mode_for(domain).value,
+        store=config.durable.model_dump(mode="json"),
+        flush_s=config.durable.flush_ms / 1000.0,
+        max_backlog=config.durable.max_backlog,
+    )
 
 
 def actor_class(cls: type, options: dict) -> Any:

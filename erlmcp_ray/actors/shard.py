@@ -26,6 +26,7 @@ import gc
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 import psutil
@@ -34,6 +35,7 @@ import ray
 from erlmcp_ray import _ray
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
 from erlmcp_ray.config import DurableConfig
+from erlmcp_ray.core.layout import Layout, layout_key
 from erlmcp_ray.core.pressure import AllowGrowth, CollectGarbage, RefuseGrowth, Warn
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
 from erlmcp_ray.core.wire import Progress, ReadAnswer, WriteAnswer, WriteOp
@@ -46,6 +48,11 @@ log = logging.getLogger(__name__)
 class ShardActor:
     def __init__(self, domain: str, shard: int, slot: int, copies: int, namespace: str, epoch: int,
                  settings: ShardSettings) -> None:
+        # Ray reruns this constructor with the arguments of the first start: if the persistence
+        # selector has moved the domain since, its copies and durable mode are the layout's.
+        shape = Layout.decode(_ray.kv_get(layout_key(namespace))).shape.get(domain)
+        if shape is not None:
+            copies, settings = shape[0], replace(settings, durable_mode=shape[1])
         self.domain, self.shard, self.slot, self.copies = domain, shard, slot, copies
         self.namespace = namespace
         self._settings = settings
@@ -142,6 +149,40 @@ class ShardActor:
             self._wake.set()
         return answer
 
+    def set_layout(self, copies: int, durable_mode: str) -> dict:
+        """The persistence selector migrates this domain (owner only): replicate to ``copies - 1``
+        replicas from now on, and use the durable tier as ``durable_mode`` says. Turning it on
+        writes the whole shard to the store (and deletes what an earlier stint on it left there)
+        before returning; turning it off flushes what was pending first. Reads and writes are
+        served throughout. Returns how many records went to the store."""
+        self._ready()
+        with self._lock:
+            self._copy.set_copies(copies)
+            self.copies = copies
+            for slot in [s for s in self._peers if s >= copies]:
+                self._peers.pop(slot)
+        written = 0
+        mode = self._settings.durable_mode
+        if durable_mode != mode:
+            if durable_mode == "off":
+                written = self.flush_durable()
+                self._settings = replace(self._settings, durable_mode="off")
+                with self._lock:
+                    self._copy.state.dirty = None  # no longer tracked
+                store, self._store = self._store, None
+                if store is not None:
+                    store.close()
+            else:
+                store = self._store or open_store(DurableConfig(**self._settings.store), self.namespace)
+                stale = set(store.load_shard(self.domain, self.shard).records)
+                with self._lock:  # tracked from here on; the first flush writes all of it
+                    self._copy.state.dirty = stale | set(self._copy.state.stored_keys())
+                self._store = store
+                self._settings = replace(self._settings, durable_mode=durable_mode)
+                written = self.flush_durable()
+        self._wake.set()
+        return {"copies": copies, "durable_mode": durable_mode, "written": written}
+
     def _check_backlog(self) -> None:
         """write_behind with the store failing: past ``max_backlog`` held changes, refuse writes (the
         client retries them) rather than hold an ever larger window of loss."""
@@ -229,12 +270,11 @@ class ShardActor:
         heartbeat_s = self._settings.heartbeat_ms / 1000.0
         linger_s = self._settings.linger_ms / 1000.0
         lazy_s = self._settings.strong_publish_delay_ms / 1000.0
-        tick = min(heartbeat_s, lazy_s)
-        if self._store is not None:
-            tick = min(tick, self._settings.flush_s)
         last_round = last_flush = 0.0
         flush_pause = self._settings.flush_s
         while not self._stopping.is_set():
+            # The store can come and go (set_layout): the tick follows it.
+            tick = min(heartbeat_s, lazy_s, self._settings.flush_s if self._store is not None else heartbeat_s)
             woke = self._wake.wait(timeout=tick)
             if woke and linger_s:
                 # Woken by a write: linger a moment so the writes right behind it share

@@ -11,6 +11,7 @@ Each part owns its state and its lock, and does one job; the facade owns them al
     _group_commit.py  GroupCommit: concurrent strong writes to one shard share a round trip
     _coherence.py     Coherence: the coordinator long poll, trust window, subscriptions
     _coordinator.py   CacheCoordinator (``client.coordinator``) and InvalidationResult
+    _selector.py      Selector (``client.selector``): the persistence selector's switch and report
     _transport.py     Transport protocol, RayTransport (the only Ray calls), Retry (the one policy)
     _stats.py         thread-safe counters and latency samples
 
@@ -26,6 +27,7 @@ from erlmcp_ray.client._coordinator import CacheCoordinator, InvalidationResult
 from erlmcp_ray.client._facade import MemoryClient
 from erlmcp_ray.client._transport import COORDINATOR, Copy, RayTransport, Retry, Transport
 from erlmcp_ray.config import MemoryConfig
+from erlmcp_ray.core.layout import Layout
 from erlmcp_ray.core.entry import Subscription
 
 __all__ = [
@@ -41,7 +43,8 @@ def connect_client(namespace: str, *, transport: Transport | None = None, poll_h
     """A new client of the system running in ``namespace`` (its config read from the coordinator)."""
     transport = transport or RayTransport(namespace)
     config = MemoryConfig.load(transport.call(COORDINATOR, "get_config", timeout=30.0))
-    return MemoryClient(namespace, config, transport=transport, poll_hook=poll_hook)
+    layout = Layout.decode(transport.call(COORDINATOR, "get_layout", timeout=30.0))
+    return MemoryClient(namespace, config, transport=transport, poll_hook=poll_hook, layout=layout)
 
 
 def _attach(namespace: str) -> MemoryClient:

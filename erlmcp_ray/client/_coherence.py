@@ -34,8 +34,12 @@ log = logging.getLogger("erlmcp_ray.client")
 class Coherence:
     def __init__(self, *, transport: Transport, settings: ClientSettings, cache: LocalCache, counters: Counters,
                  client_id: str, domains: list[str], poll_hook: Callable[[list], list] | None = None,
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
+                 layout: int = 0, on_layout: Callable[[int], None] | None = None) -> None:
+        """``layout``: the generation of the layout the client routes by; ``on_layout(generation)``
+        is called (on this part's thread) when a poll announces another one."""
         self._transport, self._settings, self._cache = transport, settings, cache
+        self.layout, self._on_layout = layout, on_layout
         self._counters, self._client_id, self._domains = counters, client_id, list(domains)
         self._poll_hook = poll_hook
         self._rng = rng or random.Random()
@@ -94,7 +98,13 @@ class Coherence:
                 self._transport.forget(COORDINATOR)
                 continue
             backoff = 0.05
-            epoch, last, gap, messages = answer
+            epoch, last, gap, messages, layout = answer
+            if layout != self.layout and self._on_layout is not None:
+                try:
+                    self._on_layout(layout)
+                    self.layout = layout
+                except ErlmcpRayError as exc:  # asked again after the next poll
+                    log.warning("refreshing the layout (generation %s) failed: %s", layout, exc)
             if gap or epoch != self.epoch:
                 self._counters.add("gaps")
                 self._cache.drop_domains()

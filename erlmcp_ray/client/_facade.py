@@ -26,14 +26,16 @@ from erlmcp_ray.client._direct import DirectWrites
 from erlmcp_ray.client._group_commit import GroupCommit
 from erlmcp_ray.client._inspect import Inspector
 from erlmcp_ray.client._reads import OwnWrites, ReadPath
+from erlmcp_ray.client._selector import Selector
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute, domain_routes
 from erlmcp_ray.client._stats import Counters, Latencies
-from erlmcp_ray.client._transport import RayTransport, Retry, Transport
+from erlmcp_ray.client._transport import COORDINATOR, RayTransport, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
 from erlmcp_ray.core import record as R
 from erlmcp_ray.core.codec import decode_value, encode_value
 from erlmcp_ray.core.entry import Entry, Subscription, Version
+from erlmcp_ray.core.layout import Layout
 from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.core.wire import write_op
 from erlmcp_ray.errors import (
@@ -55,7 +57,8 @@ class MemoryClient:
     """Shared memory for agents; safe to share between threads; picklable into tasks and actors."""
 
     def __init__(self, namespace: str, config: MemoryConfig, *, transport: Transport | None = None,
-                 poll_hook: Callable[[list], list] | None = None, settings: ClientSettings | None = None) -> None:
+                 poll_hook: Callable[[list], list] | None = None, settings: ClientSettings | None = None,
+                 layout: Layout | None = None) -> None:
         """Use ``erlmcp_ray.connect()`` or ``system.client()`` rather than this.
 
         ``transport``: how to reach the system's actors (default: Ray's; tests pass
@@ -70,7 +73,10 @@ class MemoryClient:
         self._transport = transport or RayTransport(namespace)
         self._retry = Retry(s.call_timeout_s)
         self._timeout = s.call_timeout_s
-        self._routes: dict[str, DomainRoute] = domain_routes(config)
+        self._layout = layout or Layout()
+        # Routed by the running layout (what the persistence selector chose); a new one replaces
+        # entries of this dict in place, and every part looks routes up in it per call.
+        self._routes: dict[str, DomainRoute] = domain_routes(self._layout.config(config))
         self._default: Consistency | None = None
         self._closed = False
         self._seqs = itertools.count(1)  # request seqs: next() is atomic
@@ -92,16 +98,29 @@ class MemoryClient:
         self._group = GroupCommit(self._direct.strong_round, timeout_s=s.call_timeout_s)
         self._coherence = Coherence(transport=self._transport, settings=s, cache=self._cache,
                                     counters=self._counters, client_id=self.client_id, domains=list(self._routes),
-                                    poll_hook=poll_hook)
+                                    poll_hook=poll_hook, layout=self._layout.generation,
+                                    on_layout=self._refresh_layout)
         self.coordinator = CacheCoordinator(
             domain=self._domain, routes=self._routes, cache=self._cache, transport=self._transport,
             retry=self._retry, write_behind=self._wb, coherence=self._coherence, settings=s,
             client_id=self.client_id, next_seq=self._next_seq, check_open=self._check_open)
         """The cache coordination protocols (spec ``erlmcp_cache_coordinator``)."""
+        self.selector = Selector(transport=self._transport, domains=lambda: list(self._routes),
+                                 timeout_s=s.call_timeout_s, check_open=self._check_open)
+        """The persistence selector of the running system (spec ``auto_select``)."""
         self._inspector = Inspector(transport=self._transport, routes=self._routes, config=config,
                                     domain=self._domain, check_open=self._check_open, timeout_s=s.call_timeout_s)
         self._wb.start()
         self._coherence.start()
+
+    def _refresh_layout(self, generation: int) -> None:
+        """The persistence selector moved a domain: route by the layout as it is now."""
+        layout = Layout.decode(self._transport.call(COORDINATOR, "get_layout", timeout=self._timeout))
+        if layout.generation < self._layout.generation:
+            return
+        self._layout = layout
+        self._routes.update(domain_routes(layout.config(self.config)))
+        self._counters.add("layout_changes")
 
     # ------------------------------------------------------------- pickling
     def __reduce__(self) -> tuple:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from erlmcp_ray.client._settings import DomainRoute
-from erlmcp_ray.client._transport import Copy, Transport
+from erlmcp_ray.client._transport import SELECTOR, Copy, Transport
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.pressure import level_for
 
@@ -60,7 +60,14 @@ class Inspector:
             "refused_writes": sum(o["refused_writes"] for o in owners),
             # the domain is as pressed as its most pressed shard
             "pressure": _worst([(o["pressure"] or {}).get("level", "low") for o in owners]),
+            **self._persistence(domain),
         }
+
+    def _persistence(self, domain: str) -> dict[str, Any]:
+        """The domain's backend as running, who chose it, and the persistence selector's migrations."""
+        report = self._transport.call(SELECTOR, "strategies", timeout=self._timeout)["domains"][domain]
+        return {"backend": report["backend"], "backend_selected_by": report["selected_by"],
+                "durable": report["durable"], "migrations": report["migrations"]}
 
     def _all_copies(self, method: str) -> list[dict]:
         return self._gather([Copy(d.name, shard, slot) for d in self._routes.values()

@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 from erlmcp_ray.errors import OperationTimeoutError, UnavailableError
 
-__all__ = ["COORDINATOR", "Copy", "RayTransport", "Retry", "Transport"]
+__all__ = ["COORDINATOR", "SELECTOR", "Copy", "RayTransport", "Retry", "Transport"]
 
 
 class Copy(NamedTuple):
@@ -36,6 +36,8 @@ class Copy(NamedTuple):
 
 #: The coordinator as a target.
 COORDINATOR = "coordinator"
+#: The selector (the persistence selector's actor) as a target.
+SELECTOR = "selector"
 
 
 class Transport(Protocol):
@@ -101,11 +103,12 @@ class RayTransport:
     def __init__(self, namespace: str) -> None:
         from erlmcp_ray import _ray
         from erlmcp_ray.actors.options import COORDINATOR as COORDINATOR_NAME
+        from erlmcp_ray.actors.options import SELECTOR as SELECTOR_NAME
         from erlmcp_ray.actors.options import shard_name
 
         self._ray = _ray
         self.namespace = namespace
-        self._names = {COORDINATOR: COORDINATOR_NAME}
+        self._names = {COORDINATOR: COORDINATOR_NAME, SELECTOR: SELECTOR_NAME}
         self._shard_name = shard_name
         self._handles: dict[Any, Any] = {}
         self._lock = threading.Lock()  # guards the dict only; lookups happen outside it
@@ -113,7 +116,7 @@ class RayTransport:
     def _handle(self, target: Any) -> Any:
         h = self._handles.get(target)
         if h is None:
-            name = self._names[target] if target == COORDINATOR else self._shard_name(*target)
+            name = self._names[target] if type(target) is str else self._shard_name(*target)
             h = self._ray.get_actor(name, self.namespace)
             with self._lock:
                 self._handles[target] = h
@@ -152,4 +155,6 @@ class RayTransport:
 
 
 def _what(target: Any) -> str:
-    return "the coordinator" if target == COORDINATOR else f"{target[0]} shard {target[1]} slot {target[2]}"
+    if type(target) is str:
+        return f"the {target}"
+    return f"{target[0]} shard {target[1]} slot {target[2]}"

@@ -96,3 +96,4 @@ class PollAnswer(NamedTuple):
     last_seq: int
     gap: bool
     messages: list  # [PollMessage]
+    layout: int = 0  # the running layout's generation (core.layout): a new one means refetch it

@@ -75,7 +75,7 @@ def test_a_poll_with_nothing_new_waits_for_its_timeout_and_answers_empty(coord):
     start = time.monotonic()
     answer = ray.get(coord.poll.remote("c1", 0, ["cache"], [], 0.5), timeout=T)
     elapsed = time.monotonic() - start
-    assert answer == (epoch, 0, False, [])
+    assert answer == (epoch, 0, False, [], 0)  # 0: no layout change (the selector's)
     assert 0.4 <= elapsed < 3  # jitter shortens the wait by at most 10 %
 
 
@@ -84,7 +84,7 @@ def test_a_waiting_poll_returns_on_publish(coord):
     waiting_polls(coord, 1)
     start = time.monotonic()
     assert ray.get(coord.publish.remote([("cache", "k", rec("v", hlc=9))]), timeout=T) == 1
-    epoch, last, gap, messages = ray.get(ref, timeout=T)
+    epoch, last, gap, messages, _layout = ray.get(ref, timeout=T)
     assert time.monotonic() - start < 2  # woken, not timed out
     assert (last, gap) == (1, False) and messages == [(1, "cache", "k", 9, False, rec("v", hlc=9), "write")]
 
@@ -95,7 +95,7 @@ def test_publishes_to_other_domains_do_not_end_the_wait(coord):
     ray.get(coord.publish.remote([("session", "k", rec(1))]), timeout=T)
     ready, _ = ray.wait([ref], timeout=0.3)
     assert not ready
-    assert ray.get(ref, timeout=T)[1:] == (1, False, [])  # the skipped message is covered
+    assert ray.get(ref, timeout=T)[1:4] == (1, False, [])  # the skipped message is covered
 
 
 def test_fifty_waiting_polls_all_wake_on_one_publish(coord):
@@ -133,7 +133,7 @@ def test_a_restart_brings_a_new_epoch_and_old_positions_gap(epoch):
         ray.kill(handle, no_restart=False)
         second = _ping_until_changed(handle, first)
         assert second > first
-        epoch, last, gap, messages = ray.get(handle.poll.remote("c1", 3, ["cache"], [], 0.1), timeout=T)
+        epoch, last, gap, messages, _layout = ray.get(handle.poll.remote("c1", 3, ["cache"], [], 0.1), timeout=T)
         assert (epoch, last, gap, messages) == (second, 0, True, [])
     finally:
         ray.kill(handle)
@@ -187,8 +187,31 @@ def test_a_dead_subscriber_is_dropped(coord):
 
 def test_a_client_the_coordinator_does_not_know_gets_a_gap(coord):
     last = ray.get(coord.stats.remote(), timeout=T)["last_seq"]
-    epoch, _, gap, messages = ray.get(coord.poll.remote("never-registered", last, None, None, 0.2), timeout=T)
+    epoch, _, gap, messages, _layout = ray.get(coord.poll.remote("never-registered", last, None, None, 0.2), timeout=T)
     assert gap and messages == []
     ray.get(coord.register_client.remote("now-registered", ["shared"], []), timeout=T)
-    _, _, gap, _ = ray.get(coord.poll.remote("now-registered", last, None, None, 0.2), timeout=T)
+    _, _, gap, _, _ = ray.get(coord.poll.remote("now-registered", last, None, None, 0.2), timeout=T)
     assert not gap
+
+
+def test_a_new_layout_answers_every_waiting_poll_with_its_generation(coord):
+    """The persistence selector writes the layout to the KV store and tells the coordinator; a
+    client's long poll returns at once carrying the new generation (then it refetches the layout)."""
+    from ray.experimental import internal_kv
+
+    from erlmcp_ray.config import Backend
+    from erlmcp_ray.core.layout import Layout, layout_key
+
+    ray.get(coord.register_client.remote("c1", ["cache"], []), timeout=T)
+    ref = coord.poll.remote("c1", 0, None, None, 30.0)
+    waiting_polls(coord, 1)
+    layout = Layout(3, {"notes": Backend.DISK}, {"notes": (1, "write_through")})
+    internal_kv._internal_kv_put(layout_key(NS), layout.encode(), overwrite=True)
+    try:
+        start = time.monotonic()
+        assert ray.get(coord.layout_changed.remote(), timeout=T) == 3
+        answer = ray.get(ref, timeout=T)
+        assert time.monotonic() - start < 5 and answer[4] == 3 and answer[3] == []
+        assert Layout.decode(ray.get(coord.get_layout.remote(), timeout=T)) == layout
+    finally:
+        internal_kv._internal_kv_del(layout_key(NS))

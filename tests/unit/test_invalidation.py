@@ -52,7 +52,7 @@ def test_message_fields_are_read_from_the_record(log):
         (2, "cache", "a", 12, True, tomb, "write"),
         (3, "cache", "b", 0, False, None, "invalidate"),  # explicit invalidation: unconditional
     ]
-    assert res.to_tuple() == (42, 3, False, res.messages)
+    assert res.to_tuple() == (42, 3, False, res.messages, 0)  # 0: the layout generation, set by the actor
 
 
 def test_only_the_clients_domains_and_values_only_where_asked(log):

@@ -1,0 +1,260 @@
+"""The selector actor (``erlmcp:selector``): the persistence selector at work on a running system.
+
+Every ``persistence_selector.evaluation_interval`` (while ``auto_select`` is on) it measures each
+domain whose backend the user did not set — bytes its owners hold, reads and writes its copies
+served — and asks ``core.auto_select.AutoSelector`` which of them should move. A migration is
+live, shard by shard, and each step keeps every acknowledged write and serves reads throughout:
+
+- more copies (to ``replicated``): the new replicas are created (on other nodes than the owner
+  where there are any), the layout is written where restarted copies read it, each owner starts
+  replicating to them (a snapshot first), and once they hold the shard the coordinator tells the
+  clients, which then route strong writes and replica reads to them;
+- a durable mode turned on (to ``disk``, or ``replicated`` with durability high): each owner writes
+  its whole shard to the durable store before its ``set_layout`` returns, and writes through from
+  then on; turned off: it flushes what was pending, then stops;
+- fewer copies: the clients are told first; after a grace period (two of their poll intervals)
+  the owners stop replicating and the extra replicas are stopped (a client that still reads one
+  gets an answer no staler than its consistency allows, or falls back to the owner).
+
+A domain whose backend is in the config is never touched. Every migration is logged and kept
+(the last 100) for ``current_strategies`` and ``get_domain_stats``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+from erlmcp_ray import _ray
+from erlmcp_ray.actors.options import COORDINATOR, actor_class, shard_name, shard_options, shard_settings
+from erlmcp_ray.actors.shard import ShardActor
+from erlmcp_ray.config import Backend, DurableKind, MemoryConfig
+from erlmcp_ray.core.auto_select import AutoSelector, DomainObservation, Migrate
+from erlmcp_ray.core.layout import LAYOUT_BLOB, Layout, layout_key
+from erlmcp_ray.errors import ConfigError, InvalidValueError, UnknownDomainError
+from erlmcp_ray.storage import open_store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SelectorActor", "history_key"]
+
+_HISTORY = 100
+_CALL_S = 60.0
+
+
+def history_key(namespace: str) -> bytes:
+    return f"erlmcp:{namespace}:selector_history".encode()
+
+
+class SelectorActor:
+    def __init__(self, config: dict, namespace: str) -> None:
+        self._cfg = MemoryConfig.load(config)
+        self.namespace = namespace
+        self._lock = threading.Lock()  # one evaluation or migration at a time
+        # start() wrote the layout before creating this actor; a restarted selector reads it too.
+        self._layout = Layout.decode(_ray.kv_get(layout_key(namespace))).for_config(self._cfg)
+        running = self._layout.config(self._cfg)
+        auto = self._cfg.auto_domains()
+        self._auto = AutoSelector({d: running.backend_for(d) for d in auto},
+                                  {d: self._cfg.domain(d).durability_requirement for d in auto},
+                                  durable_tier=self._cfg.durable.kind is not DurableKind.NONE)
+        self._enabled = self._cfg.auto_select
+        raw = _ray.kv_get(history_key(namespace))
+        self._history: list[dict] = json.loads(raw) if raw else []
+        self._last_evaluation: float | None = None
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        threading.Thread(target=self._loop, name="erlmcp-selector", daemon=True).start()
+
+    # ------------------------------------------------------------ operator calls
+    def set_enabled(self, enabled: bool) -> bool:
+        """Turn periodic evaluation on or off (the spec's ``auto_select(Enabled)``); the old value."""
+        old, self._enabled = self._enabled, bool(enabled)
+        self._wake.set()
+        return old
+
+    def strategies(self) -> dict:
+        """Every domain's backend, whether the selector manages it, and what it last found."""
+        running = self._layout.config(self._cfg)
+        domains = {}
+        for name in self._cfg.domains:
+            auto = self._cfg.domain(name).backend is None
+            domains[name] = {
+                "backend": running.backend_for(name).value,
+                "selected_by": "persistence_selector" if auto else "config",
+                "copies": running.replication_factor_for(name),
+                "durable": running.durable_mode_for(name).value,
+                "durability_requirement": self._cfg.domain(name).durability_requirement.value if auto else None,
+                "last_evaluation": _jsonable(self._auto.last_evaluation(name)) if auto else None,
+                "migrations": [m for m in self._history if m["domain"] == name],
+            }
+        return {"auto_select": self._enabled, "generation": self._layout.generation,
+                "evaluation_interval_ms": self._cfg.persistence_selector.evaluation_interval,
+                "last_evaluation_at": self._last_evaluation, "domains": domains}
+
+    def evaluate(self) -> list[dict]:
+        """Evaluate now (whether or not auto_select is on) and carry out what it calls for."""
+        with self._lock:
+            return self._evaluate()
+
+    def migrate(self, domain: str, backend: str) -> dict:
+        """Move ``domain`` to ``backend`` now (an operator's decision; the domain must set no backend)."""
+        if domain not in self._cfg.domains:
+            raise UnknownDomainError(domain, known=tuple(self._cfg.domains))
+        try:
+            target = Backend(backend)
+        except ValueError:
+            raise InvalidValueError(f"backend must be one of memory, disk, replicated; got {backend!r}",
+                                    where="backend") from None
+        if self._cfg.domain(domain).backend is not None:
+            raise ConfigError(f"domain {domain!r} sets backend {self._cfg.domain(domain).backend.value!r} in its "
+                              f"config: the persistence selector never migrates it")
+        if target is Backend.DISK and self._cfg.durable.kind is DurableKind.NONE:
+            raise ConfigError("backend disk needs a durable tier, but durable.kind is 'none'")
+        with self._lock:
+            current = self._auto.current[domain]
+            if current is target:
+                return {"domain": domain, "from": current.value, "to": target.value, "changed": False}
+            return self._migrate(Migrate(domain, current, target, "asked by an operator", -1.0, -1))
+
+    def ping(self) -> int:
+        return self._layout.generation
+
+    # ------------------------------------------------------------ evaluation
+    def _loop(self) -> None:
+        interval_s = self._cfg.persistence_selector.evaluation_interval / 1000.0
+        while not self._stop.is_set():
+            self._wake.wait(timeout=interval_s)
+            if self._wake.is_set():
+                self._wake.clear()  # woken by set_enabled: start a fresh interval
+                continue
+            if not self._enabled or not self._auto.current:
+                continue
+            try:
+                with self._lock:
+                    self._evaluate()
+            except Exception:
+                log.exception("persistence selector: evaluation failed (next one in %.0f s)", interval_s)
+
+    def _evaluate(self) -> list[dict]:
+        self._last_evaluation = time.time()
+        if not self._auto.current:
+            return []
+        alive = len(_ray.alive_nodes())
+        topology = "multi_node" if alive > 1 else "single_node"
+        decisions = self._auto.evaluate([self._observe(d) for d in self._auto.current], topology)
+        return [self._migrate(m) for m in decisions]
+
+    def _observe(self, domain: str) -> DomainObservation:
+        running = self._layout.config(self._cfg)
+        copies, shards = running.replication_factor_for(domain), running.domain(domain).shards
+        refs = [_ray.get_actor(shard_name(domain, shard, slot), self.namespace).stats.remote()
+                for shard in range(shards) for slot in range(copies)]
+        stats = _ray.get(refs, timeout=_CALL_S, what=f"stats of {domain}")
+        owners = [s for s in stats if s["slot"] == 0]
+        return DomainObservation(domain, sum(s["bytes"] for s in owners), sum(s["reads"] for s in stats),
+                                 sum(s["writes"] for s in owners))
+
+    # ------------------------------------------------------------ migration
+    def _migrate(self, m: Migrate) -> dict:
+        started = time.time()
+        before = self._layout.config(self._cfg)
+        layout = self._layout.with_choice(self._cfg, m.domain, m.target)
+        after = layout.config(self._cfg)
+        old_copies, new_copies = before.replication_factor_for(m.domain), after.replication_factor_for(m.domain)
+        mode = after.durable_mode_for(m.domain).value
+        shards = range(self._cfg.domain(m.domain).shards)
+        record = {"domain": m.domain, "from": m.current.value, "to": m.target.value, "reason": m.reason,
+                  "read_ratio": m.read_ratio if m.read_ratio >= 0 else None,
+                  "data_bytes": m.data_bytes if m.data_bytes >= 0 else None, "started_at": started,
+                  "copies": [old_copies, new_copies], "durable": mode, "changed": True}
+        log.warning("persistence selector: migrating %s from %s to %s (%s)", m.domain, m.current.value,
+                    m.target.value, m.reason)
+        try:
+            owners = [_ray.get_actor(shard_name(m.domain, s, 0), self.namespace) for s in shards]
+            if new_copies > old_copies:
+                self._add_copies(m.domain, shards, old_copies, new_copies, after)
+            self._save(layout)  # a copy Ray restarts from here on comes back in the new shape
+            shaped = _ray.get([o.set_layout.remote(max(old_copies, new_copies), mode) for o in owners],
+                              timeout=_CALL_S * 5, what=f"set_layout of {m.domain}")
+            record["written_to_store"] = sum(s["written"] for s in shaped)
+            if new_copies > old_copies:
+                self._wait_in_sync(m.domain, owners, new_copies)
+            self._announce()
+            if new_copies < old_copies:
+                # Clients route by the new layout once they polled; give them two poll intervals.
+                time.sleep(2 * self._cfg.client.poll_timeout_s + 0.5)
+                _ray.get([o.set_layout.remote(new_copies, mode) for o in owners], timeout=_CALL_S,
+                         what=f"set_layout of {m.domain}")
+                for shard in shards:
+                    for slot in range(new_copies, old_copies):
+                        _ray.kill_named(shard_name(m.domain, shard, slot), self.namespace)
+        except Exception as exc:
+            record.update(changed=False, error=f"{type(exc).__name__}: {exc}", seconds=time.time() - started)
+            log.error("persistence selector: migrating %s to %s failed: %s", m.domain, m.target.value, exc)
+            self._remember(record)
+            raise
+        self._auto.migrated(m.domain, m.target)
+        record["seconds"] = time.time() - started
+        log.warning("persistence selector: %s is on %s now (%.1f s)", m.domain, m.target.value, record["seconds"])
+        self._remember(record)
+        return record
+
+    def _add_copies(self, domain: str, shards: range, old: int, new: int, running: MemoryConfig) -> None:
+        """New replicas of each shard, each preferably on a node other than its owner's (soft: on one
+        node they share it); created empty, they take a snapshot from the owner's first sync."""
+        nodes = [n["NodeID"] for n in _ray.alive_nodes()]
+        settings = shard_settings(running, domain)
+        pings = []
+        for shard in shards:
+            owner_node = _ray.get(_ray.get_actor(shard_name(domain, shard, 0), self.namespace).stats.remote(),
+                                  timeout=_CALL_S, what=f"{domain}/{shard} owner")["node_id"]
+            others = [n for n in nodes if n != owner_node] or [owner_node]
+            for i, slot in enumerate(range(old, new)):
+                strategy = NodeAffinitySchedulingStrategy(others[(shard + i) % len(others)], soft=True)
+                opts = {**shard_options(self.namespace, domain, shard, slot, strategy), "get_if_exists": True}
+                actor = actor_class(ShardActor, opts).remote(domain, shard, slot, new, self.namespace, 1, settings)
+                pings.append(actor.ping.remote())
+        _ray.get(pings, timeout=_CALL_S * 2, what=f"new replicas of {domain}")
+
+    def _wait_in_sync(self, domain: str, owners: list, copies: int) -> None:
+        deadline = time.monotonic() + _CALL_S * 2
+        while True:
+            stats = _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
+            if all(len(s["replicas"]) == copies - 1 and
+                   all(r["acked_seq"] is not None and r["in_sync"] for r in s["replicas"].values()) for s in stats):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the new replicas of {domain} did not catch up with their owners in "
+                                   f"{_CALL_S * 2:.0f} s")
+            time.sleep(0.05)
+
+    def _save(self, layout: Layout) -> None:
+        if self._cfg.durable.kind is not DurableKind.NONE:
+            # Where start() looks after a full restart: a domain moved to disk comes back from disk.
+            store = open_store(self._cfg.durable, self.namespace)
+            try:
+                store.put_blob(LAYOUT_BLOB, layout.encode())
+            finally:
+                store.close()
+        _ray.kv_put(layout_key(self.namespace), layout.encode())
+        self._layout = layout
+
+    def _announce(self) -> None:
+        coordinator = _ray.get_actor(COORDINATOR, self.namespace)
+        _ray.get(coordinator.layout_changed.remote(), timeout=_CALL_S, what="announcing the layout")
+
+    def _remember(self, record: dict) -> None:
+        self._history = [*self._history, record][-_HISTORY:]
+        try:
+            _ray.kv_put(history_key(self.namespace), json.dumps(self._history).encode())
+        except Exception as exc:  # noqa: BLE001 - the log line above has it anyway
+            log.warning("could not keep the migration history: %s", exc)
+
+
+def _jsonable(d: dict) -> dict:
+    return {k: (v.value if isinstance(v, Backend) else v) for k, v in d.items()}
