@@ -10,8 +10,9 @@ live, shard by shard, and each step keeps every acknowledged write and serves re
   replicating to them (a snapshot first), and once they hold the shard the coordinator tells the
   clients, which then route strong writes and replica reads to them;
 - a durable mode turned on (to ``disk``, or ``replicated`` with durability high): each owner writes
-  its whole shard to the durable store before its ``set_layout`` returns, and writes through from
-  then on; turned off: it flushes what was pending, then stops;
+  through from its ``set_layout`` on, and its replication thread writes the rest of the shard to the
+  durable store in chunks (calls are served between them); the migration returns once the store
+  holds every shard; turned off: the owner flushes what was pending, then stops;
 - fewer copies: the clients are told first; after a grace period (two of their poll intervals)
   the owners stop replicating and the extra replicas are stopped (a client that still reads one
   gets an answer no staler than its consistency allows, or falls back to the owner).
@@ -44,6 +45,8 @@ __all__ = ["SelectorActor", "history_key"]
 
 _HISTORY = 100
 _CALL_S = 60.0
+#: how long owners may take to write their shards to the durable store (SQLite: ~100k records/s)
+_STORE_S = 600.0
 
 
 def history_key(namespace: str) -> bytes:
@@ -180,8 +183,10 @@ class SelectorActor:
                 self._add_copies(m.domain, shards, old_copies, new_copies, after)
             self._save(layout)  # a copy Ray restarts from here on comes back in the new shape
             shaped = _ray.get([o.set_layout.remote(max(old_copies, new_copies), mode) for o in owners],
-                              timeout=_CALL_S * 5, what=f"set_layout of {m.domain}")
-            record["written_to_store"] = sum(s["written"] for s in shaped)
+                              timeout=_CALL_S, what=f"set_layout of {m.domain}")
+            if mode != before.durable_mode_for(m.domain).value and mode != "off":
+                record["written_to_store"] = sum(s["pending"] for s in shaped)
+                self._wait_stored(m.domain, owners)
             if new_copies > old_copies:
                 self._wait_in_sync(m.domain, owners, new_copies)
             self._announce()
@@ -220,6 +225,22 @@ class SelectorActor:
                 actor = actor_class(ShardActor, opts).remote(domain, shard, slot, new, self.namespace, 1, settings)
                 pings.append(actor.ping.remote())
         _ray.get(pings, timeout=_CALL_S * 2, what=f"new replicas of {domain}")
+
+    def _wait_stored(self, domain: str, owners: list) -> None:
+        """Until every owner's store holds its whole shard (the owners write it in chunks, serving
+        calls meanwhile); a store that keeps failing fails the migration at the deadline."""
+        deadline = time.monotonic() + _STORE_S
+        while True:
+            stats = _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
+            if all(s["durable_pending"] == 0 for s in stats):
+                if any(s["durable_stale_rows_failed"] for s in stats):
+                    log.warning("%s: rows an earlier stint left in the store could not be read; a reload "
+                                "may bring back keys deleted since", domain)
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the owners of {domain} did not write their shards to the durable store in "
+                                   f"{_STORE_S:.0f} s ({sum(s['durable_pending'] for s in stats)} records pending)")
+            time.sleep(0.05)
 
     def _wait_in_sync(self, domain: str, owners: list, copies: int) -> None:
         deadline = time.monotonic() + _CALL_S * 2

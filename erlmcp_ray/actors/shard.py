@@ -44,6 +44,9 @@ from erlmcp_ray.storage import open_store
 
 log = logging.getLogger(__name__)
 
+#: records per store write when the replication thread flushes a backlog
+_FLUSH_CHUNK = 5000
+
 
 class ShardActor:
     def __init__(self, domain: str, shard: int, slot: int, copies: int, namespace: str, epoch: int,
@@ -68,6 +71,9 @@ class ShardActor:
         self._flush_lock = threading.Lock()  # store writes in the order their changes were taken
         self._open_lock = threading.Lock()
         self._store_failing = False  # the last flush failed: write_behind backlog is bounded
+        self._flushing = False  # a batch is on its way to the store
+        self._catching_up = False  # set_layout turned the store on: its old rows are being read
+        self._stale_failed = False
         # An owner of a durable domain serves nothing before it loaded its shard from the store.
         self._durable_ready = settings.durable_mode == "off"
         if _ray.was_restarted():
@@ -138,7 +144,9 @@ class ShardActor:
             self._act(effect)
         if self._store is not None and self._settings.durable_mode == "write_through":
             try:
-                self.flush_durable()
+                # This call's keys only: a backlog of other changes (a migration's first copy of the
+                # shard, expiries) goes from the replication thread and must not hold this write up.
+                self.flush_durable(keys=[op[0] for op in ops])
             except Exception:
                 with self._lock:  # not acknowledged: a retry with the same seq must write it again
                     self._copy.forget_answer(client_id, request_seq)
@@ -151,21 +159,22 @@ class ShardActor:
 
     def set_layout(self, copies: int, durable_mode: str) -> dict:
         """The persistence selector migrates this domain (owner only): replicate to ``copies - 1``
-        replicas from now on, and use the durable tier as ``durable_mode`` says. Turning it on
-        writes the whole shard to the store (and deletes what an earlier stint on it left there)
-        before returning; turning it off flushes what was pending first. Reads and writes are
-        served throughout. Returns how many records went to the store."""
+        replicas from now on, and use the durable tier as ``durable_mode`` says. Turning it on makes
+        every record of the shard pending for the store (and every key an earlier stint on it left
+        there, to be deleted): the replication thread writes them in chunks, so calls are served
+        meanwhile, and ``stats()["durable_pending"]`` reaches 0 when the store holds the shard.
+        Turning it off flushes what was pending first. Returns the records made pending."""
         self._ready()
         with self._lock:
             self._copy.set_copies(copies)
             self.copies = copies
             for slot in [s for s in self._peers if s >= copies]:
                 self._peers.pop(slot)
-        written = 0
+        pending = 0
         mode = self._settings.durable_mode
         if durable_mode != mode:
             if durable_mode == "off":
-                written = self.flush_durable()
+                pending = self.flush_durable()
                 self._settings = replace(self._settings, durable_mode="off")
                 with self._lock:
                     self._copy.state.dirty = None  # no longer tracked
@@ -174,14 +183,30 @@ class ShardActor:
                     store.close()
             else:
                 store = self._store or open_store(DurableConfig(**self._settings.store), self.namespace)
-                stale = set(store.load_shard(self.domain, self.shard).records)
-                with self._lock:  # tracked from here on; the first flush writes all of it
-                    self._copy.state.dirty = stale | set(self._copy.state.stored_keys())
+                with self._lock:  # tracked from here on: every write after this is pending too
+                    self._copy.state.dirty = set(self._copy.state.stored_keys())
+                    pending = len(self._copy.state.dirty)
+                self._catching_up = True
                 self._store = store
                 self._settings = replace(self._settings, durable_mode=durable_mode)
-                written = self.flush_durable()
+                threading.Thread(target=self._forget_stale_rows, name="erlmcp-adopt-store", daemon=True).start()
         self._wake.set()
-        return {"copies": copies, "durable_mode": durable_mode, "written": written}
+        return {"copies": copies, "durable_mode": durable_mode, "pending": pending}
+
+    def _forget_stale_rows(self) -> None:
+        """Keys an earlier stint on the durable tier left in the store that this shard no longer
+        holds: pending too, so the flush deletes them (a reload must not resurrect them)."""
+        try:
+            stale = list(self._store.load_shard(self.domain, self.shard).records)
+            with self._lock:
+                self._copy.state.mark_dirty(stale)
+        except Exception:
+            log.exception("%s/%s: reading the store's old rows failed; they may come back on a reload",
+                          self.domain, self.shard)
+            self._stale_failed = True
+        finally:
+            self._catching_up = False
+            self._wake.set()
 
     def _check_backlog(self) -> None:
         """write_behind with the store failing: past ``max_backlog`` held changes, refuse writes (the
@@ -202,16 +227,18 @@ class ShardActor:
                 f"{backlog} changes wait for it (durable.max_backlog = {self._settings.max_backlog}); "
                 f"writes are refused until it is back, reads are served")
 
-    def flush_durable(self) -> int:
-        """Hand every change since the last flush to the durable store; how many records."""
+    def flush_durable(self, limit: int | None = None, keys: list[str] | None = None) -> int:
+        """Hand the changes since the last flush to the durable store (``limit``: at most that many;
+        ``keys``: only those); how many records."""
         self._ready()
         if self._store is None:
             return 0
         with self._flush_lock:
             with self._lock:
-                records, deletes = self._copy.state.take_dirty()
+                records, deletes = self._copy.state.take_dirty(limit, keys)
                 epoch = self._copy.epoch
-            if not records and not deletes:
+                self._flushing = bool(records or deletes)  # stats() never sees them in neither place
+            if not self._flushing:
                 return 0
             try:
                 self._store.write_batch(self.domain, self.shard, epoch, records, deletes)
@@ -220,6 +247,8 @@ class ShardActor:
                 with self._lock:  # offered again next time
                     self._copy.state.mark_dirty([k for k, _ in records] + list(deletes))
                 raise
+            finally:
+                self._flushing = False
             self._store_failing = False
             return len(records) + len(deletes)
 
@@ -287,7 +316,10 @@ class ShardActor:
                 # tombstones (changes no write call flushed)
                 last_flush = now
                 try:
-                    self.flush_durable()
+                    # In chunks: a call waiting for the flush lock (a write-through write) gets it
+                    # between two, instead of after a migration's whole first copy of the shard.
+                    while self.flush_durable(limit=_FLUSH_CHUNK) >= _FLUSH_CHUNK:
+                        pass
                     flush_pause = self._settings.flush_s
                 except Exception as exc:  # noqa: BLE001 - kept dirty, retried with backoff
                     flush_pause = min(5.0, flush_pause * 2)
@@ -376,7 +408,8 @@ class ShardActor:
         with self._lock:
             return {**self._copy.stats(), "node_id": node_id, "durable": self._settings.durable_mode,
                     "durable_location": None if self._store is None else self._store.location,
-                    "durable_pending": len(self._copy.state.dirty or ())}
+                    "durable_pending": len(self._copy.state.dirty or ()) + self._flushing + self._catching_up,
+                    "durable_stale_rows_failed": self._stale_failed}
 
     def memory(self) -> dict:
         """This copy's data and its process's memory, for ``get_cluster_memory``."""

@@ -301,11 +301,22 @@ class ShardState:
         self._tagged.clear()
         self._live_bytes = self._tomb_bytes = self._entries = 0
 
-    def take_dirty(self) -> tuple[list[tuple[str, bytes]], list[str]]:
+    def take_dirty(self, limit: int | None = None, keys: Iterable[str] | None = None,
+                   ) -> tuple[list[tuple[str, bytes]], list[str]]:
         """What changed since the last call, for the durable tier: ``(records, deleted keys)`` —
         tombstones and expired entries are records (so a reload resurrects nothing); collected
-        tombstones are deletes."""
-        keys, self.dirty = self.dirty or set(), set()
+        tombstones are deletes. ``limit``: at most that many keys (the rest stay for the next
+        call); ``keys``: only those of them that changed."""
+        dirty = self.dirty or set()
+        if keys is not None:
+            keys = [k for k in keys if k in dirty]
+            dirty.difference_update(keys)
+            self.dirty = dirty
+        elif limit is not None and len(dirty) > limit:
+            keys = [dirty.pop() for _ in range(limit)]
+            self.dirty = dirty
+        else:
+            keys, self.dirty = dirty, set()
         records, deletes = [], []
         for key in keys:
             rec = self._data.get(key)

@@ -183,3 +183,25 @@ def test_tag_index_and_patterns(clock):
     assert sorted(s.keys_matching("session:*")) == ["session:1", "session:2"]
     assert s.keys_matching("Session:*") == [] and s.keys_matching("sess?on:[12]") != []
     s.validate()
+
+
+def test_take_dirty_in_chunks_and_by_key_hands_over_every_change_once(clock):
+    """The durable tier's view: a migration's backlog goes in chunks, a write-through write takes
+    only its own keys, and together they hand over each change exactly once."""
+    s = make(0, clock)
+    s.dirty = set()
+    for i in range(10):
+        s.apply_local(f"k{i}", b"v")
+    s.apply_local("k3", delete=True)
+    records, deletes = s.take_dirty(keys=["k1", "k3", "absent"])
+    assert sorted(k for k, _ in records) == ["k1", "k3"] and deletes == []
+    assert R.record_is_deleted(dict(records)["k3"])  # a tombstone is a record: a reload keeps it deleted
+    taken = []
+    while True:
+        records, deletes = s.take_dirty(limit=3)
+        if not records and not deletes:
+            break
+        assert len(records) + len(deletes) <= 3
+        taken += [k for k, _ in records] + deletes
+    assert sorted(taken) == sorted(f"k{i}" for i in range(10) if i not in (1, 3))
+    assert s.take_dirty() == ([], [])
