@@ -12,22 +12,19 @@ slot and one Lua script can touch both: the epoch check and the writes of a batc
 step on the server. Batches larger than ``chunk`` records are sent as several such steps (each
 checked against the epoch), pipelined. Password and TLS come from the URL (``rediss://``).
 
-Loading a shard reads the records hash with HSCAN (``_SCAN_COUNT`` fields a step). redis-py's pure
-Python reply parser costs ~2 µs per field and was most of a 1,000,000-entry reload, so on a
-plain ``redis.Redis`` client (RESP2 or RESP3) ``load_shard`` borrows a pool connection
-and reads the replies off its socket with a parser of its own (``_read_hscan``): the request for
-the next step is sent before the current reply is parsed, so Redis builds it meanwhile, and the
-checksums of a step are compared in one go (C-level ``map`` over ``zlib.crc32``; a mismatch is then
-looked up record by record to name the key). Any other client (Redis Cluster, a client-side
-cache) takes redis-py's ``hscan``, with the same checks.
+Loading a shard reads the records hash with redis-py's ``hscan`` (``_SCAN_COUNT`` fields a step)
+and compares the checksums of a step in one go (C-level ``map`` over ``zlib.crc32``; a mismatch is
+then looked up record by record to name the key). redis-py parses the replies with hiredis, a
+dependency it picks up by itself: its pure-Python parser costs ~2 µs per field and was most of a
+1,000,000-entry reload. Any client works (plain, Redis Cluster, client-side cache), with the same
+checks.
 """
 
 from __future__ import annotations
 
-import socket
 import struct
 import zlib
-from typing import Any, Generator, Iterator
+from typing import Any, Iterator
 
 import redis as redis_py
 
@@ -38,17 +35,10 @@ __all__ = ["RedisStore"]
 
 _CRC = struct.Struct(">I")
 _SCAN_COUNT = 20_000  # HSCAN COUNT of load_shard: ~20 ms of the server's time a step at 1M fields
-_RECV = 1 << 20
 
-# A chunk of a load: the keys (bytes), the records (bytes, CRC stripped) and their 4-byte stored
+# A step of a load: the keys (bytes), the records (bytes, CRC stripped) and their 4-byte stored
 # CRCs (shorter when a stored value is shorter than a CRC: then its whole value, and an empty record).
 _Chunk = tuple[list[bytes], list[bytes], list[bytes]]
-
-# RESP bulk-string headers of lengths 0..99 by their first 4 bytes: (offset of the data, of its end).
-# "$7\r\n" is complete in 4 bytes; "$42\r" is followed by "\n". Anything else is parsed in full.
-_BULK_HEAD = {b"$%d\r\n" % n: (4, 4 + n) for n in range(10)}
-_BULK_HEAD.update({b"$%d\r" % n: (5, 5 + n) for n in range(10, 100)})
-_InvalidResponse = redis_py.exceptions.InvalidResponse  # a reply the fast path does not expect
 
 # KEYS[1] epoch key, KEYS[2] records hash. ARGV[1] the writer's epoch, ARGV[2] n, then n key/value
 # pairs, then the keys to delete. Refuses a lower epoch, raises the stored one to a higher.
@@ -141,9 +131,8 @@ class RedisStore:
         records_key = self._shard_keys(domain, shard)[1]
         image = ShardImage(self.epoch(domain, shard))
         records = image.records
-        chunks = self._scan_records(records_key)
         try:
-            for keys, recs, crcs in chunks:
+            for keys, recs, crcs in self._hscan(records_key):
                 stored = b"".join(crcs)
                 if len(stored) != 4 * len(crcs) or \
                         list(map(zlib.crc32, recs)) != list(struct.unpack(f">{len(crcs)}I", stored)):
@@ -151,10 +140,6 @@ class RedisStore:
                 records.update(zip(map(bytes.decode, keys), recs))
         except redis_py.exceptions.RedisError as exc:
             raise UnavailableError(f"Redis store {self.location}: {exc}") from exc
-        except OSError as exc:  # the socket of the fast path: reset, timed out, TLS error
-            raise UnavailableError(f"Redis store {self.location}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            chunks.close()  # on an error: gives back (or drops) the borrowed connection now
         return image
 
     def _raise_corrupt(self, domain: str, shard: int, records_key: str, keys: list[bytes], recs: list[bytes],
@@ -167,33 +152,8 @@ class RedisStore:
             checked(rec, _CRC.unpack(stored)[0], where, self.location)
         raise AssertionError("a chunk failed its checksums but none of its records did")  # pragma: no cover
 
-    def _scan_records(self, records_key: str) -> Iterator[_Chunk]:
-        """The records hash, a chunk per HSCAN step (a field may come twice, as HSCAN allows)."""
-        pool = getattr(self._r, "connection_pool", None) if type(self._r) is redis_py.Redis else None
-        conn = None
-        if pool is not None:
-            try:
-                conn = pool.get_connection()
-            except TypeError:  # redis-py 5.0 wants a command name
-                conn = pool.get_connection("HSCAN")
-            if not isinstance(getattr(conn, "_sock", None), socket.socket):  # e.g. a client-side cache proxy
-                pool.release(conn)
-                conn = None
-        if conn is None:
-            yield from self._hscan(records_key)
-            return
-        clean = False
-        try:
-            clean = yield from _read_hscan(conn, records_key)
-        finally:
-            # Unread replies may be left on the socket, or redis-py missed a push message (RESP3)
-            # meant for it: the connection is closed, and the pool opens a fresh one next time.
-            if not clean:
-                conn.disconnect()
-            pool.release(conn)
-
     def _hscan(self, records_key: str) -> Iterator[_Chunk]:
-        """With redis-py's own parser (any client)."""
+        """The records hash, a chunk per HSCAN step (a field may come twice, as HSCAN allows)."""
         cursor = 0
         while True:
             cursor, fields = self._r.hscan(records_key, cursor, count=_SCAN_COUNT)
@@ -264,138 +224,3 @@ class RedisStore:
             return fn(*args)
         except redis_py.exceptions.RedisError as exc:
             raise UnavailableError(f"Redis store {self.location}: {exc}") from exc
-
-
-# ------------------------------------------------------------------ the fast read of load_shard
-class _Socket:
-    """Reads RESP2 or RESP3 replies off a connected socket, through one buffer."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = b""
-        self.pos = 0
-
-    def more(self) -> None:
-        data = self.sock.recv(_RECV)
-        if not data:
-            raise ConnectionResetError("connection closed by the server")
-        self.buf = self.buf[self.pos :] + data
-        self.pos = 0
-
-    def line(self) -> bytes:
-        while True:
-            end = self.buf.find(b"\r\n", self.pos)
-            if end >= 0:
-                line = self.buf[self.pos : end]
-                self.pos = end + 2
-                if line[:1] == b"-":
-                    raise redis_py.exceptions.ResponseError(line[1:].decode("utf-8", "replace"))
-                return line
-            self.more()
-
-    def data(self, n: int) -> bytes:
-        while len(self.buf) - self.pos < n + 2:
-            self.more()
-        data = self.buf[self.pos : self.pos + n]
-        self.pos += n + 2
-        return data
-
-    def bulk(self) -> bytes:
-        head = self.line()
-        if head[:1] != b"$":
-            raise _InvalidResponse(f"expected a bulk string, got {head[:40]!r}")
-        return self.data(int(head[1:]))
-
-    def skip(self, head: bytes) -> None:
-        """Read past the rest of the RESP2/RESP3 value whose first line is ``head``."""
-        kind, n = head[:1], head[1:]
-        if kind in b"$=!" and n != b"-1":  # bulk string, verbatim string, bulk error
-            self.data(int(n))
-        elif kind in b"*>~%|" and n != b"-1":  # array, push, set, map, attribute
-            for _ in range(int(n) * (2 if kind in b"%|" else 1)):
-                self.skip(self.line())
-            if kind == b"|":  # an attribute precedes the value it is about
-                self.skip(self.line())
-
-    def fields(self, pairs: int) -> _Chunk:
-        """``pairs`` field/value bulk strings: the keys, the values past their 4-byte CRC, the CRCs."""
-        keys: list[bytes] = []
-        recs: list[bytes] = []
-        crcs: list[bytes] = []
-        while pairs:
-            self.pos, done = _parse_pairs(self.buf, self.pos, pairs, keys, recs, crcs)
-            pairs -= done
-            if pairs:
-                self.more()
-        return keys, recs, crcs
-
-
-def _parse_pairs(buf: bytes, pos: int, pairs: int, keys: list, recs: list, crcs: list) -> tuple[int, int]:
-    """Parse up to ``pairs`` complete field/value pairs from ``buf[pos:]``: (new position, pairs parsed).
-    The hot loop of a reload (once per record), hence the table of short headers."""
-    key_add, rec_add, crc_add = keys.append, recs.append, crcs.append
-    find, head, n = buf.find, _BULK_HEAD.get, len(buf)
-    for i in range(pairs):
-        h = head(buf[pos : pos + 4])
-        if h is None:
-            end = find(b"\r\n", pos)
-            if end < 0:
-                return pos, i
-            if buf[pos] != 36:  # "$"
-                raise _InvalidResponse(f"expected a bulk string, got {buf[pos : pos + 40]!r}")
-            ks = end + 2
-            ke = ks + int(buf[pos + 1 : end])
-        else:
-            ks, ke = pos + h[0], pos + h[1]
-        at = ke + 2
-        h = head(buf[at : at + 4])
-        if h is None:
-            end = find(b"\r\n", at)
-            if end < 0:
-                return pos, i
-            if buf[at] != 36:
-                raise _InvalidResponse(f"expected a bulk string, got {buf[at : at + 40]!r}")
-            vs = end + 2
-            ve = vs + int(buf[at + 1 : end])
-        else:
-            vs, ve = at + h[0], at + h[1]
-        if ve + 2 > n:
-            return pos, i
-        rs = vs + 4
-        if rs > ve:
-            rs = ve
-        key_add(buf[ks:ke])
-        rec_add(buf[rs:ve])
-        crc_add(buf[vs:rs])
-        pos = ve + 2
-    return pos, pairs
-
-
-def _read_hscan(conn: Any, records_key: str) -> Generator[_Chunk, None, bool]:
-    """HSCAN the hash over ``conn``'s socket (RESP2 or RESP3), the next step requested before this
-    one is parsed. Returns whether the socket was left as clean as it was found."""
-    sock = conn._sock
-    reader = _Socket(sock)
-
-    def request(cursor: bytes) -> None:
-        sock.sendall(b"".join(conn.pack_command("HSCAN", records_key, cursor, "COUNT", _SCAN_COUNT)))
-
-    request(b"0")
-    pushed = False
-    while True:
-        head = reader.line()
-        while head[:1] == b">":  # a RESP3 push message (sent between replies, never within one)
-            reader.skip(head)
-            pushed = True
-            head = reader.line()
-        if head != b"*2":
-            raise _InvalidResponse(f"an HSCAN reply is not a two-element array: {head[:40]!r}")
-        cursor = reader.bulk()
-        if cursor != b"0":
-            request(cursor)
-        count = reader.line()
-        if count[:1] != b"*" or int(count[1:]) % 2:
-            raise _InvalidResponse(f"an HSCAN reply holds {count[:40]!r} fields and values")
-        yield reader.fields(int(count[1:]) // 2)
-        if cursor == b"0":
-            return reader.pos == len(reader.buf) and not pushed  # the connection can serve on
