@@ -5,8 +5,8 @@ domain whose backend the user did not set — bytes its owners hold, reads and w
 served — and asks ``core.auto_select.AutoSelector`` which of them should move. A migration is
 live, shard by shard, and each step keeps every acknowledged write and serves reads throughout:
 
-- more copies (to ``replicated``): the new replicas are created (on other nodes than the owner
-  where there are any), the layout is written where restarted copies read it, each owner starts
+- more copies (to ``replicated``): the new replicas are created (on other nodes than the shard's
+  other copies where there are enough), the layout is written where restarted copies read it, each owner starts
   replicating to them (a snapshot first), and once they hold the shard the coordinator tells the
   clients, which then route strong writes and replica reads to them;
 - a durable mode turned on (to ``disk``, or ``replicated`` with durability high): each owner writes
@@ -27,8 +27,6 @@ import json
 import logging
 import threading
 import time
-
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from erlmcp_ray import _ray
 from erlmcp_ray.actors.options import COORDINATOR, actor_class, shard_name, shard_options, shard_settings
@@ -210,21 +208,25 @@ class SelectorActor:
         return record
 
     def _add_copies(self, domain: str, shards: range, old: int, new: int, running: MemoryConfig) -> None:
-        """New replicas of each shard, each preferably on a node other than its owner's (soft: on one
-        node they share it); created empty, they take a snapshot from the owner's first sync."""
-        nodes = [n["NodeID"] for n in _ray.alive_nodes()]
+        """New replicas of each shard, created empty (the owner's first sync sends a snapshot). Each
+        is kept off the nodes of its owner and of the shard's other copies by a label selector on
+        Ray's ``ray.io/node-id`` label (a hard rule: Ray's soft node affinity was measured to ignore
+        the node asked for); a node-id excluded stays excluded when Ray restarts the replica. With
+        too few nodes only the owner's is excluded, and on one node there is no rule."""
+        alive = len(_ray.alive_nodes())
         settings = shard_settings(running, domain)
-        pings = []
         for shard in shards:
-            owner_node = _ray.get(_ray.get_actor(shard_name(domain, shard, 0), self.namespace).stats.remote(),
-                                  timeout=_CALL_S, what=f"{domain}/{shard} owner")["node_id"]
-            others = [n for n in nodes if n != owner_node] or [owner_node]
-            for i, slot in enumerate(range(old, new)):
-                strategy = NodeAffinitySchedulingStrategy(others[(shard + i) % len(others)], soft=True)
-                opts = {**shard_options(self.namespace, domain, shard, slot, strategy), "get_if_exists": True}
+            used = [_ray.get(_ray.get_actor(shard_name(domain, shard, slot), self.namespace).stats.remote(),
+                             timeout=_CALL_S, what=f"{domain}/{shard} slot {slot}")["node_id"]
+                    for slot in range(old)]
+            for slot in range(old, new):
+                avoid = sorted(set(used)) if alive > len(set(used)) else used[:1]
+                opts = {**shard_options(self.namespace, domain, shard, slot), "get_if_exists": True}
+                if alive > 1:
+                    opts["label_selector"] = {"ray.io/node-id": f"!in({','.join(avoid)})"}
                 actor = actor_class(ShardActor, opts).remote(domain, shard, slot, new, self.namespace, 1, settings)
-                pings.append(actor.ping.remote())
-        _ray.get(pings, timeout=_CALL_S * 2, what=f"new replicas of {domain}")
+                used.append(_ray.get(actor.stats.remote(), timeout=_CALL_S * 2,
+                                     what=f"new replica {domain}/{shard} slot {slot}")["node_id"])
 
     def _wait_stored(self, domain: str, owners: list) -> None:
         """Until every owner's store holds its whole shard (the owners write it in chunks, serving

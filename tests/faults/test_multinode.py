@@ -8,6 +8,7 @@ from ray.cluster_utils import Cluster
 
 import erlmcp_ray
 from erlmcp_ray.actors.options import shard_name
+from tests.conftest import wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -69,3 +70,34 @@ def test_copies_of_each_shard_sit_on_different_nodes(cluster):
             client.close()
     finally:
         erlmcp_ray.shutdown("multinode")
+
+
+def test_auto_select_replicates_a_write_heavy_domain_across_nodes(cluster, tmp_path):
+    """On several nodes, moderate durability means replicas (spec Mnesia): the selector adds them,
+    each on another node than its owner, while tasks on every node keep writing."""
+    ns = "multinode_selector"
+    cfg = {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+           "persistence_selector": {"evaluation_interval": 1000},
+           "domains": {"notes": {"max_bytes": "10MB", "shards": 2}},
+           "client": {"poll_timeout_s": 0.5}}
+    system = erlmcp_ray.start(cfg, namespace=ns, address=cluster.address)
+    client = system.client()
+    try:
+        for i in range(300):
+            client.put("notes", f"k{i}", i, consistency="strong")
+        wait_for(lambda: client.selector.current_strategies()["domains"]["notes"]["backend"] == "replicated",
+                 timeout=60, interval=0.2, what="the selector to replicate notes")
+        report = client.selector.current_strategies()["domains"]["notes"]
+        assert report["copies"] == 2 and "several nodes" in report["migrations"][-1]["reason"]
+        for shard in range(2):
+            owner = ray.get_actor(shard_name("notes", shard, 0), namespace=ns)
+            replica = ray.get_actor(shard_name("notes", shard, 1), namespace=ns)
+            o, r = ray.get([owner.stats.remote(), replica.stats.remote()], timeout=60)
+            assert o["node_id"] != r["node_id"] and o["replicas"][1]["in_sync"]
+        refs = [write_and_read_elsewhere.remote(client, f"after{i}") for i in range(4)]
+        assert all(ray.get(refs, timeout=120))
+        for i in range(300):
+            assert client.get("notes", f"k{i}", consistency="strong") == i
+    finally:
+        client.close()
+        erlmcp_ray.shutdown(ns, purge=True)
