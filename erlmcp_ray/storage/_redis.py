@@ -22,6 +22,7 @@ checks.
 
 from __future__ import annotations
 
+import re
 import struct
 import zlib
 from typing import Any, Iterator
@@ -203,7 +204,8 @@ class RedisStore:
         """Delete every key under this store's prefix."""
         try:
             batch = []
-            for key in self._r.scan_iter(match=f"{self._prefix}:*", count=1000):
+            # SCAN MATCH is a glob: the prefix (a namespace, free text) is matched literally.
+            for key in self._r.scan_iter(match=f"{_glob_escape(self._prefix)}:*", count=1000):
                 batch.append(key)
                 if len(batch) >= 1000:
                     self._r.unlink(*batch)
@@ -224,3 +226,8 @@ class RedisStore:
             return fn(*args)
         except redis_py.exceptions.RedisError as exc:
             raise UnavailableError(f"Redis store {self.location}: {exc}") from exc
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` as a Redis glob pattern matching only itself."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)

@@ -208,3 +208,22 @@ def test_an_unwritable_sqlite_location_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(UnavailableError, match="cannot open the SQLite store"):
         SQLiteStore(blocker / "sub" / "x.db")  # a directory under a file cannot be made
+
+
+@pytest.mark.parametrize("prefix", ["glob*", "glob?", "glob[ab]", "glob\\"])
+def test_purge_deletes_only_its_own_prefix_even_with_glob_characters(redis_server, prefix):
+    """A namespace is free text: purging "glob*" must not take "globber"'s keys (SCAN MATCH is a glob)."""
+    mine = RedisStore(redis_server.url, prefix=prefix)
+    neighbours = [RedisStore(redis_server.url, prefix=p) for p in ("globber", "globa", "glob\\x")]
+    try:
+        for s in (mine, *neighbours):
+            s.write_batch("d", 0, 1, [("k", b"v")])
+            s.put_blob("b", b"x")
+        mine.purge()
+        assert mine.shards() == [] and mine.list_blobs() == []
+        for s in neighbours:
+            assert s.shards() == [("d", 0)] and s.get_blob("b") == b"x", s
+    finally:
+        for s in (mine, *neighbours):
+            s.purge()
+            s.close()
