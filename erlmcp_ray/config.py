@@ -381,7 +381,11 @@ class DistributedMemoryConfig(_Model):
         2, description="Copies (owner + replicas) of each shard of a replicated domain that sets none."
     )
     checkpoint_interval: Annotated[int, BeforeValidator(_not_bool), Field(ge=0)] = Field(
-        300_000, description="Milliseconds between checkpoints to the durable tier; 0 turns them off."
+        300_000, description="Milliseconds between checkpoints to the durable tier; 0 turns them off "
+        "(as does durable.kind none)."
+    )
+    checkpoint_retention: Annotated[int, BeforeValidator(_not_bool), Field(ge=1)] = Field(
+        3, description="Checkpoints kept: after each new one, all but this many newest are deleted."
     )
     auto_select: bool = Field(
         True, description="Let the persistence selector migrate domains that set no backend (with "

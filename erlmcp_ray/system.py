@@ -4,8 +4,8 @@
 ``shards × copies`` shard actors. The copies of one shard share a detached
 placement group whose bundles are spread over nodes (STRICT_SPREAD when the
 cluster has at least as many alive nodes as copies, SPREAD otherwise), so losing
-a node loses at most one copy of each shard. Beside them runs the selector
-(``actors/selector.py``), which migrates domains that set no backend.
+a node loses at most one copy of each shard. Beside them runs the supervisor
+(``actors/supervisor.py``): it migrates domains that set no backend, and takes checkpoints.
 
 The layout (``core.layout``: what the selector chose) is written to Ray's KV store before any
 actor starts, from the durable store's copy when there is one, so a full restart brings a
@@ -29,17 +29,17 @@ from erlmcp_ray import _ray
 from erlmcp_ray.actors.coordinator import CoordinatorActor
 from erlmcp_ray.actors.options import (
     COORDINATOR,
-    SELECTOR,
     SHARD_BUNDLE,
+    SUPERVISOR,
     actor_class,
     coordinator_options,
-    selector_options,
     shard_name,
     shard_options,
     shard_settings,
+    supervisor_options,
 )
-from erlmcp_ray.actors.selector import SelectorActor, history_key
 from erlmcp_ray.actors.shard import ShardActor
+from erlmcp_ray.actors.supervisor import SupervisorActor, history_key
 from erlmcp_ray.client import MemoryClient, connect_client, release_shared
 from erlmcp_ray.config import Backend, DurableKind, DurableMode, MemoryConfig
 from erlmcp_ray.core.layout import LAYOUT_BLOB, Layout, layout_key
@@ -143,9 +143,9 @@ def _create_actors(user_cfg: MemoryConfig, layout: Layout, namespace: str) -> No
     system_id = uuid.uuid4().hex
     coordinator = actor_class(CoordinatorActor, coordinator_options(namespace)).remote(
         user_cfg.to_dict(), namespace, system_id=system_id)
-    selector = actor_class(SelectorActor, selector_options(namespace)).remote(user_cfg.to_dict(), namespace)
+    supervisor = actor_class(SupervisorActor, supervisor_options(namespace)).remote(user_cfg.to_dict(), namespace)
     alive = len(_ray.alive_nodes())
-    pings = [coordinator.ping.remote(), selector.ping.remote()]
+    pings = [coordinator.ping.remote(), supervisor.ping.remote()]
     cfg = layout.config(user_cfg)
     for domain in cfg.domains:
         copies = cfg.replication_factor_for(domain)
@@ -196,7 +196,7 @@ def shutdown(namespace: str = "erlmcp", *, purge: bool = False) -> None:
     except Exception:  # noqa: BLE001 - nothing (coherent) running: nothing to stop
         return
     # Stopped first: no migration may start (or create copies) while the rest goes away.
-    _ray.kill_named(SELECTOR, namespace)
+    _ray.kill_named(SUPERVISOR, namespace)
     cfg = layout.config(user_cfg)
     try:  # the client registry and subscriptions it kept must not outlive this system
         _ray.get(coordinator.forget_state.remote(), timeout=30, what="coordinator forget_state")

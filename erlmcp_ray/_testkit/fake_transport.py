@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from erlmcp_ray.client._transport import COORDINATOR, SELECTOR, Copy
+from erlmcp_ray.client._transport import COORDINATOR, SUPERVISOR, Copy
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.invalidation import InvalidationLog
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
@@ -180,7 +180,7 @@ class FakeTransport:
             self.before_call(target, method, args)
         if target == COORDINATOR:
             value = self._coordinator(method, args)
-        elif target == SELECTOR:
+        elif target == SUPERVISOR:
             value = self._selector(method)
         else:
             value = self._shard(target, method, args)

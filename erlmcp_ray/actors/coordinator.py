@@ -195,14 +195,15 @@ class CoordinatorActor:
             return PollAnswer(self._log.epoch, self._log.last_seq, True, [], self._layout.generation)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s(timeout_s)
-        generation = self._layout.generation
+        generation, epoch = self._layout.generation, self._log.epoch
         self._waiting += 1
         try:
             while True:
                 result = self._log.poll(client_id, since_seq, domains, value_domains)
                 self._ack_changed()
                 remaining = deadline - loop.time()
-                if result.messages or result.gap or remaining <= 0 or generation != self._layout.generation:
+                if (result.messages or result.gap or remaining <= 0 or generation != self._layout.generation
+                        or epoch != self._log.epoch):
                     return result.to_tuple()._replace(layout=self._layout.generation)
                 # What was scanned held nothing for this client; don't rescan it on every wake.
                 since_seq = result.last_seq
@@ -302,6 +303,15 @@ class CoordinatorActor:
         self._forgotten = True
         internal_kv._internal_kv_del(self._kv_key)
         internal_kv._internal_kv_del(self._layout_key)
+
+    async def new_epoch(self) -> int:
+        """Every client must drop its caches (a checkpoint was restored: they may hold values newer
+        than it): a new epoch does that — each client's next poll sees it, drops its caches and
+        registers again. Waiting polls are answered at once. Returns the new epoch."""
+        self._log.epoch = max(self._log.epoch + 1, time.time_ns())
+        event, self._published = self._published, asyncio.Event()
+        event.set()
+        return self._log.epoch
 
     # ------------------------------------------------------------------ layout
     async def get_layout(self) -> bytes:

@@ -16,11 +16,11 @@ import ray
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.shard_copy import ShardSettings
 
-__all__ = ["COORDINATOR", "SELECTOR", "actor_class", "coordinator_options", "selector_options", "shard_name",
+__all__ = ["COORDINATOR", "SUPERVISOR", "actor_class", "coordinator_options", "supervisor_options", "shard_name",
            "shard_options", "shard_settings"]
 
 COORDINATOR = "erlmcp:coordinator"
-SELECTOR = "erlmcp:selector"
+SUPERVISOR = "erlmcp:supervisor"
 #: Resources each shard copy reserves in its placement-group bundle. A bundle may
 #: not be empty; a little "memory" fits every node, including a head with no CPUs.
 SHARD_BUNDLE = {"memory": 1024 * 1024}
@@ -61,9 +61,9 @@ def coordinator_options(namespace: str) -> dict:
     }
 
 
-def selector_options(namespace: str) -> dict:
+def supervisor_options(namespace: str) -> dict:
     return {
-        "name": SELECTOR,
+        "name": SUPERVISOR,
         "namespace": namespace,
         "lifetime": "detached",
         "num_cpus": 0,

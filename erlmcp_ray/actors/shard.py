@@ -35,6 +35,7 @@ import ray
 from erlmcp_ray import _ray
 from erlmcp_ray.actors.options import COORDINATOR, shard_name
 from erlmcp_ray.config import DurableConfig
+from erlmcp_ray.core.checkpoint import pack_shard, shard_blob_name, unpack_shard
 from erlmcp_ray.core.layout import Layout, layout_key
 from erlmcp_ray.core.pressure import AllowGrowth, CollectGarbage, RefuseGrowth, Warn
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
@@ -74,6 +75,8 @@ class ShardActor:
         self._flushing = False  # a batch is on its way to the store
         self._catching_up = False  # set_layout turned the store on: its old rows are being read
         self._stale_failed = False
+        self._ckpt_store = None  # memory domains: the store, opened for checkpoints only
+        self._staged: dict | None = None  # a checkpoint image read and checked, not yet applied
         # An owner of a durable domain serves nothing before it loaded its shard from the store.
         self._durable_ready = settings.durable_mode == "off"
         if _ray.was_restarted():
@@ -392,6 +395,57 @@ class ShardActor:
                 return
         with self._lock:
             self._copy.published(upto)
+
+    # ------------------------------------------------------------ checkpoints
+    def _checkpoint_store(self) -> Any:
+        if self._store is not None:
+            return self._store
+        if self._ckpt_store is None:  # a memory domain: opened for checkpoints only
+            self._ckpt_store = open_store(DurableConfig(**self._settings.store), self.namespace)
+        return self._ckpt_store
+
+    def checkpoint_shard(self, checkpoint_id: str) -> dict:
+        """Write this shard, as it is now (one cut, under the lock), to the durable store as one blob
+        of checkpoint ``checkpoint_id``; its manifest entry (``core.checkpoint.ShardEntry`` fields)."""
+        self._ready()
+        with self._lock:
+            snap, epoch = self._copy.state.snapshot(), self._copy.epoch
+            entries = len(self._copy.state)
+        data, sha = pack_shard(self.domain, self.shard, epoch, snap)
+        name = shard_blob_name(checkpoint_id, self.domain, self.shard)
+        self._checkpoint_store().put_blob(name, data)
+        return {"domain": self.domain, "shard": self.shard, "blob": name, "sha256": sha, "entries": entries,
+                "bytes": len(data)}
+
+    def stage_checkpoint(self, blob: str, sha256: str) -> int:
+        """Read this shard's image of a checkpoint and check it (nothing changes yet); its entries."""
+        self._ready()
+        data = self._checkpoint_store().get_blob(blob)
+        if data is None:
+            raise CorruptDataError(f"checkpoint shard {blob} is missing from {self._checkpoint_store().location}",
+                                   where=blob)
+        self._staged = unpack_shard(data, sha256, blob)
+        return len(self._staged["records"])
+
+    def discard_staged(self) -> None:
+        self._staged = None
+
+    def apply_staged(self) -> dict:
+        """Become the staged checkpoint image (see ``ShardCopy.restore_image``); a durable owner then
+        writes the restored shard to the store, deleting rows the checkpoint does not have."""
+        if self._staged is None:
+            raise CorruptDataError(f"{self.domain}/{self.shard}: no checkpoint staged (stage_checkpoint first)")
+        with self._lock:
+            self._copy.restore_image(self._staged)
+            if self._store is not None:
+                self._copy.state.dirty = set(self._copy.state.stored_keys())
+                self._catching_up = True
+            entries, epoch = len(self._copy.state), self._copy.epoch
+        self._staged = None
+        if self._store is not None:
+            threading.Thread(target=self._forget_stale_rows, name="erlmcp-restore-rows", daemon=True).start()
+        self._wake.set()
+        return {"entries": entries, "epoch": epoch}
 
     # ------------------------------------------------------------ inspection
     def snapshot(self) -> dict:

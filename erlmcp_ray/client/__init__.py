@@ -12,6 +12,7 @@ Each part owns its state and its lock, and does one job; the facade owns them al
     _coherence.py     Coherence: the coordinator long poll, trust window, subscriptions
     _coordinator.py   CacheCoordinator (``client.coordinator``) and InvalidationResult
     _selector.py      Selector (``client.selector``): the persistence selector's switch and report
+    _recovery.py      Recovery (``client.recovery``): checkpoints
     _transport.py     Transport protocol, RayTransport (the only Ray calls), Retry (the one policy)
     _stats.py         thread-safe counters and latency samples
 
@@ -27,8 +28,8 @@ from erlmcp_ray.client._coordinator import CacheCoordinator, InvalidationResult
 from erlmcp_ray.client._facade import MemoryClient
 from erlmcp_ray.client._transport import COORDINATOR, Copy, RayTransport, Retry, Transport
 from erlmcp_ray.config import MemoryConfig
-from erlmcp_ray.core.layout import Layout
 from erlmcp_ray.core.entry import Subscription
+from erlmcp_ray.core.layout import Layout
 
 __all__ = [
     "COORDINATOR", "CacheCoordinator", "Copy", "InvalidationResult", "MemoryClient", "RayTransport", "Retry",

@@ -26,6 +26,7 @@ from erlmcp_ray.client._direct import DirectWrites
 from erlmcp_ray.client._group_commit import GroupCommit
 from erlmcp_ray.client._inspect import Inspector
 from erlmcp_ray.client._reads import OwnWrites, ReadPath
+from erlmcp_ray.client._recovery import Recovery
 from erlmcp_ray.client._selector import Selector
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute, domain_routes
 from erlmcp_ray.client._stats import Counters, Latencies
@@ -108,6 +109,9 @@ class MemoryClient:
         self.selector = Selector(transport=self._transport, domains=lambda: list(self._routes),
                                  timeout_s=s.call_timeout_s, check_open=self._check_open)
         """The persistence selector of the running system (spec ``auto_select``)."""
+        self.recovery = Recovery(transport=self._transport, timeout_s=s.call_timeout_s, check_open=self._check_open,
+                                 drop_caches=self._cache.drop_domains)
+        """Checkpoints (spec ``erlmcp_memory_recovery``)."""
         self._inspector = Inspector(transport=self._transport, routes=self._routes, config=config,
                                     domain=self._domain, check_open=self._check_open, timeout_s=s.call_timeout_s)
         self._wb.start()

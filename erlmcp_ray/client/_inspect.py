@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from erlmcp_ray.client._settings import DomainRoute
-from erlmcp_ray.client._transport import SELECTOR, Copy, Transport
+from erlmcp_ray.client._transport import SUPERVISOR, Copy, Transport
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.pressure import level_for
 
@@ -65,7 +65,7 @@ class Inspector:
 
     def _persistence(self, domain: str) -> dict[str, Any]:
         """The domain's backend as running, who chose it, and the persistence selector's migrations."""
-        report = self._transport.call(SELECTOR, "strategies", timeout=self._timeout)["domains"][domain]
+        report = self._transport.call(SUPERVISOR, "strategies", timeout=self._timeout)["domains"][domain]
         return {"backend": report["backend"], "backend_selected_by": report["selected_by"],
                 "durable": report["durable"], "migrations": report["migrations"]}
 

@@ -1,6 +1,6 @@
 """``client.selector``: the persistence selector of the running system (spec ``auto_select``).
 
-Thin: checks arguments here, then asks the selector actor (``actors/selector.py``), which owns
+Thin: checks arguments here, then asks the selector actor (``actors/supervisor.py``), which owns
 the evaluation and the migrations.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from erlmcp_ray.client._transport import SELECTOR, Transport
+from erlmcp_ray.client._transport import SUPERVISOR, Transport
 from erlmcp_ray.config import Backend
 from erlmcp_ray.errors import InvalidValueError, UnknownDomainError
 
@@ -29,18 +29,18 @@ class Selector:
         if type(enabled) is not bool:
             raise InvalidValueError(f"enabled must be True or False, got {enabled!r}", where="enabled")
         self._check_open()
-        self._transport.call(SELECTOR, "set_enabled", enabled, timeout=self._timeout)
+        self._transport.call(SUPERVISOR, "set_enabled", enabled, timeout=self._timeout)
 
     def current_strategies(self) -> dict[str, Any]:
         """Per domain: its backend, copies and durable mode, whether the config or the selector set it,
         what the last evaluation measured and recommended, and its migrations."""
         self._check_open()
-        return self._transport.call(SELECTOR, "strategies", timeout=self._timeout)
+        return self._transport.call(SUPERVISOR, "strategies", timeout=self._timeout)
 
     def evaluate(self) -> list[dict[str, Any]]:
         """Evaluate now, whether or not auto_select is on; the migrations it made."""
         self._check_open()
-        return self._transport.call(SELECTOR, "evaluate", timeout=_MIGRATION_TIMEOUT_S)
+        return self._transport.call(SUPERVISOR, "evaluate", timeout=_MIGRATION_TIMEOUT_S)
 
     def migrate(self, domain: str, backend: str | Backend) -> dict[str, Any]:
         """Move ``domain`` (one that sets no backend in the config) to ``backend`` now, live."""
@@ -52,4 +52,4 @@ class Selector:
             raise InvalidValueError(f"backend must be memory, disk or replicated, got {backend!r}",
                                     where="backend") from None
         self._check_open()
-        return self._transport.call(SELECTOR, "migrate", domain, target.value, timeout=_MIGRATION_TIMEOUT_S)
+        return self._transport.call(SUPERVISOR, "migrate", domain, target.value, timeout=_MIGRATION_TIMEOUT_S)

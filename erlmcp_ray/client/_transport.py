@@ -23,7 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 from erlmcp_ray.errors import OperationTimeoutError, UnavailableError
 
-__all__ = ["COORDINATOR", "SELECTOR", "Copy", "RayTransport", "Retry", "Transport"]
+__all__ = ["COORDINATOR", "SUPERVISOR", "Copy", "RayTransport", "Retry", "Transport"]
 
 
 class Copy(NamedTuple):
@@ -36,8 +36,8 @@ class Copy(NamedTuple):
 
 #: The coordinator as a target.
 COORDINATOR = "coordinator"
-#: The selector (the persistence selector's actor) as a target.
-SELECTOR = "selector"
+#: The supervisor (persistence selector, checkpoints) as a target.
+SUPERVISOR = "supervisor"
 
 
 class Transport(Protocol):
@@ -103,12 +103,12 @@ class RayTransport:
     def __init__(self, namespace: str) -> None:
         from erlmcp_ray import _ray
         from erlmcp_ray.actors.options import COORDINATOR as COORDINATOR_NAME
-        from erlmcp_ray.actors.options import SELECTOR as SELECTOR_NAME
+        from erlmcp_ray.actors.options import SUPERVISOR as SUPERVISOR_NAME
         from erlmcp_ray.actors.options import shard_name
 
         self._ray = _ray
         self.namespace = namespace
-        self._names = {COORDINATOR: COORDINATOR_NAME, SELECTOR: SELECTOR_NAME}
+        self._names = {COORDINATOR: COORDINATOR_NAME, SUPERVISOR: SUPERVISOR_NAME}
         self._shard_name = shard_name
         self._handles: dict[Any, Any] = {}
         self._lock = threading.Lock()  # guards the dict only; lookups happen outside it

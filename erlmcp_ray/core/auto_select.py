@@ -5,7 +5,7 @@ did not set, the bytes its owners hold and the reads and writes its copies serve
 evaluation, and hands them to ``AutoSelector.evaluate``. It answers with a ``Migrate`` effect per
 domain whose recommended backend (``persistence_selector.recommend_strategy`` over those figures,
 the domain's ``durability_requirement`` and the cluster's topology) differs from its current one;
-the actor carries them out (``actors/selector.py``) and reports back with ``migrated``.
+the actor carries them out (``actors/supervisor.py``) and reports back with ``migrated``.
 
 Two guards keep a domain from flapping between backends on thin evidence:
 

@@ -91,16 +91,16 @@ class ShardCopy:
         self.freshness = Freshness(clock=clock)
         self.owner_slot = 0
         self._position: tuple[str, int] | None = None  # replica: (owner incarnation, owner seq) held
+        #: replica: the epoch of the owner whose state this copy mirrors; a snapshot from a later
+        #: epoch (a restored checkpoint) replaces the state instead of joining it
+        self._state_epoch = epoch
         self.progress_of = {s: ReplicaProgress(s) for s in range(copies) if s != slot}
         self.replicated_seq = 0
         self.published_seq = 0
         self._forget: list[tuple[str, int]] = []
         self._relaxed: set[int] = set()  # op-log seqs written under relaxed coherence
         self._victims: list[str] = []
-        self.policy = None
-        if settings.domain_config is not None and settings.max_bytes is not None:
-            self.policy = shard_policy(DomainConfig(**settings.domain_config), settings.max_bytes,
-                                       lambda key, _size: self._victims.append(key))
+        self.policy = self._new_policy()
         self.evictions = 0
         self.pressure = PressureMonitor()
         self.subject = f"domain:{domain}:{shard}"
@@ -117,6 +117,13 @@ class ShardCopy:
         self.writes = 0
         #: effects the actor acts on after the call (log lines, garbage collection)
         self.effects: list[Any] = []
+
+    def _new_policy(self) -> Any:
+        settings = self.settings
+        if settings.domain_config is None or settings.max_bytes is None:
+            return None
+        return shard_policy(DomainConfig(**settings.domain_config), settings.max_bytes,
+                            lambda key, _size: self._victims.append(key))
 
     @property
     def is_owner(self) -> bool:
@@ -147,6 +154,30 @@ class ShardCopy:
                 self.progress_of[slot] = ReplicaProgress(slot)
         for slot in [s for s in self.progress_of if s >= copies]:
             del self.progress_of[slot]
+
+    def restore_image(self, snapshot: dict) -> None:
+        """Become ``snapshot`` (a checkpoint's image of this shard), replacing the state rather than
+        joining it, under a new epoch and incarnation: replicas get a full snapshot next round and
+        replace theirs (``sync``), and clients that meet the new incarnation drop their caches."""
+        if not self.is_owner:
+            raise ValueError("only the owner restores a checkpoint; its replicas follow it")
+        dirty = self.state.dirty
+        self.state = ShardState(self.slot, oplog_capacity=self.settings.oplog_capacity)
+        self.state.restore(snapshot)
+        self.state.dirty = None if dirty is None else set()
+        self.epoch = self._state_epoch = max(self.epoch, int(snapshot.get("epoch", 0))) + 1
+        self.incarnation = uuid.uuid4().hex
+        self._dedup = IdempotencyTable()
+        for progress in self.progress_of.values():
+            progress.acked_seq = None
+        # What the coordinator would announce are the restored records themselves: clients drop
+        # their caches on the coordinator's new epoch instead.
+        self.replicated_seq = self.published_seq = self.state.last_seq
+        self._forget, self._relaxed = [], set()
+        self.policy = self._new_policy()  # not clear(): a policy's clear() evicts, and that deletes
+        if self.policy is not None:
+            for key in list(self.state.keys()):
+                self.policy[key] = self._entry_size(key)
 
     def forget_answer(self, client_id: str, request_seq: int) -> None:
         """The answer to this request did not become durable: a retry must apply it again."""
@@ -308,6 +339,9 @@ class ShardCopy:
         or a snapshot when None)."""
         self.check_epoch(epoch)
         if snapshot is not None:
+            if epoch > self._state_epoch:
+                self.state = ShardState(self.slot, oplog_capacity=self.settings.oplog_capacity)
+            self._state_epoch = epoch
             self.state.restore(snapshot)
         elif self._position != (incarnation, base_seq):
             pos = self._position

@@ -25,7 +25,8 @@ from __future__ import annotations
 import re
 import struct
 import zlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import redis as redis_py
 

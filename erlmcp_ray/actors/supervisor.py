@@ -1,6 +1,12 @@
-"""The selector actor (``erlmcp:selector``): the persistence selector at work on a running system.
+"""The supervisor actor (``erlmcp:supervisor``): the system's jobs that outlive any one request.
 
-Every ``persistence_selector.evaluation_interval`` (while ``auto_select`` is on) it measures each
+Today it does two: the persistence selector at work (below), and checkpoints (``_checkpoints.py``:
+``client.recovery`` creates, lists, restores and deletes them through it, and every
+``distributed_memory.checkpoint_interval`` it takes one and keeps the newest
+``distributed_memory.checkpoint_retention``). Failure detection and failover are not its job yet:
+Ray restarts a dead copy, which recovers from a peer or the durable store.
+
+Persistence selector: every ``persistence_selector.evaluation_interval`` (while ``auto_select`` is on) it measures each
 domain whose backend the user did not set — bytes its owners hold, reads and writes its copies
 served — and asks ``core.auto_select.AutoSelector`` which of them should move. A migration is
 live, shard by shard, and each step keeps every acknowledged write and serves reads throughout:
@@ -18,7 +24,8 @@ live, shard by shard, and each step keeps every acknowledged write and serves re
   gets an answer no staler than its consistency allows, or falls back to the owner).
 
 A domain whose backend is in the config is never touched. Every migration is logged and kept
-(the last 100) for ``current_strategies`` and ``get_domain_stats``.
+(the last 100) for ``current_strategies`` and ``get_domain_stats``. One lock serialises migrations,
+evaluations and checkpoints: a checkpoint never sees a domain half migrated.
 """
 
 from __future__ import annotations
@@ -29,17 +36,19 @@ import threading
 import time
 
 from erlmcp_ray import _ray
+from erlmcp_ray.actors._checkpoints import Checkpoints
 from erlmcp_ray.actors.options import COORDINATOR, actor_class, shard_name, shard_options, shard_settings
 from erlmcp_ray.actors.shard import ShardActor
 from erlmcp_ray.config import Backend, DurableKind, MemoryConfig
 from erlmcp_ray.core.auto_select import AutoSelector, DomainObservation, Migrate
+from erlmcp_ray.core.checkpoint import Checkpoint
 from erlmcp_ray.core.layout import LAYOUT_BLOB, Layout, layout_key
 from erlmcp_ray.errors import ConfigError, InvalidValueError, UnknownDomainError
 from erlmcp_ray.storage import open_store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SelectorActor", "history_key"]
+__all__ = ["SupervisorActor", "history_key"]
 
 _HISTORY = 100
 _CALL_S = 60.0
@@ -51,7 +60,7 @@ def history_key(namespace: str) -> bytes:
     return f"erlmcp:{namespace}:selector_history".encode()
 
 
-class SelectorActor:
+class SupervisorActor:
     def __init__(self, config: dict, namespace: str) -> None:
         self._cfg = MemoryConfig.load(config)
         self.namespace = namespace
@@ -69,7 +78,36 @@ class SelectorActor:
         self._last_evaluation: float | None = None
         self._stop = threading.Event()
         self._wake = threading.Event()
+        self._checkpoints = Checkpoints(self._cfg, namespace, lambda: self._layout.config(self._cfg))
         threading.Thread(target=self._loop, name="erlmcp-selector", daemon=True).start()
+        if self._cfg.distributed_memory.checkpoint_interval and self._checkpoints.enabled:
+            threading.Thread(target=self._checkpoint_loop, name="erlmcp-checkpoints", daemon=True).start()
+
+    # ------------------------------------------------------------ checkpoints
+    def create_checkpoint(self) -> Checkpoint:
+        with self._lock:
+            cp = self._checkpoints.create()
+        self._checkpoints.retain(self._cfg.distributed_memory.checkpoint_retention)
+        return cp
+
+    def list_checkpoints(self) -> list[Checkpoint]:
+        return self._checkpoints.list()
+
+    def restore_checkpoint(self, checkpoint_id: str) -> dict:
+        with self._lock:
+            return self._checkpoints.restore(checkpoint_id)
+
+    def delete_checkpoint(self, checkpoint_id: str) -> None:
+        with self._lock:
+            self._checkpoints.delete(checkpoint_id)
+
+    def _checkpoint_loop(self) -> None:
+        interval_s = self._cfg.distributed_memory.checkpoint_interval / 1000.0
+        while not self._stop.wait(timeout=interval_s):
+            try:
+                self.create_checkpoint()
+            except Exception:
+                log.exception("periodic checkpoint failed (next one in %.0f s)", interval_s)
 
     # ------------------------------------------------------------ operator calls
     def set_enabled(self, enabled: bool) -> bool:

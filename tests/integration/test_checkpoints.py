@@ -1,0 +1,149 @@
+"""Checkpoints on a real Ray with a real SQLite store: create, list newest first, restore (every copy
+of every shard, caches of every client dropped), delete; unknown ids and tampered shards; periodic
+checkpoints with retention."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import ray
+
+import erlmcp_ray
+from erlmcp_ray.actors.options import shard_name
+from erlmcp_ray.core.checkpoint import Checkpoint
+from erlmcp_ray.errors import CheckpointNotFoundError, CorruptDataError, InvalidValueError
+from erlmcp_ray.storage import SQLiteStore
+from tests.conftest import wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _config(tmp_path, **dm) -> dict:
+    return {
+        "durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+        "distributed_memory": {"checkpoint_interval": 0, **dm},
+        "persistence_selector": {"auto_select": False},
+        "domains": {
+            "notes": {"backend": "replicated", "max_bytes": "10MB", "shards": 2},
+            "disk": {"backend": "disk", "max_bytes": "10MB"},
+            "lru": {"backend": "memory", "max_bytes": "10MB", "eviction": "lru"},
+        },
+        "client": {"poll_timeout_s": 0.5},
+    }
+
+
+def _digests(ns: str, domain: str, shards: int, copies: int) -> list[list[str]]:
+    out = []
+    for shard in range(shards):
+        handles = [ray.get_actor(shard_name(domain, shard, slot), namespace=ns) for slot in range(copies)]
+        out.append(ray.get([h.digest.remote() for h in handles], timeout=60))
+    return out
+
+
+def test_a_restored_checkpoint_is_what_every_copy_and_every_client_sees(ray_local, tmp_path):
+    ns = "t_checkpoints"
+    system = erlmcp_ray.start(_config(tmp_path), namespace=ns)
+    try:
+        with system.client() as c, system.client() as other:
+            for i in range(50):
+                for domain in ("notes", "disk", "lru"):
+                    c.put(domain, f"k{i}", {"v": i}, consistency="strong", tags=["before"])
+            c.put("notes", "doomed", 1, consistency="strong")
+            c.delete("notes", "doomed", consistency="strong")
+            cp = c.recovery.create_checkpoint()
+            assert isinstance(cp, Checkpoint) and {"disk", "lru", "notes"} <= set(cp.domains)  # + the spec's five
+            assert cp.entries >= 150 and cp.bytes > 0 and len(cp.checksum) == 64
+
+            # after the checkpoint: overwrite, add, delete; another client caches the new values
+            for i in range(50):
+                c.put("notes", f"k{i}", {"v": -i}, consistency="strong")
+            c.put("notes", "later", 1, consistency="strong")
+            c.put("disk", "later", 1, consistency="strong")
+            c.delete("lru", "k3", consistency="strong")
+            assert other.get("notes", "k7") == {"v": -7}  # now in its cache
+            second = c.recovery.create_checkpoint()
+            assert [x.id for x in c.recovery.list_checkpoints()] == [second.id, cp.id]
+
+            counts = c.recovery.restore_checkpoint(cp.id)
+            assert counts["checkpoint"] == cp.id and counts["shards"] == len(cp.shards) and counts["entries"] == cp.entries
+            assert all(e > 1 for e in counts["epochs"].values())  # a new epoch per shard
+            for i in range(50):
+                for domain in ("notes", "disk", "lru"):
+                    assert c.get(domain, f"k{i}", consistency="strong") == {"v": i}
+            assert c.get_entry("notes", "k5", consistency="strong").tags == ("before",)
+            for domain in ("notes", "disk"):
+                assert c.get(domain, "later", consistency="strong") is None
+            assert c.get("notes", "doomed", consistency="strong") is None
+            # the other client's cache dropped the newer value (at its next poll)
+            wait_for(lambda: other.get("notes", "k7") == {"v": 7}, timeout=10, what="the other client's cache")
+            # every replica replaced its state with the owner's (not joined it)
+            wait_for(lambda: all(len(set(d)) == 1 for d in _digests(ns, "notes", 2, 2)), timeout=20,
+                     what="replicas to take the restored state")
+            # writes after the restore work and the disk domain's store follows the restore
+            c.put("notes", "after", 2, consistency="strong")
+            assert c.get("notes", "after", consistency="strong") == 2
+            wait_for(lambda: ray.get(ray.get_actor(shard_name("disk", 0, 0), namespace=ns).stats.remote(),
+                                     timeout=30)["durable_pending"] == 0, timeout=20, what="the disk flush")
+            store = SQLiteStore(tmp_path / f"{ns}.db")
+            try:
+                rows = store.load_shard("disk", 0).records
+            finally:
+                store.close()
+            assert "later" not in rows and len(rows) == 50
+
+            c.recovery.delete_checkpoint(second.id)
+            assert [x.id for x in c.recovery.list_checkpoints()] == [cp.id]
+            with pytest.raises(CheckpointNotFoundError):
+                c.recovery.delete_checkpoint(second.id)
+            with pytest.raises(CheckpointNotFoundError):
+                c.recovery.restore_checkpoint("ckpt-20990101T000000.000000-abcdef")
+            with pytest.raises(InvalidValueError):
+                c.recovery.restore_checkpoint("")
+    finally:
+        erlmcp_ray.shutdown(ns, purge=True)
+
+
+def test_a_tampered_shard_restores_nothing(ray_local, tmp_path):
+    ns = "t_checkpoints_corrupt"
+    system = erlmcp_ray.start(_config(tmp_path), namespace=ns)
+    try:
+        with system.client() as c:
+            for i in range(20):
+                c.put("notes", f"k{i}", i, consistency="strong")
+            cp = c.recovery.create_checkpoint()
+            for i in range(20):
+                c.put("notes", f"k{i}", -i, consistency="strong")
+            victim = next(s for s in cp.shards if s.domain == "notes" and s.entries)
+            store = SQLiteStore(tmp_path / f"{ns}.db")
+            try:  # a well-formed blob (its CRC fits) with one value changed: only the SHA-256 can tell
+                data = store.get_blob(victim.blob)
+                store.put_blob(victim.blob, data.replace(b"\x01", b"\x02", 1))
+            finally:
+                store.close()
+            with pytest.raises(CorruptDataError, match=victim.blob):
+                c.recovery.restore_checkpoint(cp.id)
+            for i in range(20):  # nothing restored, in any shard
+                assert c.get("notes", f"k{i}", consistency="strong") == -i
+    finally:
+        erlmcp_ray.shutdown(ns, purge=True)
+
+
+def test_periodic_checkpoints_keep_only_the_newest(ray_local, tmp_path):
+    ns = "t_checkpoints_periodic"
+    system = erlmcp_ray.start(_config(tmp_path, checkpoint_interval=500, checkpoint_retention=2), namespace=ns)
+    try:
+        with system.client() as c:
+            c.put("notes", "k", 1, consistency="strong")
+            seen: set[str] = set()
+
+            def three_made():
+                seen.update(x.id for x in c.recovery.list_checkpoints())
+                return len(seen) >= 3
+
+            wait_for(three_made, timeout=30, interval=0.2, what="three periodic checkpoints")
+            time.sleep(0.2)
+            listed = c.recovery.list_checkpoints()
+            assert 1 <= len(listed) <= 2 and listed == sorted(listed, key=lambda x: x.id, reverse=True)
+    finally:
+        erlmcp_ray.shutdown(ns, purge=True)
