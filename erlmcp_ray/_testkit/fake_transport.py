@@ -28,8 +28,8 @@ from typing import Any
 from erlmcp_ray.client._transport import COORDINATOR, SUPERVISOR, Copy
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.invalidation import InvalidationLog
-from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
 from erlmcp_ray.core.layout import Layout
+from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
 from erlmcp_ray.core.wire import PollAnswer
 from erlmcp_ray.errors import ErlmcpRayError, RemoteError, UnavailableError
 

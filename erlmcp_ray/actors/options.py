@@ -16,8 +16,16 @@ import ray
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.shard_copy import ShardSettings
 
-__all__ = ["COORDINATOR", "SUPERVISOR", "actor_class", "coordinator_options", "supervisor_options", "shard_name",
-           "shard_options", "shard_settings"]
+__all__ = [
+    "COORDINATOR",
+    "SUPERVISOR",
+    "actor_class",
+    "coordinator_options",
+    "shard_name",
+    "shard_options",
+    "shard_settings",
+    "supervisor_options",
+]
 
 COORDINATOR = "erlmcp:coordinator"
 SUPERVISOR = "erlmcp:supervisor"

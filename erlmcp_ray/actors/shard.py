@@ -396,6 +396,17 @@ class ShardActor:
         with self._lock:
             self._copy.published(upto)
 
+    def sync_now(self) -> int:
+        """Anti-entropy now (``client.sync``): a replication round and a durable flush right away;
+        the op-log position they must reach (``progress()`` shows when they did)."""
+        self._ready()
+        if self._store is not None:
+            self.flush_durable()
+        with self._lock:
+            target = self._copy.state.last_seq
+        self._wake.set()
+        return target
+
     # ------------------------------------------------------------ checkpoints
     def _checkpoint_store(self) -> Any:
         if self._store is not None:

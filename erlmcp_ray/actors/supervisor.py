@@ -37,6 +37,7 @@ import time
 
 from erlmcp_ray import _ray
 from erlmcp_ray.actors._checkpoints import Checkpoints
+from erlmcp_ray.actors._verify import sync_domains, verify
 from erlmcp_ray.actors.options import COORDINATOR, actor_class, shard_name, shard_options, shard_settings
 from erlmcp_ray.actors.shard import ShardActor
 from erlmcp_ray.config import Backend, DurableKind, MemoryConfig
@@ -100,6 +101,13 @@ class SupervisorActor:
     def delete_checkpoint(self, checkpoint_id: str) -> None:
         with self._lock:
             self._checkpoints.delete(checkpoint_id)
+
+    # ------------------------------------------------------------ verification, anti-entropy
+    def verify_state(self) -> dict:
+        return verify(self._layout.config(self._cfg), self.namespace)
+
+    def sync(self, domains: list[str] | None, timeout_s: float) -> dict:
+        return sync_domains(self._layout.config(self._cfg), self.namespace, domains, timeout_s)
 
     def _checkpoint_loop(self) -> None:
         interval_s = self._cfg.distributed_memory.checkpoint_interval / 1000.0

@@ -30,7 +30,7 @@ from erlmcp_ray.client._recovery import Recovery
 from erlmcp_ray.client._selector import Selector
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute, domain_routes
 from erlmcp_ray.client._stats import Counters, Latencies
-from erlmcp_ray.client._transport import COORDINATOR, RayTransport, Retry, Transport
+from erlmcp_ray.client._transport import COORDINATOR, SUPERVISOR, RayTransport, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
 from erlmcp_ray.core import record as R
@@ -40,6 +40,7 @@ from erlmcp_ray.core.layout import Layout
 from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.core.wire import write_op
 from erlmcp_ray.errors import (
+    InvalidValueError,
     UnavailableError,
     UnknownDomainError,
 )
@@ -309,6 +310,24 @@ class MemoryClient:
             "coherence": {"since": self._coherence.since, "epoch": self._coherence.epoch,
                           "lease_ok": self._coherence.usable()},
         }
+
+    def sync(self, domains: str | list[str] = "all", timeout: float | None = None) -> dict[str, Any]:
+        """Anti-entropy now (spec ``sync(all)``): this client's buffered writes are flushed, then every
+        owner of ``domains`` replicates and flushes at once; returns when its replicas and the
+        coordinator hold what it held when asked."""
+        if domains == "all":
+            names = None
+        elif type(domains) is list and all(type(d) is str for d in domains):
+            names = domains
+            for name in names:
+                self._domain(name)
+        else:
+            raise InvalidValueError(f"domains must be 'all' or a list of domain names, got {domains!r}",
+                                    where="domains")
+        timeout = _validate.timeout(timeout)
+        timeout = self._timeout if timeout is None else timeout
+        self.flush(timeout)
+        return self._transport.call(SUPERVISOR, "sync", names, timeout, timeout=timeout + 5.0)
 
     def sync_status(self) -> dict[str, Any]:
         """Per domain and shard: each copy's seq, staleness and sync counters."""

@@ -53,6 +53,12 @@ class Recovery:
         self._call("delete_checkpoint", _checked_id(checkpoint_id))
 
 
+    def verify_state(self) -> dict[str, Any]:
+        """Per shard: the digests of all copies (equal = in sync), version vectors consistent, stored
+        rows' checksums valid; ``ok`` when all hold (see ``actors/_verify.py``)."""
+        return self._call("verify_state", timeout=_LONG_S)
+
+
 def _checked_id(checkpoint_id: Any) -> str:
     if type(checkpoint_id) is not str or not checkpoint_id:
         raise InvalidValueError(f"a checkpoint id is a non-empty str, got {checkpoint_id!r}", where="checkpoint_id")

@@ -4,6 +4,7 @@ checkpoints with retention."""
 
 from __future__ import annotations
 
+import sqlite3
 import time
 
 import pytest
@@ -145,5 +146,34 @@ def test_periodic_checkpoints_keep_only_the_newest(ray_local, tmp_path):
             time.sleep(0.2)
             listed = c.recovery.list_checkpoints()
             assert 1 <= len(listed) <= 2 and listed == sorted(listed, key=lambda x: x.id, reverse=True)
+    finally:
+        erlmcp_ray.shutdown(ns, purge=True)
+
+
+def test_sync_then_verify_state_finds_every_copy_equal_and_the_store_readable(ray_local, tmp_path):
+    ns = "t_verify"
+    system = erlmcp_ray.start(_config(tmp_path), namespace=ns)
+    try:
+        with system.client() as c:
+            for i in range(100):
+                c.put("notes", f"k{i}", i)  # eventual: buffered, then replicated lazily
+                c.put("disk", f"k{i}", i)
+            result = c.sync()  # flushes this client's buffer, then replicates every shard now
+            assert result["shards"] >= 4 and "notes" in result["domains"]
+            report = c.recovery.verify_state()
+            assert report["ok"], [s for s in report["shards"] if not s["in_sync"]]
+            disk = next(s for s in report["shards"] if s["domain"] == "disk")
+            assert disk["store_checksums_valid"] and disk["store_rows"] == 100 and disk["store_matches_owner"]
+            notes = [s for s in report["shards"] if s["domain"] == "notes"]
+            assert all(len(s["digests"]) == 2 and s["in_sync"] for s in notes)
+
+            # a corrupt stored row turns ok off and names the row
+            with sqlite3.connect(tmp_path / f"{ns}.db") as db:
+                db.execute("UPDATE records SET record = ? WHERE domain = 'disk' AND key = 'k5'", (b"garbage",))
+            report = c.recovery.verify_state()
+            disk = next(s for s in report["shards"] if s["domain"] == "disk")
+            assert not report["ok"] and not disk["store_checksums_valid"] and "k5" in disk["store_error"]
+            with pytest.raises(InvalidValueError):
+                c.sync(domains="notes")
     finally:
         erlmcp_ray.shutdown(ns, purge=True)

@@ -1,0 +1,81 @@
+"""Checkpoint create and restore, measured (issue 11's "Measure", the checkpoint line).
+
+Run:  python benchmarks/bench_recovery.py [--entries 1000000] [--shards 4] [--out benchmarks/results/recovery.txt]
+
+Starts a Ray of its own and a memory system (durable tier: SQLite in a temporary directory) with
+one memory domain ``notes`` of ``--shards`` shards, loads N entries (eventual puts, flushed), then
+times ``client.recovery.create_checkpoint()`` and ``restore_checkpoint(id)`` (target: <= 5 s each for
+1,000,000 entries), and checks a sample of the restored values. The failover figures of that issue
+are not measured here yet (failover is not built).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import shlex
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+from _common import git_revision  # benchmarks/_common.py
+
+import erlmcp_ray
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--shards", type=int, default=4)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    tmp = tempfile.mkdtemp(prefix="erlmcp_bench_rec_")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    cfg = {"durable": {"kind": "sqlite", "data_dir": tmp},
+           "distributed_memory": {"checkpoint_interval": 0},
+           "persistence_selector": {"auto_select": False},
+           "domains": {"notes": {"backend": "memory", "max_bytes": "4GB", "shards": args.shards}}}
+    system = erlmcp_ray.start(cfg, namespace="bench_recovery")
+    lines = [f"# bench_recovery  {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}",
+             f"# command: python {' '.join(shlex.quote(a) for a in sys.argv)}",
+             f"# erlmcp_ray (git {git_revision()}), ray {ray.__version__}, {args.entries:,} entries of ~40 B in "
+             f"{args.shards} shards (+ the five default domains, empty), durable tier SQLite", ""]
+    try:
+        with system.client() as c:
+            t0 = time.perf_counter()
+            for i in range(args.entries):
+                c.put("notes", f"k{i}", {"i": i, "pad": "x" * 16})
+            c.flush(timeout=900)
+            lines.append(f"load: {args.entries:,} eventual puts + flush in {time.perf_counter() - t0:.1f} s")
+            t0 = time.perf_counter()
+            cp = c.recovery.create_checkpoint()
+            create_s = time.perf_counter() - t0
+            lines.append(f"create_checkpoint: {create_s:.2f} s  ({cp.entries:,} entries, {cp.bytes / 1e6:.1f} MB "
+                         f"stored)   target <= 5 s: {'yes' if create_s <= 5 else 'NO'}")
+            for i in range(0, args.entries, 2):
+                if i > 20_000:
+                    break
+                c.put("notes", f"k{i}", "changed")
+            c.flush(timeout=300)
+            t0 = time.perf_counter()
+            counts = c.recovery.restore_checkpoint(cp.id)
+            restore_s = time.perf_counter() - t0
+            lines.append(f"restore_checkpoint: {restore_s:.2f} s  ({counts['entries']:,} entries)   "
+                         f"target <= 5 s: {'yes' if restore_s <= 5 else 'NO'}")
+            step = max(1, args.entries // 1000)
+            wrong = sum(1 for i in range(0, args.entries, step)
+                        if c.get("notes", f"k{i}", consistency="strong") != {"i": i, "pad": "x" * 16})
+            lines.append(f"after the restore: {wrong} of a 1,000-key sample differ from the checkpoint (must be 0)")
+    finally:
+        erlmcp_ray.shutdown("bench_recovery", purge=True)
+        ray.shutdown()
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
