@@ -77,6 +77,7 @@ class SupervisorActor:
         raw = _ray.kv_get(history_key(namespace))
         self._history: list[dict] = json.loads(raw) if raw else []
         self._last_evaluation: float | None = None
+        self._migrating: dict[str, str] = {}  # domain -> the backend it is being moved to
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._checkpoints = Checkpoints(self._cfg, namespace, lambda: self._layout.config(self._cfg))
@@ -125,16 +126,19 @@ class SupervisorActor:
         return old
 
     def strategies(self) -> dict:
-        """Every domain's backend, whether the selector manages it, and what it last found."""
-        running = self._layout.config(self._cfg)
+        """Every domain's backend, whether the selector manages it, and what it last found. A domain
+        being migrated shows the backend it is leaving until the migration finished (and
+        ``migrating_to``): the new one is reported only once it holds."""
+        done = self._cfg.with_backends(dict(self._auto.current))
         domains = {}
         for name in self._cfg.domains:
             auto = self._cfg.domain(name).backend is None
             domains[name] = {
-                "backend": running.backend_for(name).value,
+                "backend": done.backend_for(name).value,
                 "selected_by": "persistence_selector" if auto else "config",
-                "copies": running.replication_factor_for(name),
-                "durable": running.durable_mode_for(name).value,
+                "copies": done.replication_factor_for(name),
+                "durable": done.durable_mode_for(name).value,
+                "migrating_to": self._migrating.get(name),
                 "durability_requirement": self._cfg.domain(name).durability_requirement.value if auto else None,
                 "last_evaluation": _jsonable(self._auto.last_evaluation(name)) if auto else None,
                 "migrations": [m for m in self._history if m["domain"] == name],
@@ -208,6 +212,13 @@ class SupervisorActor:
 
     # ------------------------------------------------------------ migration
     def _migrate(self, m: Migrate) -> dict:
+        self._migrating[m.domain] = m.target.value
+        try:
+            return self._migrate_now(m)
+        finally:
+            self._migrating.pop(m.domain, None)
+
+    def _migrate_now(self, m: Migrate) -> dict:
         started = time.time()
         before = self._layout.config(self._cfg)
         layout = self._layout.with_choice(self._cfg, m.domain, m.target)
@@ -247,10 +258,10 @@ class SupervisorActor:
             log.error("persistence selector: migrating %s to %s failed: %s", m.domain, m.target.value, exc)
             self._remember(record)
             raise
-        self._auto.migrated(m.domain, m.target)
         record["seconds"] = time.time() - started
         log.warning("persistence selector: %s is on %s now (%.1f s)", m.domain, m.target.value, record["seconds"])
-        self._remember(record)
+        self._remember(record)  # before the backend is reported changed: the report is never behind it
+        self._auto.migrated(m.domain, m.target)
         return record
 
     def _add_copies(self, domain: str, shards: range, old: int, new: int, running: MemoryConfig) -> None:

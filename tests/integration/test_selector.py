@@ -103,6 +103,20 @@ def test_live_migrations_keep_every_acknowledged_write_and_serve_reads(ray_local
             c.flush(timeout=30)
             assert c.get_domain_stats("notes")["backend"] == "memory"
             traffic = _Traffic(c, "notes")
+            # A report that names a new backend must already list the migration to it (a reader of
+            # current_strategies must never see the new backend ahead of its record).
+            torn: list[dict] = []
+            watching = threading.Event()
+
+            def watch():
+                while not watching.is_set():
+                    notes = watcher.selector.current_strategies()["domains"]["notes"]
+                    moves = notes["migrations"]
+                    if notes["backend"] != (moves[-1]["to"] if moves else "memory"):
+                        torn.append(notes)
+
+            watch_thread = threading.Thread(target=watch)
+            watch_thread.start()
             try:
                 wait_for(lambda: len(traffic.acked) >= 40, timeout=30, what="the writer to get going")
 
@@ -138,7 +152,10 @@ def test_live_migrations_keep_every_acknowledged_write_and_serve_reads(ray_local
                          what="writes after the last migration")
             finally:
                 traffic.stop()
+                watching.set()
+                watch_thread.join(timeout=60)
             assert not traffic.errors, traffic.errors[:3]
+            assert not torn, torn[:1]
             for key, value in traffic.acked.items():
                 assert c.get("notes", key, consistency="strong") == value
             for i in range(100):
