@@ -20,3 +20,12 @@ def git_revision() -> str:
         return out.stdout.strip() or "?"
     except Exception:  # noqa: BLE001 - a report without a revision is still a report
         return "?"
+
+
+def emit(lines: list[str], out: os.PathLike | None) -> None:
+    """Print a report and, with ``--out``, write it there too."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text)

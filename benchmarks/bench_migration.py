@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 import ray
-from _common import git_revision, pct  # benchmarks/_common.py
+from _common import emit, git_revision, pct  # benchmarks/_common.py
 
 import erlmcp_ray
 
@@ -101,10 +101,7 @@ def main() -> None:
     finally:
         erlmcp_ray.shutdown("bench_migration", purge=True)
         ray.shutdown()
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

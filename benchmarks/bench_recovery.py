@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import ray
-from _common import git_revision  # benchmarks/_common.py
+from _common import emit, git_revision  # benchmarks/_common.py
 
 import erlmcp_ray
 
@@ -71,10 +71,7 @@ def main() -> None:
     finally:
         erlmcp_ray.shutdown("bench_recovery", purge=True)
         ray.shutdown()
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import time
 
@@ -72,3 +73,13 @@ def one_coherence_round(c) -> None:
     """Wait until ``c`` completed one more coordinator poll than now (a poll answered after this call)."""
     start = c.counters["polls"]
     wait_for(lambda: c.counters["polls"] >= start + 2, what="a coherence round")
+
+
+@contextlib.contextmanager
+def running_system(config, namespace):
+    """A memory system started for one test and shut down after it, its durable data purged."""
+    system = erlmcp_ray.start(config, namespace=namespace)
+    try:
+        yield system
+    finally:
+        erlmcp_ray.shutdown(namespace, purge=True)

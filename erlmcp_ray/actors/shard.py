@@ -40,7 +40,7 @@ from erlmcp_ray.core.layout import Layout, layout_key
 from erlmcp_ray.core.pressure import AllowGrowth, CollectGarbage, RefuseGrowth, Warn
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
 from erlmcp_ray.core.wire import Progress, ReadAnswer, WriteAnswer, WriteOp
-from erlmcp_ray.errors import CorruptDataError, UnavailableError
+from erlmcp_ray.errors import CorruptDataError, InvalidValueError, UnavailableError
 from erlmcp_ray.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -420,13 +420,13 @@ class ShardActor:
         of checkpoint ``checkpoint_id``; its manifest entry (``core.checkpoint.ShardEntry`` fields)."""
         self._ready()
         with self._lock:
-            snap, epoch = self._copy.state.snapshot(), self._copy.epoch
+            snap, epoch, incarnation = self._copy.state.snapshot(), self._copy.epoch, self._copy.incarnation
             entries = len(self._copy.state)
-        data, sha = pack_shard(self.domain, self.shard, epoch, snap)
+        data, sha = pack_shard(self.domain, self.shard, epoch, snap, incarnation)
         name = shard_blob_name(checkpoint_id, self.domain, self.shard)
         self._checkpoint_store().put_blob(name, data)
         return {"domain": self.domain, "shard": self.shard, "blob": name, "sha256": sha, "entries": entries,
-                "bytes": len(data)}
+                "bytes": len(data), "incarnation": incarnation, "seq": snap["seq"]}
 
     def stage_checkpoint(self, blob: str, sha256: str) -> int:
         """Read this shard's image of a checkpoint and check it (nothing changes yet); its entries."""
@@ -447,6 +447,9 @@ class ShardActor:
         if self._staged is None:
             raise CorruptDataError(f"{self.domain}/{self.shard}: no checkpoint staged (stage_checkpoint first)")
         with self._lock:
+            image = dict(self._staged["records"])
+            raw = self._copy.state.raw_record
+            dropped = sum(1 for k in self._copy.state.stored_keys() if image.get(k) != raw(k))
             self._copy.restore_image(self._staged)
             if self._store is not None:
                 self._copy.state.dirty = set(self._copy.state.stored_keys())
@@ -456,7 +459,55 @@ class ShardActor:
         if self._store is not None:
             threading.Thread(target=self._forget_stale_rows, name="erlmcp-restore-rows", daemon=True).start()
         self._wake.set()
-        return {"entries": entries, "epoch": epoch}
+        return {"entries": entries, "epoch": epoch, "dropped": dropped}
+
+    # ------------------------------------------------------------ recovery (see core.recovery)
+    def _image(self, blob: str, sha256: str) -> dict:
+        data = self._checkpoint_store().get_blob(blob)
+        if data is None:
+            raise CorruptDataError(f"checkpoint shard {blob} is missing", where=blob)
+        return unpack_shard(data, sha256, blob)
+
+    def recover(self, mode: str, blob: str | None = None, sha256: str | None = None) -> dict:
+        """Recover this shard (owner only) in ``mode`` (full | delta | peer; snapshot goes through
+        stage_checkpoint/apply_staged); every mode ends in a new epoch, so the replicas replace
+        their state with the owner's."""
+        self._ready()
+        out: dict[str, Any] = {"mode": mode}
+        if mode == "full":
+            sources = []
+            for slot in range(1, self.copies):
+                try:
+                    snap = _ray.get(self._peer(slot).snapshot.remote(), timeout=self._settings.sync_timeout_s,
+                                    what=f"replica slot {slot}")
+                    sources.append((f"replica slot {slot}", snap["records"]))
+                except Exception as exc:  # noqa: BLE001 - a dead replica is not a source
+                    out.setdefault("skipped", []).append(f"replica slot {slot}: {exc}")
+            if self._store is not None:
+                sources.append(("durable store", list(self._store.load_shard(self.domain, self.shard).records.items())))
+            if blob is not None:
+                sources.append(("checkpoint", self._image(blob, sha256)["records"]))
+            merged = conflicts = 0
+            with self._lock:
+                for _name, records in sources:
+                    result = self._copy.join(records)
+                    merged += result.changed
+                    conflicts += result.conflicts
+                out.update(sources=[n for n, _ in sources], merged=merged, conflicts=conflicts)
+        elif mode == "delta":
+            image = self._image(blob, sha256)
+            with self._lock:
+                try:
+                    out["replayed"] = self._copy.replay_from(image)
+                except ValueError as exc:
+                    raise InvalidValueError(str(exc), where="mode") from None
+        elif mode != "peer":
+            raise InvalidValueError(f"recover: mode {mode!r} is not one a shard runs itself", where="mode")
+        with self._lock:
+            out["epoch"] = self._copy.bump_epoch()
+            out["entries"] = len(self._copy.state)
+        self._wake.set()
+        return out
 
     # ------------------------------------------------------------ inspection
     def snapshot(self) -> dict:

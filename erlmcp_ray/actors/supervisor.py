@@ -1,10 +1,12 @@
 """The supervisor actor (``erlmcp:supervisor``): the system's jobs that outlive any one request.
 
-Today it does two: the persistence selector at work (below), and checkpoints (``_checkpoints.py``:
+Today it does: the persistence selector at work (below); checkpoints (``_checkpoints.py``:
 ``client.recovery`` creates, lists, restores and deletes them through it, and every
 ``distributed_memory.checkpoint_interval`` it takes one and keeps the newest
-``distributed_memory.checkpoint_retention``). Failure detection and failover are not its job yet:
-Ray restarts a dead copy, which recovers from a peer or the durable store.
+``distributed_memory.checkpoint_retention``); the recovery API when asked (``_recovery.py``:
+``trigger_recovery``, ``recover_domain``, ``recover_node``, ``get_recovery_status``); ``verify_state``
+and ``sync`` (``_verify.py``). Failure detection and failover are not its job yet: Ray restarts a
+dead copy, which recovers from a peer or the durable store.
 
 Persistence selector: every ``persistence_selector.evaluation_interval`` (while ``auto_select`` is on) it measures each
 domain whose backend the user did not set — bytes its owners hold, reads and writes its copies
@@ -37,6 +39,7 @@ import time
 
 from erlmcp_ray import _ray
 from erlmcp_ray.actors._checkpoints import Checkpoints
+from erlmcp_ray.actors._recovery import RecoveryRunner
 from erlmcp_ray.actors._verify import sync_domains, verify
 from erlmcp_ray.actors.options import COORDINATOR, actor_class, shard_name, shard_options, shard_settings
 from erlmcp_ray.actors.shard import ShardActor
@@ -81,6 +84,8 @@ class SupervisorActor:
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._checkpoints = Checkpoints(self._cfg, namespace, lambda: self._layout.config(self._cfg))
+        self._recovery = RecoveryRunner(self._cfg, namespace, lambda: self._layout.config(self._cfg),
+                                        self._checkpoints)
         threading.Thread(target=self._loop, name="erlmcp-selector", daemon=True).start()
         if self._cfg.distributed_memory.checkpoint_interval and self._checkpoints.enabled:
             threading.Thread(target=self._checkpoint_loop, name="erlmcp-checkpoints", daemon=True).start()
@@ -102,6 +107,14 @@ class SupervisorActor:
     def delete_checkpoint(self, checkpoint_id: str) -> None:
         with self._lock:
             self._checkpoints.delete(checkpoint_id)
+
+    # ------------------------------------------------------------ recovery
+    def trigger_recovery(self, mode: str, domains: list[str] | None = None, node_id: str | None = None) -> dict:
+        with self._lock:
+            return self._recovery.run(mode, domains, node_id)
+
+    def get_recovery_status(self) -> dict:
+        return self._recovery.status.to_dict()
 
     # ------------------------------------------------------------ verification, anti-entropy
     def verify_state(self) -> dict:

@@ -1,4 +1,4 @@
-"""``client.recovery`` (spec ``erlmcp_memory_recovery``): checkpoints of the running system.
+"""``client.recovery`` (spec ``erlmcp_memory_recovery``): checkpoints, recovery runs, verification.
 
 Thin: checks arguments here, then asks the supervisor (``actors/supervisor.py``), which writes the
 manifests; the shard owners write and read their own shards (``actors/_checkpoints.py``).
@@ -11,6 +11,7 @@ from typing import Any
 
 from erlmcp_ray.client._transport import SUPERVISOR, Transport
 from erlmcp_ray.core.checkpoint import Checkpoint
+from erlmcp_ray.core.recovery import MODES
 from erlmcp_ray.errors import InvalidValueError
 
 __all__ = ["Recovery"]
@@ -53,10 +54,50 @@ class Recovery:
         self._call("delete_checkpoint", _checked_id(checkpoint_id))
 
 
+    def trigger_recovery(self, mode: str = "auto") -> dict[str, Any]:
+        """Recover every shard (spec modes: full, delta, peer, snapshot, auto — see
+        ``core/recovery.py``); returns the final status (as ``get_recovery_status``)."""
+        return self._recover(_checked_mode(mode))
+
+    def recover_domain(self, domain: str, node_id: str | None = None) -> dict[str, Any]:
+        """``auto`` recovery of one domain (only its shards with a copy on ``node_id`` or one down,
+        when a node is named)."""
+        if type(domain) is not str or not domain:
+            raise InvalidValueError(f"domain must be a domain name, got {domain!r}", where="domain")
+        return self._recover("auto", [domain], _checked_node(node_id, allow_none=True))
+
+    def recover_node(self, node_id: str) -> dict[str, Any]:
+        """``auto`` recovery of every shard with a copy on ``node_id`` (or a copy down)."""
+        return self._recover("auto", None, _checked_node(node_id, allow_none=False))
+
+    def get_recovery_status(self) -> dict[str, Any]:
+        """The current (or last) recovery: status, mode, step, progress 0-100, per-shard detail."""
+        return self._call("get_recovery_status")
+
+    def _recover(self, mode: str, domains: list[str] | None = None, node_id: str | None = None) -> dict[str, Any]:
+        try:
+            return self._call("trigger_recovery", mode, domains, node_id, timeout=_LONG_S)
+        finally:
+            self._drop_caches()
+
     def verify_state(self) -> dict[str, Any]:
         """Per shard: the digests of all copies (equal = in sync), version vectors consistent, stored
         rows' checksums valid; ``ok`` when all hold (see ``actors/_verify.py``)."""
         return self._call("verify_state", timeout=_LONG_S)
+
+
+def _checked_mode(mode: Any) -> str:
+    if mode not in MODES:
+        raise InvalidValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}", where="mode")
+    return mode
+
+
+def _checked_node(node_id: Any, *, allow_none: bool) -> str | None:
+    if node_id is None and allow_none:
+        return None
+    if type(node_id) is not str or not node_id:
+        raise InvalidValueError(f"node_id must be a Ray node id (hex str), got {node_id!r}", where="node_id")
+    return node_id
 
 
 def _checked_id(checkpoint_id: Any) -> str:

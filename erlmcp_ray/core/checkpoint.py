@@ -42,6 +42,9 @@ class ShardEntry:
     sha256: str
     entries: int
     bytes: int
+    #: the owner's incarnation and op-log position at the cut (a delta recovery replays from there)
+    incarnation: str = ""
+    seq: int = 0
 
 
 @dataclass(frozen=True)
@@ -106,9 +109,10 @@ def shard_blob_name(checkpoint_id: str, domain: str, shard: int) -> str:
     return f"{PREFIX}{checkpoint_id}/{domain}/{shard}"
 
 
-def pack_shard(domain: str, shard: int, epoch: int, snapshot: dict) -> tuple[bytes, str]:
+def pack_shard(domain: str, shard: int, epoch: int, snapshot: dict, incarnation: str = "") -> tuple[bytes, str]:
     """A shard's snapshot (``ShardState.snapshot()``) as stored, and its SHA-256."""
     data = msgpack.packb({"domain": domain, "shard": shard, "epoch": epoch, "seq": snapshot["seq"],
+                          "incarnation": incarnation,
                           "context": snapshot["context"], "records": snapshot["records"]}, use_bin_type=True)
     return data, hashlib.sha256(data).hexdigest()
 
@@ -118,7 +122,7 @@ def unpack_shard(data: bytes, expected_sha256: str, where: str) -> dict:
     if hashlib.sha256(data).hexdigest() != expected_sha256:
         raise CorruptDataError(f"checkpoint shard {where} does not match its manifest's SHA-256", where=where)
     d = msgpack.unpackb(data, raw=False, strict_map_key=False)
-    return {"slot": 0, "seq": d["seq"], "context": d["context"],
+    return {"slot": 0, "seq": d["seq"], "context": d["context"], "incarnation": d.get("incarnation", ""),
             "records": [(k, r) for k, r in d["records"]], "epoch": d["epoch"]}
 
 

@@ -39,7 +39,7 @@ from erlmcp_ray.core.pressure import (
     Warn,
 )
 from erlmcp_ray.core.replication import Freshness, IdempotencyTable, ReplicaProgress
-from erlmcp_ray.core.shard_state import ShardState, _klen
+from erlmcp_ray.core.shard_state import MergeResult, ShardState, _klen
 from erlmcp_ray.core.wire import OK, REFUSED, SKIPPED, STALE, Progress, ReadAnswer, WriteAnswer, WriteOp
 from erlmcp_ray.errors import StaleEpochError
 
@@ -178,6 +178,45 @@ class ShardCopy:
         if self.policy is not None:
             for key in list(self.state.keys()):
                 self.policy[key] = self._entry_size(key)
+
+    def bump_epoch(self) -> int:
+        """A new epoch for this owner (a recovery): every replica gets a full snapshot next round and
+        replaces its state with it (``sync``); a write from the old epoch is refused from then on."""
+        if not self.is_owner:
+            raise ValueError("only the owner moves its shard to a new epoch")
+        self.epoch = self._state_epoch = self.epoch + 1
+        for progress in self.progress_of.values():
+            progress.acked_seq = None
+        return self.epoch
+
+    def join(self, records: Any) -> MergeResult:
+        """CRDT-join ``(key, record)`` pairs from another source (a replica, the store, a checkpoint)
+        into this copy: only ever keeps the newer version of each key."""
+        result = self.state.merge(records)
+        if self.policy is not None:
+            for key in list(self.state.keys()):
+                if key not in self.policy:
+                    self.policy[key] = self._entry_size(key)
+        return result
+
+    def replay_from(self, image: dict) -> int:
+        """Delta recovery: become a checkpoint ``image`` plus this owner's op-log since it (replacing
+        the state). Possible only in the incarnation that took the checkpoint, while the log still
+        reaches back to it; returns the operations replayed."""
+        if image.get("incarnation") != self.incarnation:
+            raise ValueError(f"{self.domain}/{self.shard}: the owner restarted since the checkpoint "
+                             f"(incarnation {self.incarnation} != {image.get('incarnation')})")
+        ops = self.state.since(image["seq"])
+        if ops is None:
+            raise ValueError(f"{self.domain}/{self.shard}: the op-log no longer reaches back to seq {image['seq']}")
+        dirty = self.state.dirty
+        rebuilt = ShardState(self.slot, oplog_capacity=self.settings.oplog_capacity)
+        rebuilt.restore(image)
+        rebuilt.apply_delta(ops)
+        rebuilt.dirty = None if dirty is None else set(rebuilt.stored_keys()) | set(self.state.stored_keys())
+        self.state = rebuilt
+        self.published_seq = self.replicated_seq = self.state.last_seq
+        return len(ops)
 
     def forget_answer(self, client_id: str, request_seq: int) -> None:
         """The answer to this request did not become durable: a retry must apply it again."""
@@ -418,7 +457,7 @@ class ShardCopy:
             domain=self.domain, shard=self.shard, slot=self.slot, role="owner" if self.is_owner else "replica",
             epoch=self.epoch, replicated_seq=self.replicated_seq, published_seq=self.published_seq,
             evictions=self.evictions, refused_writes=self.refused, rejected_ops=self.rejected,
-            reads=self.reads, writes=self.writes, copies=self.copies,
+            reads=self.reads, writes=self.writes, copies=self.copies, incarnation=self.incarnation,
             pressure=self.pressure.snapshot().get(self.subject), pressure_changes=list(self.pressure_changes),
             policy=None if self.policy is None else type(self.policy).__name__,
             staleness_ms=0.0 if self.is_owner else self.freshness.staleness_ms(),

@@ -10,12 +10,11 @@ import time
 import pytest
 import ray
 
-import erlmcp_ray
 from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray.core.checkpoint import Checkpoint
 from erlmcp_ray.errors import CheckpointNotFoundError, CorruptDataError, InvalidValueError
 from erlmcp_ray.storage import SQLiteStore
-from tests.conftest import wait_for
+from tests.conftest import running_system, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -44,8 +43,7 @@ def _digests(ns: str, domain: str, shards: int, copies: int) -> list[list[str]]:
 
 def test_a_restored_checkpoint_is_what_every_copy_and_every_client_sees(ray_local, tmp_path):
     ns = "t_checkpoints"
-    system = erlmcp_ray.start(_config(tmp_path), namespace=ns)
-    try:
+    with running_system(_config(tmp_path), ns) as system:
         with system.client() as c, system.client() as other:
             for i in range(50):
                 for domain in ("notes", "disk", "lru"):
@@ -101,39 +99,32 @@ def test_a_restored_checkpoint_is_what_every_copy_and_every_client_sees(ray_loca
                 c.recovery.restore_checkpoint("ckpt-20990101T000000.000000-abcdef")
             with pytest.raises(InvalidValueError):
                 c.recovery.restore_checkpoint("")
-    finally:
-        erlmcp_ray.shutdown(ns, purge=True)
 
 
 def test_a_tampered_shard_restores_nothing(ray_local, tmp_path):
     ns = "t_checkpoints_corrupt"
-    system = erlmcp_ray.start(_config(tmp_path), namespace=ns)
-    try:
-        with system.client() as c:
-            for i in range(20):
-                c.put("notes", f"k{i}", i, consistency="strong")
-            cp = c.recovery.create_checkpoint()
-            for i in range(20):
-                c.put("notes", f"k{i}", -i, consistency="strong")
-            victim = next(s for s in cp.shards if s.domain == "notes" and s.entries)
-            store = SQLiteStore(tmp_path / f"{ns}.db")
-            try:  # a well-formed blob (its CRC fits) with one value changed: only the SHA-256 can tell
-                data = store.get_blob(victim.blob)
-                store.put_blob(victim.blob, data.replace(b"\x01", b"\x02", 1))
-            finally:
-                store.close()
-            with pytest.raises(CorruptDataError, match=victim.blob):
-                c.recovery.restore_checkpoint(cp.id)
-            for i in range(20):  # nothing restored, in any shard
-                assert c.get("notes", f"k{i}", consistency="strong") == -i
-    finally:
-        erlmcp_ray.shutdown(ns, purge=True)
+    with running_system(_config(tmp_path), ns) as system, system.client() as c:
+        for i in range(20):
+            c.put("notes", f"k{i}", i, consistency="strong")
+        cp = c.recovery.create_checkpoint()
+        for i in range(20):
+            c.put("notes", f"k{i}", -i, consistency="strong")
+        victim = next(s for s in cp.shards if s.domain == "notes" and s.entries)
+        store = SQLiteStore(tmp_path / f"{ns}.db")
+        try:  # a well-formed blob (its CRC fits) with one value changed: only the SHA-256 can tell
+            data = store.get_blob(victim.blob)
+            store.put_blob(victim.blob, data.replace(b"\x01", b"\x02", 1))
+        finally:
+            store.close()
+        with pytest.raises(CorruptDataError, match=victim.blob):
+            c.recovery.restore_checkpoint(cp.id)
+        for i in range(20):  # nothing restored, in any shard
+            assert c.get("notes", f"k{i}", consistency="strong") == -i
 
 
 def test_periodic_checkpoints_keep_only_the_newest(ray_local, tmp_path):
     ns = "t_checkpoints_periodic"
-    system = erlmcp_ray.start(_config(tmp_path, checkpoint_interval=500, checkpoint_retention=2), namespace=ns)
-    try:
+    with running_system(_config(tmp_path, checkpoint_interval=500, checkpoint_retention=2), ns) as system:
         with system.client() as c:
             c.put("notes", "k", 1, consistency="strong")
             seen: set[str] = set()
@@ -146,34 +137,28 @@ def test_periodic_checkpoints_keep_only_the_newest(ray_local, tmp_path):
             time.sleep(0.2)
             listed = c.recovery.list_checkpoints()
             assert 1 <= len(listed) <= 2 and listed == sorted(listed, key=lambda x: x.id, reverse=True)
-    finally:
-        erlmcp_ray.shutdown(ns, purge=True)
 
 
 def test_sync_then_verify_state_finds_every_copy_equal_and_the_store_readable(ray_local, tmp_path):
     ns = "t_verify"
-    system = erlmcp_ray.start(_config(tmp_path), namespace=ns)
-    try:
-        with system.client() as c:
-            for i in range(100):
-                c.put("notes", f"k{i}", i)  # eventual: buffered, then replicated lazily
-                c.put("disk", f"k{i}", i)
-            result = c.sync()  # flushes this client's buffer, then replicates every shard now
-            assert result["shards"] >= 4 and "notes" in result["domains"]
-            report = c.recovery.verify_state()
-            assert report["ok"], [s for s in report["shards"] if not s["in_sync"]]
-            disk = next(s for s in report["shards"] if s["domain"] == "disk")
-            assert disk["store_checksums_valid"] and disk["store_rows"] == 100 and disk["store_matches_owner"]
-            notes = [s for s in report["shards"] if s["domain"] == "notes"]
-            assert all(len(s["digests"]) == 2 and s["in_sync"] for s in notes)
+    with running_system(_config(tmp_path), ns) as system, system.client() as c:
+        for i in range(100):
+            c.put("notes", f"k{i}", i)  # eventual: buffered, then replicated lazily
+            c.put("disk", f"k{i}", i)
+        result = c.sync()  # flushes this client's buffer, then replicates every shard now
+        assert result["shards"] >= 4 and "notes" in result["domains"]
+        report = c.recovery.verify_state()
+        assert report["ok"], [s for s in report["shards"] if not s["in_sync"]]
+        disk = next(s for s in report["shards"] if s["domain"] == "disk")
+        assert disk["store_checksums_valid"] and disk["store_rows"] == 100 and disk["store_matches_owner"]
+        notes = [s for s in report["shards"] if s["domain"] == "notes"]
+        assert all(len(s["digests"]) == 2 and s["in_sync"] for s in notes)
 
-            # a corrupt stored row turns ok off and names the row
-            with sqlite3.connect(tmp_path / f"{ns}.db") as db:
-                db.execute("UPDATE records SET record = ? WHERE domain = 'disk' AND key = 'k5'", (b"garbage",))
-            report = c.recovery.verify_state()
-            disk = next(s for s in report["shards"] if s["domain"] == "disk")
-            assert not report["ok"] and not disk["store_checksums_valid"] and "k5" in disk["store_error"]
-            with pytest.raises(InvalidValueError):
-                c.sync(domains="notes")
-    finally:
-        erlmcp_ray.shutdown(ns, purge=True)
+        # a corrupt stored row turns ok off and names the row
+        with sqlite3.connect(tmp_path / f"{ns}.db") as db:
+            db.execute("UPDATE records SET record = ? WHERE domain = 'disk' AND key = 'k5'", (b"garbage",))
+        report = c.recovery.verify_state()
+        disk = next(s for s in report["shards"] if s["domain"] == "disk")
+        assert not report["ok"] and not disk["store_checksums_valid"] and "k5" in disk["store_error"]
+        with pytest.raises(InvalidValueError):
+            c.sync(domains="notes")

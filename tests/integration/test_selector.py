@@ -15,7 +15,7 @@ import erlmcp_ray
 from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray.errors import ConfigError, InvalidValueError, UnknownDomainError
 from erlmcp_ray.storage import SQLiteStore
-from tests.conftest import wait_for
+from tests.conftest import running_system, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -93,8 +93,7 @@ class _Traffic:
 
 def test_live_migrations_keep_every_acknowledged_write_and_serve_reads(ray_local, tmp_path):
     ns = "t_selector_live"
-    system = erlmcp_ray.start(_config(tmp_path), namespace=ns)
-    try:
+    with running_system(_config(tmp_path), ns) as system:
         with system.client() as c, system.client() as watcher:
             for i in range(100):
                 c.put("notes", f"pre{i}", i, tags=["pre"])
@@ -169,34 +168,27 @@ def test_live_migrations_keep_every_acknowledged_write_and_serve_reads(ray_local
             assert [m["to"] for m in notes["migrations"]] == ["disk", "replicated", "memory"]
             assert report["domains"]["fixed"]["selected_by"] == "config"
             assert [m["to"] for m in c.get_domain_stats("notes")["migrations"]] == ["disk", "replicated", "memory"]
-    finally:
-        erlmcp_ray.shutdown(ns, purge=True)
 
 
 def test_bad_migrations_are_refused_at_the_call_site(ray_local, tmp_path):
     ns = "t_selector_bad"
-    system = erlmcp_ray.start(_config(tmp_path), namespace=ns)
-    try:
-        with system.client() as c:
-            with pytest.raises(ConfigError, match="never migrates"):
-                c.selector.migrate("fixed", "disk")
-            with pytest.raises(UnknownDomainError):
-                c.selector.migrate("nope", "disk")
-            with pytest.raises(InvalidValueError):
-                c.selector.migrate("notes", "ets-ish")
-            with pytest.raises(InvalidValueError):
-                c.selector.auto_select("yes")
-            assert c.selector.migrate("notes", "memory")["changed"] is False
-    finally:
-        erlmcp_ray.shutdown(ns, purge=True)
+    with running_system(_config(tmp_path), ns) as system, system.client() as c:
+        with pytest.raises(ConfigError, match="never migrates"):
+            c.selector.migrate("fixed", "disk")
+        with pytest.raises(UnknownDomainError):
+            c.selector.migrate("nope", "disk")
+        with pytest.raises(InvalidValueError):
+            c.selector.migrate("notes", "ets-ish")
+        with pytest.raises(InvalidValueError):
+            c.selector.auto_select("yes")
+        assert c.selector.migrate("notes", "memory")["changed"] is False
 
 
 def test_a_migrated_owner_restarted_by_ray_comes_back_on_its_new_backend(ray_local, tmp_path):
     """Ray reruns a restarted actor's constructor with its first arguments (durable off here): it
     must take the layout as it is now, and reload from the store what it acknowledged."""
     ns = "t_selector_restart"
-    system = erlmcp_ray.start(_config(tmp_path), namespace=ns)
-    try:
+    with running_system(_config(tmp_path), ns) as system:
         with system.client() as c:
             c.selector.migrate("notes", "disk")
             for i in range(60):
@@ -208,8 +200,6 @@ def test_a_migrated_owner_restarted_by_ray_comes_back_on_its_new_backend(ray_loc
                 assert c.get("notes", f"k{i}", consistency="strong") == i
             for shard in range(2):
                 assert ray.get(_owner(ns, "notes", shard).stats.remote(), timeout=30)["durable"] == "write_through"
-    finally:
-        erlmcp_ray.shutdown(ns, purge=True)
 
 
 def test_auto_select_moves_a_write_heavy_domain_to_disk_and_a_full_restart_keeps_it(tmp_path):
