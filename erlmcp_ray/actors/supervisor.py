@@ -81,12 +81,15 @@ class SupervisorActor:
         self._history: list[dict] = json.loads(raw) if raw else []
         self._last_evaluation: float | None = None
         self._migrating: dict[str, str] = {}  # domain -> the backend it is being moved to
+        self._report_lock = threading.Lock()  # the current backends and the history change together
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._checkpoints = Checkpoints(self._cfg, namespace, lambda: self._layout.config(self._cfg))
         self._recovery = RecoveryRunner(self._cfg, namespace, lambda: self._layout.config(self._cfg),
                                         self._checkpoints)
         threading.Thread(target=self._loop, name="erlmcp-selector", daemon=True).start()
+        if _ray.was_restarted():
+            threading.Thread(target=self._reconcile, name="erlmcp-reconcile", daemon=True).start()
         if self._cfg.distributed_memory.checkpoint_interval and self._checkpoints.enabled:
             threading.Thread(target=self._checkpoint_loop, name="erlmcp-checkpoints", daemon=True).start()
 
@@ -142,7 +145,9 @@ class SupervisorActor:
         """Every domain's backend, whether the selector manages it, and what it last found. A domain
         being migrated shows the backend it is leaving until the migration finished (and
         ``migrating_to``): the new one is reported only once it holds."""
-        done = self._cfg.with_backends(dict(self._auto.current))
+        with self._report_lock:
+            current, history = dict(self._auto.current), list(self._history)
+        done = self._cfg.with_backends(current)
         domains = {}
         for name in self._cfg.domains:
             auto = self._cfg.domain(name).backend is None
@@ -154,7 +159,7 @@ class SupervisorActor:
                 "migrating_to": self._migrating.get(name),
                 "durability_requirement": self._cfg.domain(name).durability_requirement.value if auto else None,
                 "last_evaluation": _jsonable(self._auto.last_evaluation(name)) if auto else None,
-                "migrations": [m for m in self._history if m["domain"] == name],
+                "migrations": [m for m in history if m["domain"] == name],
             }
         return {"auto_select": self._enabled, "generation": self._layout.generation,
                 "evaluation_interval_ms": self._cfg.persistence_selector.evaluation_interval,
@@ -233,39 +238,15 @@ class SupervisorActor:
 
     def _migrate_now(self, m: Migrate) -> dict:
         started = time.time()
-        before = self._layout.config(self._cfg)
         layout = self._layout.with_choice(self._cfg, m.domain, m.target)
-        after = layout.config(self._cfg)
-        old_copies, new_copies = before.replication_factor_for(m.domain), after.replication_factor_for(m.domain)
-        mode = after.durable_mode_for(m.domain).value
-        shards = range(self._cfg.domain(m.domain).shards)
         record = {"domain": m.domain, "from": m.current.value, "to": m.target.value, "reason": m.reason,
                   "read_ratio": m.read_ratio if m.read_ratio >= 0 else None,
                   "data_bytes": m.data_bytes if m.data_bytes >= 0 else None, "started_at": started,
-                  "copies": [old_copies, new_copies], "durable": mode, "changed": True}
+                  "changed": True}
         log.warning("persistence selector: migrating %s from %s to %s (%s)", m.domain, m.current.value,
                     m.target.value, m.reason)
         try:
-            owners = [_ray.get_actor(shard_name(m.domain, s, 0), self.namespace) for s in shards]
-            if new_copies > old_copies:
-                self._add_copies(m.domain, shards, old_copies, new_copies, after)
-            self._save(layout)  # a copy Ray restarts from here on comes back in the new shape
-            shaped = _ray.get([o.set_layout.remote(max(old_copies, new_copies), mode) for o in owners],
-                              timeout=_CALL_S, what=f"set_layout of {m.domain}")
-            if mode != before.durable_mode_for(m.domain).value and mode != "off":
-                record["written_to_store"] = sum(s["pending"] for s in shaped)
-                self._wait_stored(m.domain, owners)
-            if new_copies > old_copies:
-                self._wait_in_sync(m.domain, owners, new_copies)
-            self._announce()
-            if new_copies < old_copies:
-                # Clients route by the new layout once they polled; give them two poll intervals.
-                time.sleep(2 * self._cfg.client.poll_timeout_s + 0.5)
-                _ray.get([o.set_layout.remote(new_copies, mode) for o in owners], timeout=_CALL_S,
-                         what=f"set_layout of {m.domain}")
-                for shard in shards:
-                    for slot in range(new_copies, old_copies):
-                        _ray.kill_named(shard_name(m.domain, shard, slot), self.namespace)
+            self._converge(m.domain, layout, record)
         except Exception as exc:
             record.update(changed=False, error=f"{type(exc).__name__}: {exc}", seconds=time.time() - started)
             log.error("persistence selector: migrating %s to %s failed: %s", m.domain, m.target.value, exc)
@@ -273,9 +254,63 @@ class SupervisorActor:
             raise
         record["seconds"] = time.time() - started
         log.warning("persistence selector: %s is on %s now (%.1f s)", m.domain, m.target.value, record["seconds"])
-        self._remember(record)  # before the backend is reported changed: the report is never behind it
-        self._auto.migrated(m.domain, m.target)
+        with self._report_lock:  # a report shows the new backend and its record together
+            self._remember(record)
+            self._auto.migrated(m.domain, m.target)
         return record
+
+    def _converge(self, domain: str, layout: Layout, record: dict) -> None:
+        """Bring every shard of ``domain`` to the shape ``layout`` gives it, from whatever shape its
+        owners are in now (a migration; or, after this actor restarted mid-way, the rest of one)."""
+        after = layout.config(self._cfg)
+        new_copies, mode = after.replication_factor_for(domain), after.durable_mode_for(domain).value
+        shards = range(self._cfg.domain(domain).shards)
+        owners = [_ray.get_actor(shard_name(domain, s, 0), self.namespace) for s in shards]
+        now = _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
+        old_copies = max(st["copies"] for st in now)
+        record.update(copies=[old_copies, new_copies], durable=mode)
+        if new_copies > old_copies:
+            self._add_copies(domain, shards, old_copies, new_copies, after)
+        self._save(layout)  # a copy Ray restarts from here on comes back in the new shape
+        shaped = _ray.get([o.set_layout.remote(max(old_copies, new_copies), mode) for o in owners],
+                          timeout=_CALL_S, what=f"set_layout of {domain}")
+        if mode != "off":
+            record["written_to_store"] = sum(st["pending"] for st in shaped)
+            self._wait_stored(domain, owners)
+        if new_copies > 1:
+            self._wait_in_sync(domain, owners, max(old_copies, new_copies))
+        self._announce()
+        if new_copies < old_copies:
+            # Clients route by the new layout once they polled; give them two poll intervals.
+            time.sleep(2 * self._cfg.client.poll_timeout_s + 0.5)
+            _ray.get([o.set_layout.remote(new_copies, mode) for o in owners], timeout=_CALL_S,
+                     what=f"set_layout of {domain}")
+            for shard in shards:
+                for slot in range(new_copies, old_copies):
+                    _ray.kill_named(shard_name(domain, shard, slot), self.namespace)
+
+    def _reconcile(self) -> None:
+        """After a restart of this actor: a migration it was carrying out may be half done (the
+        layout is saved before the owners change). Finish each such domain's shape."""
+        with self._lock:
+            for domain, (copies, mode) in self._layout.shape.items():
+                try:
+                    owners = [_ray.get_actor(shard_name(domain, s, 0), self.namespace)
+                              for s in range(self._cfg.domain(domain).shards)]
+                    now = _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
+                    if all(st["copies"] == copies and st["durable"] == mode for st in now):
+                        continue
+                    started = time.time()
+                    record = {"domain": domain, "from": None, "to": self._layout.selected[domain].value,
+                              "reason": "finishing a migration after the supervisor restarted",
+                              "started_at": started, "changed": True}
+                    self._converge(domain, self._layout, record)
+                    record["seconds"] = time.time() - started
+                    self._remember(record)
+                    log.warning("persistence selector: finished moving %s to %s after a restart", domain,
+                                record["to"])
+                except Exception:
+                    log.exception("persistence selector: could not finish the migration of %s", domain)
 
     def _add_copies(self, domain: str, shards: range, old: int, new: int, running: MemoryConfig) -> None:
         """New replicas of each shard, created empty (the owner's first sync sends a snapshot). Each
