@@ -525,7 +525,7 @@ class ShardActor:
             return {**self._copy.stats(), "node_id": node_id, "durable": self._settings.durable_mode,
                     "durable_location": None if self._store is None else self._store.location,
                     "durable_pending": len(self._copy.state.dirty or ()) + self._flushing + self._catching_up,
-                    "durable_stale_rows_failed": self._stale_failed}
+                    "durable_stale_rows_failed": self._stale_failed, "durable_failing": self._store_failing}
 
     def memory(self) -> dict:
         """This copy's data and its process's memory, for ``get_cluster_memory``."""

@@ -168,11 +168,10 @@ class ShardCopy:
         self.epoch = self._state_epoch = max(self.epoch, int(snapshot.get("epoch", 0))) + 1
         self.incarnation = uuid.uuid4().hex
         self._dedup = IdempotencyTable()
-        for progress in self.progress_of.values():
-            progress.acked_seq = None
         # What the coordinator would announce are the restored records themselves: clients drop
         # their caches on the coordinator's new epoch instead.
         self.replicated_seq = self.published_seq = self.state.last_seq
+        self._resend_everything()
         self._forget, self._relaxed = [], set()
         self.policy = self._new_policy()  # not clear(): a policy's clear() evicts, and that deletes
         if self.policy is not None:
@@ -185,9 +184,16 @@ class ShardCopy:
         if not self.is_owner:
             raise ValueError("only the owner moves its shard to a new epoch")
         self.epoch = self._state_epoch = self.epoch + 1
+        self._resend_everything()
+        return self.epoch
+
+    def _resend_everything(self) -> None:
+        # Every replica gets a full snapshot next round, and nothing counts as replicated until it
+        # acknowledged one (a sync then waits for the replicas to hold the new state).
         for progress in self.progress_of.values():
             progress.acked_seq = None
-        return self.epoch
+        if self.progress_of:
+            self.replicated_seq = 0
 
     def join(self, records: Any) -> MergeResult:
         """CRDT-join ``(key, record)`` pairs from another source (a replica, the store, a checkpoint)
@@ -216,6 +222,7 @@ class ShardCopy:
         rebuilt.dirty = None if dirty is None else set(rebuilt.stored_keys()) | set(self.state.stored_keys())
         self.state = rebuilt
         self.published_seq = self.replicated_seq = self.state.last_seq
+        self._resend_everything()
         return len(ops)
 
     def forget_answer(self, client_id: str, request_seq: int) -> None:

@@ -14,6 +14,7 @@ from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.errors import ConfigError, UnavailableError
 from erlmcp_ray.storage import SQLiteStore
+from tests.conftest import wait_for
 from tests.redis_server import RedisServer, free_port
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -161,6 +162,12 @@ def test_write_behind_holds_a_bounded_backlog_while_redis_is_down_and_loses_noth
         with system.client() as c:
             c.put("lazy", "before", 0, consistency="strong")
             server.kill()
+            # The bound holds from the first failed flush on (before it, the owner cannot know the
+            # store is gone: one flush interval of writes): wait for the owner to notice.
+            c.put("lazy", "probe", 0, consistency="strong")
+            owner = ray.get_actor(shard_name("lazy", 0, 0), namespace=ns)
+            wait_for(lambda: ray.get(owner.stats.remote(), timeout=30)["durable_failing"], timeout=30,
+                     what="the owner to see a flush fail")
             accepted, refused = [], 0
             for i in range(40):
                 try:
