@@ -7,11 +7,14 @@ A Python port of the erlmcp v3 distributed memory design (spec in
     errors.py        the exception tree (drawn in its docstring)
     core/            pure logic, no Ray: codec, versions (vclock, hlc), records, op-log,
                      shard state, shard copy (owner/replica rules), wire messages,
-                     invalidation log, Entry/Version
-    actors/          thin Ray shells: shard, coordinator; options.py builds all actor options
+                     invalidation log, Entry/Version, auto_select + layout (the selector at
+                     work), checkpoint (manifests, shard images), recovery (plans, status)
+    actors/          thin Ray shells: shard, coordinator, supervisor (selection, checkpoints,
+                     recovery runs, verify/sync); options.py builds all actor options
     _ray.py          Ray waits with timeouts and error translation
     client/          MemoryClient composed of small parts (cache, read path, write-behind,
-                     group commit, coherence, client.coordinator) over one Transport seam
+                     group commit, coherence, client.coordinator, client.selector,
+                     client.recovery) over one Transport seam
     storage/         durable stores (spec L3): protocol, SQLiteStore, RedisStore
     persistence_selector.py  the spec's backend selection tree
     system.py        start / connect / shutdown
