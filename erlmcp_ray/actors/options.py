@@ -57,30 +57,26 @@ def shard_options(namespace: str, domain: str, shard: int, slot: int, scheduling
     return opts
 
 
-def coordinator_options(namespace: str) -> dict:
+def _system_actor(name: str, namespace: str, max_concurrency: int) -> dict:
     return {
-        "name": COORDINATOR,
+        "name": name,
         "namespace": namespace,
         "lifetime": "detached",
         "num_cpus": 0,
-        "max_concurrency": 1000,  # async actor: many long polls wait at once
+        "max_concurrency": max_concurrency,
         "max_restarts": -1,
         "max_task_retries": 0,
     }
+
+
+def coordinator_options(namespace: str) -> dict:
+    return _system_actor(COORDINATOR, namespace, 1000)  # async actor: many long polls wait at once
 
 
 def supervisor_options(namespace: str) -> dict:
-    return {
-        "name": SUPERVISOR,
-        "namespace": namespace,
-        "lifetime": "detached",
-        "num_cpus": 0,
-        # Its evaluation thread runs migrations that take seconds; strategies() and an operator's
-        # auto_select() must still answer meanwhile.
-        "max_concurrency": 4,
-        "max_restarts": -1,
-        "max_task_retries": 0,
-    }
+    # Its threads run migrations, checkpoints and recoveries that take seconds; strategies(),
+    # get_recovery_status() and an operator's auto_select() must still answer meanwhile.
+    return _system_actor(SUPERVISOR, namespace, 4)
 
 
 def shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
