@@ -162,3 +162,46 @@ def test_sync_then_verify_state_finds_every_copy_equal_and_the_store_readable(ra
         assert not report["ok"] and not disk["store_checksums_valid"] and "k5" in disk["store_error"]
         with pytest.raises(InvalidValueError):
             c.sync(domains="notes")
+
+
+def test_checkpoints_on_redis_restore_and_refuse_a_tampered_shard(ray_local, tmp_path):
+    """The same checkpoints with the durable tier on a real redis-server: the shard blobs and the
+    manifest live in Redis; a blob rewritten with a valid CRC but other content restores nothing."""
+    import redis
+
+    from erlmcp_ray.storage import RedisStore
+    from tests.redis_server import RedisServer
+
+    server = RedisServer(tmp_path).start()
+    ns = "t_checkpoints_redis"
+    cfg = _config(tmp_path)
+    cfg["durable"] = {"kind": "redis", "redis_url": server.url}
+    try:
+        with running_system(cfg, ns) as system, system.client() as c:
+            for i in range(30):
+                c.put("notes", f"k{i}", i, consistency="strong")
+                c.put("disk", f"k{i}", i, consistency="strong")
+            cp = c.recovery.create_checkpoint()
+            assert [x.id for x in c.recovery.list_checkpoints()] == [cp.id]
+            for i in range(30):
+                c.put("notes", f"k{i}", -i, consistency="strong")
+                c.put("disk", f"k{i}", -i, consistency="strong")
+            counts = c.recovery.restore_checkpoint(cp.id)
+            assert counts["entries"] == cp.entries
+            assert all(c.get(d, f"k{i}", consistency="strong") == i for i in range(30) for d in ("notes", "disk"))
+
+            victim = next(s for s in cp.shards if s.domain == "disk")
+            store = RedisStore(server.url, prefix=f"erlmcp:{ns}")
+            try:  # well-formed: the store's own CRC fits the new bytes
+                store.put_blob(victim.blob, store.get_blob(victim.blob)[:-1] + b"\x00")
+            finally:
+                store.close()
+            c.put("disk", "k1", "changed", consistency="strong")
+            with pytest.raises(CorruptDataError, match=victim.blob):
+                c.recovery.restore_checkpoint(cp.id)
+            assert c.get("disk", "k1", consistency="strong") == "changed"  # nothing restored
+            c.recovery.delete_checkpoint(cp.id)
+            assert c.recovery.list_checkpoints() == []
+        assert redis.Redis.from_url(server.url).keys("*") == []  # shutdown(purge=True) left nothing
+    finally:
+        server.kill()
