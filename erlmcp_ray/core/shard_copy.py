@@ -221,6 +221,9 @@ class ShardCopy:
         rebuilt.apply_delta(ops)
         rebuilt.dirty = None if dirty is None else set(rebuilt.stored_keys()) | set(self.state.stored_keys())
         self.state = rebuilt
+        # The rebuilt log numbers its operations afresh: the checkpoint's position means nothing in
+        # it, so a second delta from that checkpoint must be refused — a new incarnation does that.
+        self.incarnation = uuid.uuid4().hex
         self.published_seq = self.replicated_seq = self.state.last_seq
         self._resend_everything()
         return len(ops)

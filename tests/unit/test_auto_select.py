@@ -150,3 +150,21 @@ def test_copies_count_the_operations_they_serve():
     owner.write("c", 1, [write_op("a", b"x"), write_op("b", b"y")])  # a retry: answered, not counted
     owner.read("a")
     assert (owner.stats()["reads"], owner.stats()["writes"]) == (1, 2)
+
+
+def test_a_delta_replay_rebuilds_the_state_and_cannot_be_replayed_again():
+    """Checkpoint image + op-log since it = the state; the rebuilt log is numbered afresh, so the
+    same checkpoint's position must not be used on it again (it could skip operations)."""
+    from erlmcp_ray.core.checkpoint import pack_shard, unpack_shard
+
+    owner = ShardCopy("d", 0, 0, 1, 1, ShardSettings())
+    for i in range(5):
+        owner.write("c", i + 1, [write_op(f"k{i}", b"v%d" % i)])
+    data, sha = pack_shard("d", 0, owner.epoch, owner.state.snapshot(), owner.incarnation)
+    image = unpack_shard(data, sha, "x")
+    owner.write("c", 10, [write_op("k0", None), write_op("k9", b"new")])
+    want = owner.state.digest()
+    assert owner.replay_from(image) == 2
+    assert owner.state.digest() == want and owner.state.get("k0") is None
+    with pytest.raises(ValueError, match="incarnation"):
+        owner.replay_from(image)
