@@ -91,6 +91,9 @@ class ShardCopy:
         self.freshness = Freshness(clock=clock)
         self.owner_slot = 0
         self._position: tuple[str, int] | None = None  # replica: (owner incarnation, owner seq) held
+        #: owner: bumped by every reset of the replicas' progress; a replication round started
+        #: before one (``_inflight_gen``) is ignored when it answers
+        self._round_gen = self._inflight_gen = 0
         #: replica: the epoch of the owner whose state this copy mirrors; a snapshot from a later
         #: epoch (a restored checkpoint) replaces the state instead of joining it
         self._state_epoch = epoch
@@ -190,6 +193,7 @@ class ShardCopy:
     def _resend_everything(self) -> None:
         # Every replica gets a full snapshot next round, and nothing counts as replicated until it
         # acknowledged one (a sync then waits for the replicas to hold the new state).
+        self._round_gen += 1
         for progress in self.progress_of.values():
             progress.acked_seq = None
         if self.progress_of:
@@ -410,10 +414,11 @@ class ShardCopy:
             self.replicated_seq = self.state.last_seq
             return self.state.last_seq, [], {}
         forget, self._forget = self._forget, []
+        self._inflight_gen = self._round_gen
         return self.state.last_seq, forget, {slot: self._payload_for(p) for slot, p in self.progress_of.items()}
 
     def _payload_for(self, progress: ReplicaProgress) -> tuple:
-        if progress.acked_seq is not None:
+        if progress.acked_seq is not None and progress.acked_seq <= self.state.last_seq:
             ops = self.state.since(progress.acked_seq)
             if ops is not None:
                 return progress.acked_seq, ops, None
@@ -421,6 +426,8 @@ class ShardCopy:
 
     def sync_answered(self, slot: int, status: str, pos: int | None, rtt_s: float) -> bool:
         """A replica's answer; True when it wants a resend from elsewhere in the log."""
+        if self._inflight_gen != self._round_gen:
+            return True  # a round started before a reset (a restore, a recovery): its answers mean nothing now
         progress = self.progress_of[slot]
         if status == OK:
             progress.acked(pos, self._clock(), rtt_s)
@@ -437,7 +444,7 @@ class ShardCopy:
     def finish_round(self, last: int) -> None:
         """After a round: what every in-sync replica holds is replicated; tombstones every
         replica acked (and that were published) are collected."""
-        if not self.progress_of:
+        if not self.progress_of or self._inflight_gen != self._round_gen:
             return
         acked = [p.acked_seq or 0 for p in self.progress_of.values() if p.in_sync]
         self.replicated_seq = min([last, *acked])

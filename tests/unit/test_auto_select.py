@@ -168,3 +168,18 @@ def test_a_delta_replay_rebuilds_the_state_and_cannot_be_replayed_again():
     assert owner.state.digest() == want and owner.state.get("k0") is None
     with pytest.raises(ValueError, match="incarnation"):
         owner.replay_from(image)
+
+
+def test_a_replication_round_in_flight_across_a_reset_counts_for_nothing():
+    """A round's answer that arrives after a new epoch (a recovery, a restore) must not mark the
+    replica as holding the new state: it gets a full snapshot, and nothing is replicated before."""
+    owner = ShardCopy("d", 0, 0, 2, 1, ShardSettings())
+    owner.write("c", 1, [write_op("a", b"x")])
+    last, _, payloads = owner.replication_payloads()  # the round goes out ...
+    owner.bump_epoch()  # ... a recovery resets the replicas' progress meanwhile ...
+    assert owner.sync_answered(1, "ok", last, 0.001) is True  # ... and its answer comes back: resend
+    owner.finish_round(last)
+    assert owner.progress().replicated == 0
+    _, _, payloads = owner.replication_payloads()
+    base, ops, snap = payloads[1]
+    assert snap is not None and base is None  # a full snapshot, not a delta from the stale position
