@@ -265,6 +265,9 @@ def test_a_supervisor_restarted_mid_migration_finishes_it(ray_local, tmp_path):
         wait_for(lambda: all(ray.get(o.stats.remote(), timeout=30)["durable"] == "write_through" for o in owners),
                  timeout=60, interval=0.2, what="the restarted supervisor to finish the migration")
         wait_for(lambda: len(_stored(tmp_path, ns, "notes", 2)) == 50, timeout=30, what="the shard in the store")
+        # the supervisor logs the finished migration once it is complete (it also tells the clients)
+        wait_for(lambda: c.selector.current_strategies()["domains"]["notes"]["migrations"], timeout=30,
+                 interval=0.2, what="the finished migration in the log")
         report = c.selector.current_strategies()["domains"]["notes"]
         assert report["backend"] == "disk" and "restarted" in report["migrations"][-1]["reason"]
         for i in range(50):
