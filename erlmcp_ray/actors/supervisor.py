@@ -89,6 +89,8 @@ class SupervisorActor:
                                         self._checkpoints)
         threading.Thread(target=self._loop, name="erlmcp-selector", daemon=True).start()
         if _ray.was_restarted():
+            # Until _reconcile has checked them, the layout's domains are reported as moving there.
+            self._migrating.update({d: b.value for d, b in self._layout.selected.items()})
             threading.Thread(target=self._reconcile, name="erlmcp-reconcile", daemon=True).start()
         if self._cfg.distributed_memory.checkpoint_interval and self._checkpoints.enabled:
             threading.Thread(target=self._checkpoint_loop, name="erlmcp-checkpoints", daemon=True).start()
@@ -299,6 +301,7 @@ class SupervisorActor:
                               for s in range(self._cfg.domain(domain).shards)]
                     now = _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
                     if all(st["copies"] == copies and st["durable"] == mode for st in now):
+                        self._migrating.pop(domain, None)
                         continue
                     started = time.time()
                     record = {"domain": domain, "from": None, "to": self._layout.selected[domain].value,
@@ -306,7 +309,9 @@ class SupervisorActor:
                               "started_at": started, "changed": True}
                     self._converge(domain, self._layout, record)
                     record["seconds"] = time.time() - started
-                    self._remember(record)
+                    with self._report_lock:
+                        self._remember(record)
+                        self._migrating.pop(domain, None)
                     log.warning("persistence selector: finished moving %s to %s after a restart", domain,
                                 record["to"])
                 except Exception:

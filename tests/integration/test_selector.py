@@ -270,5 +270,6 @@ def test_a_supervisor_restarted_mid_migration_finishes_it(ray_local, tmp_path):
                  interval=0.2, what="the finished migration in the log")
         report = c.selector.current_strategies()["domains"]["notes"]
         assert report["backend"] == "disk" and "restarted" in report["migrations"][-1]["reason"]
+        assert report["migrating_to"] is None  # settled (it said "disk" while being finished)
         for i in range(50):
             assert c.get("notes", f"k{i}", consistency="strong") == i
