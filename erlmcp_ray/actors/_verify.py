@@ -3,7 +3,7 @@
 
 verify_state, per shard: the digest of every copy (equal = in sync), the version-vector contexts
 (a replica never knows a counter its owner does not: each replica context <= the owner's,
-pointwise), and for a durable domain the stored rows (every CRC checked by reading them back,
+pointwise; a copy that does not answer is listed as ``down``), and for a durable domain the stored rows (every CRC checked by reading them back,
 and the stored image's digest beside the owner's). ``ok`` when every copy of every shard agrees,
 the contexts are consistent and every stored row reads back; a shard whose store still has
 changes pending says so (``store_pending``) and is not counted against ``ok``.
@@ -21,7 +21,7 @@ from erlmcp_ray import _ray
 from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray.config import DurableMode, MemoryConfig
 from erlmcp_ray.core.shard_state import ShardState
-from erlmcp_ray.errors import CorruptDataError, OperationTimeoutError, UnknownDomainError
+from erlmcp_ray.errors import CorruptDataError, OperationTimeoutError, UnavailableError, UnknownDomainError
 from erlmcp_ray.storage import open_store
 
 __all__ = ["sync_domains", "verify"]
@@ -29,9 +29,14 @@ __all__ = ["sync_domains", "verify"]
 _CALL_S = 60.0
 
 
-def _handles(cfg: MemoryConfig, namespace: str, domain: str, shard: int) -> list[Any]:
-    return [_ray.get_actor(shard_name(domain, shard, slot), namespace)
-            for slot in range(cfg.replication_factor_for(domain))]
+def _copy_facts(cfg: MemoryConfig, namespace: str, domain: str, shard: int, slot: int) -> tuple | None:
+    """``(digest, stats)`` of one copy, or None when it does not answer (down, or Ray restarting it)."""
+    try:
+        handle = _ray.get_actor(shard_name(domain, shard, slot), namespace)
+        return tuple(_ray.get([handle.digest.remote(), handle.stats.remote()], timeout=_CALL_S,
+                              what=f"{domain}/{shard} slot {slot}"))
+    except UnavailableError:
+        return None
 
 
 def verify(cfg: MemoryConfig, namespace: str) -> dict[str, Any]:
@@ -43,16 +48,20 @@ def verify(cfg: MemoryConfig, namespace: str) -> dict[str, Any]:
             if durable and store is None:
                 store = open_store(cfg.durable, namespace)
             for shard in range(cfg.domain(domain).shards):
-                handles = _handles(cfg, namespace, domain, shard)
-                digests = _ray.get([h.digest.remote() for h in handles], timeout=_CALL_S, what=f"{domain}/{shard}")
-                stats = _ray.get([h.stats.remote() for h in handles], timeout=_CALL_S, what=f"{domain}/{shard}")
-                owner_ctx = {int(k): v for k, v in stats[0]["context"].items()}
-                consistent = all(v <= owner_ctx.get(int(k), 0) for st in stats[1:] for k, v in st["context"].items())
-                entry = {"domain": domain, "shard": shard, "digests": digests, "in_sync": len(set(digests)) == 1,
-                         "vector_clocks_consistent": consistent, "epochs": [st["epoch"] for st in stats],
-                         "nodes": [st["node_id"] for st in stats]}
-                if durable:
-                    entry.update(_check_store(store, domain, shard, digests[0], stats[0]))
+                copies = [_copy_facts(cfg, namespace, domain, shard, slot)
+                          for slot in range(cfg.replication_factor_for(domain))]
+                down = [slot for slot, c in enumerate(copies) if c is None]
+                up = [c for c in copies if c is not None]
+                owner_ctx = {int(k): v for k, v in copies[0][1]["context"].items()} if copies[0] else {}
+                consistent = copies[0] is not None and all(
+                    v <= owner_ctx.get(int(k), 0) for _, st in up[1:] for k, v in st["context"].items())
+                digests = [None if c is None else c[0] for c in copies]
+                entry = {"domain": domain, "shard": shard, "digests": digests,
+                         "in_sync": not down and len(set(digests)) == 1, "down": down,
+                         "vector_clocks_consistent": consistent, "epochs": [st["epoch"] for _, st in up],
+                         "nodes": [st["node_id"] for _, st in up]}
+                if durable and copies[0] is not None:
+                    entry.update(_check_store(store, domain, shard, digests[0], copies[0][1]))
                 shards.append(entry)
     finally:
         if store is not None:
