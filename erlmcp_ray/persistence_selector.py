@@ -17,7 +17,7 @@ moderate, multi_node) still gets memory.
 ``benchmark_strategies(characteristics)`` measures instead of estimating: it starts a scratch
 memory system (a fresh namespace on this process's Ray) with one domain per backend, runs a short
 workload with the given read ratio against each, and shuts it down (purging what it stored).
-On a running system, ``client.selector`` reaches the selector actor (``actors/supervisor.py``): with
+On a running system, ``client.selector`` reaches the supervisor actor (``actors/supervisor.py``): with
 ``persistence_selector.auto_select`` on, every ``evaluation_interval`` it measures each domain that
 sets no backend (its size and read ratio, what its shards served) and migrates it live when the
 recommendation changes (``core/auto_select.py`` decides, the actor moves it).

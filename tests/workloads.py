@@ -13,28 +13,8 @@ def strong_register_history(clients: list, *, threads: int, ops: int, keys: int,
                             timeout: float = 120.0) -> list[Operation]:
     """``threads`` threads (using ``clients`` in turn) each make ``ops`` random strong puts (of values
     never written before) and strong gets on ``keys`` keys; returns the recorded history."""
-    rec = HistoryRecorder()
-    values = itertools.count(1)  # next() is atomic: every put writes a fresh value
-
-    def worker(p: int) -> None:
-        client, r = clients[p % len(clients)], random.Random(p)
-        for _ in range(ops):
-            key = f"reg{r.randrange(keys)}"
-            if r.random() < 0.5:
-                value = next(values)
-                t = rec.invoke(p, "put", key, value)
-                client.put(domain, key, value, consistency="strong")
-                rec.ok(t)
-            else:
-                t = rec.invoke(p, "get", key)
-                rec.ok(t, client.get(domain, key, consistency="strong"))
-
-    workers = [threading.Thread(target=worker, args=(p,)) for p in range(threads)]
-    for t in workers:
-        t.start()
-    for t in workers:
-        t.join(timeout)
-    return rec.history()
+    return strong_history_through(lambda: None, clients, threads=threads, ops=ops, keys=keys, domain=domain,
+                                  timeout=timeout)
 
 
 def strong_history_through(fault, clients: list, *, threads: int, ops: int, keys: int, domain: str,
@@ -45,7 +25,7 @@ def strong_history_through(fault, clients: list, *, threads: int, ops: int, keys
     rec = HistoryRecorder()
     values = itertools.count(1)
     done = itertools.count(1)
-    half = threads * ops // 2
+    half = max(1, threads * ops // 2)
     reached = threading.Event()
 
     def worker(p: int) -> None:

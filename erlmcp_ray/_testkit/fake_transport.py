@@ -181,7 +181,7 @@ class FakeTransport:
         if target == COORDINATOR:
             value = self._coordinator(method, args)
         elif target == SUPERVISOR:
-            value = self._selector(method)
+            value = self._supervisor(method)
         else:
             value = self._shard(target, method, args)
         if self.after_call is not None:
@@ -213,7 +213,7 @@ class FakeTransport:
                 return getattr(copy, method)(*args)
             raise RemoteError(f"the fake transport has no shard method {method!r}")
 
-    def _selector(self, method: str) -> Any:
+    def _supervisor(self, method: str) -> Any:
         """In-process shards never migrate: the report says what the config says."""
         if method != "strategies":
             raise RemoteError(f"the fake transport runs no persistence selector (asked {method!r})")

@@ -36,6 +36,7 @@ import json
 import logging
 import threading
 import time
+from typing import Any
 
 from erlmcp_ray import _ray
 from erlmcp_ray.actors._checkpoints import Checkpoints
@@ -84,9 +85,8 @@ class SupervisorActor:
         self._report_lock = threading.Lock()  # the current backends and the history change together
         self._stop = threading.Event()
         self._wake = threading.Event()
-        self._checkpoints = Checkpoints(self._cfg, namespace, lambda: self._layout.config(self._cfg))
-        self._recovery = RecoveryRunner(self._cfg, namespace, lambda: self._layout.config(self._cfg),
-                                        self._checkpoints)
+        self._checkpoints = Checkpoints(self._cfg, namespace, self._running)
+        self._recovery = RecoveryRunner(self._cfg, namespace, self._running, self._checkpoints)
         threading.Thread(target=self._loop, name="erlmcp-selector", daemon=True).start()
         if _ray.was_restarted():
             # Until _reconcile has checked them, the layout's domains are reported as moving there.
@@ -94,6 +94,10 @@ class SupervisorActor:
             threading.Thread(target=self._reconcile, name="erlmcp-reconcile", daemon=True).start()
         if self._cfg.distributed_memory.checkpoint_interval and self._checkpoints.enabled:
             threading.Thread(target=self._checkpoint_loop, name="erlmcp-checkpoints", daemon=True).start()
+
+    def _running(self) -> MemoryConfig:
+        """The config as running: the user's, with the persistence selector's choices applied."""
+        return self._layout.config(self._cfg)
 
     # ------------------------------------------------------------ checkpoints
     def create_checkpoint(self) -> Checkpoint:
@@ -123,10 +127,10 @@ class SupervisorActor:
 
     # ------------------------------------------------------------ verification, anti-entropy
     def verify_state(self) -> dict:
-        return verify(self._layout.config(self._cfg), self.namespace)
+        return verify(self._running(), self.namespace)
 
     def sync(self, domains: list[str] | None, timeout_s: float) -> dict:
-        return sync_domains(self._layout.config(self._cfg), self.namespace, domains, timeout_s)
+        return sync_domains(self._running(), self.namespace, domains, timeout_s)
 
     def _checkpoint_loop(self) -> None:
         interval_s = self._cfg.distributed_memory.checkpoint_interval / 1000.0
@@ -221,7 +225,7 @@ class SupervisorActor:
         return [self._migrate(m) for m in decisions]
 
     def _observe(self, domain: str) -> DomainObservation:
-        running = self._layout.config(self._cfg)
+        running = self._running()
         copies, shards = running.replication_factor_for(domain), running.domain(domain).shards
         refs = [_ray.get_actor(shard_name(domain, shard, slot), self.namespace).stats.remote()
                 for shard in range(shards) for slot in range(copies)]
@@ -267,8 +271,8 @@ class SupervisorActor:
         after = layout.config(self._cfg)
         new_copies, mode = after.replication_factor_for(domain), after.durable_mode_for(domain).value
         shards = range(self._cfg.domain(domain).shards)
-        owners = [_ray.get_actor(shard_name(domain, s, 0), self.namespace) for s in shards]
-        now = _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
+        owners = self._owners(domain)
+        now = self._stats(domain, owners)
         old_copies = max(st["copies"] for st in now)
         record.update(copies=[old_copies, new_copies], durable=mode)
         if new_copies > old_copies:
@@ -297,9 +301,7 @@ class SupervisorActor:
         with self._lock:
             for domain, (copies, mode) in self._layout.shape.items():
                 try:
-                    owners = [_ray.get_actor(shard_name(domain, s, 0), self.namespace)
-                              for s in range(self._cfg.domain(domain).shards)]
-                    now = _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
+                    now = self._stats(domain, self._owners(domain))
                     if all(st["copies"] == copies and st["durable"] == mode for st in now):
                         self._migrating.pop(domain, None)
                         continue
@@ -338,33 +340,43 @@ class SupervisorActor:
                 used.append(_ray.get(actor.stats.remote(), timeout=_CALL_S * 2,
                                      what=f"new replica {domain}/{shard} slot {slot}")["node_id"])
 
+    def _owners(self, domain: str) -> list:
+        return [_ray.get_actor(shard_name(domain, s, 0), self.namespace) for s in range(self._cfg.domain(domain).shards)]
+
+    def _stats(self, domain: str, owners: list) -> list[dict]:
+        return _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
+
+    def _wait_owners(self, domain: str, owners: list, done: Any, timeout_s: float, failure: Any) -> list[dict]:
+        """Poll the owners' stats until ``done(stats)``; past ``timeout_s``, ``TimeoutError(failure(stats))``."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            stats = self._stats(domain, owners)
+            if done(stats):
+                return stats
+            if time.monotonic() > deadline:
+                raise TimeoutError(failure(stats))
+            time.sleep(0.05)
+
     def _wait_stored(self, domain: str, owners: list) -> None:
         """Until every owner's store holds its whole shard (the owners write it in chunks, serving
         calls meanwhile); a store that keeps failing fails the migration at the deadline."""
-        deadline = time.monotonic() + _STORE_S
-        while True:
-            stats = _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
-            if all(s["durable_pending"] == 0 for s in stats):
-                if any(s["durable_stale_rows_failed"] for s in stats):
-                    log.warning("%s: rows an earlier stint left in the store could not be read; a reload "
-                                "may bring back keys deleted since", domain)
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the owners of {domain} did not write their shards to the durable store in "
-                                   f"{_STORE_S:.0f} s ({sum(s['durable_pending'] for s in stats)} records pending)")
-            time.sleep(0.05)
+        stats = self._wait_owners(
+            domain, owners, lambda stats: all(s["durable_pending"] == 0 for s in stats), _STORE_S,
+            lambda stats: f"the owners of {domain} did not write their shards to the durable store in "
+                          f"{_STORE_S:.0f} s ({sum(s['durable_pending'] for s in stats)} records pending)")
+        if any(s["durable_stale_rows_failed"] for s in stats):
+            log.warning("%s: rows an earlier stint left in the store could not be read; a reload may bring back "
+                        "keys deleted since", domain)
 
     def _wait_in_sync(self, domain: str, owners: list, copies: int) -> None:
-        deadline = time.monotonic() + _CALL_S * 2
-        while True:
-            stats = _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
-            if all(len(s["replicas"]) == copies - 1 and
-                   all(r["acked_seq"] is not None and r["in_sync"] for r in s["replicas"].values()) for s in stats):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the new replicas of {domain} did not catch up with their owners in "
-                                   f"{_CALL_S * 2:.0f} s")
-            time.sleep(0.05)
+        def in_sync(stats: list[dict]) -> bool:
+            return all(len(s["replicas"]) == copies - 1 and
+                       all(r["acked_seq"] is not None and r["in_sync"] for r in s["replicas"].values())
+                       for s in stats)
+
+        self._wait_owners(domain, owners, in_sync, _CALL_S * 2,
+                          lambda _stats: f"the new replicas of {domain} did not catch up with their owners in "
+                                         f"{_CALL_S * 2:.0f} s")
 
     def _save(self, layout: Layout) -> None:
         if self._cfg.durable.kind is not DurableKind.NONE:

@@ -1,6 +1,6 @@
 """``client.selector``: the persistence selector of the running system (spec ``auto_select``).
 
-Thin: checks arguments here, then asks the selector actor (``actors/supervisor.py``), which owns
+Thin: checks arguments here, then asks the supervisor actor (``actors/supervisor.py``), which owns
 the evaluation and the migrations.
 """
 

@@ -1,6 +1,6 @@
 """The persistence selector's periodic evaluation (spec ``persistence_selector.auto_select``): pure.
 
-Every ``evaluation_interval`` the selector actor counts, for each domain whose backend the user
+Every ``evaluation_interval`` the supervisor actor counts, for each domain whose backend the user
 did not set, the bytes its owners hold and the reads and writes its copies served since the last
 evaluation, and hands them to ``AutoSelector.evaluate``. It answers with a ``Migrate`` effect per
 domain whose recommended backend (``persistence_selector.recommend_strategy`` over those figures,
