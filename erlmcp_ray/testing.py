@@ -176,15 +176,15 @@ def _random_walk(factory: CacheFactory, getsizeof: Callable[[Any], int] | None,
 
 
 # The fake transport and the linearizability checker live in erlmcp_ray._testkit; shipped from here.
-from erlmcp_ray._testkit.fake_transport import FakePending, FakeTransport  # noqa: E402
-from erlmcp_ray.client._transport import Copy  # noqa: E402
-from erlmcp_ray._testkit.store_contract import check_store  # noqa: E402
-from erlmcp_ray._testkit.history import (  # noqa: E402
+from erlmcp_ray._testkit.fake_transport import FakePending, FakeTransport
+from erlmcp_ray._testkit.history import (
     HistoryRecorder,
     LinearizabilityResult,
     Operation,
     check_linearizable,
 )
+from erlmcp_ray._testkit.store_contract import check_store
+from erlmcp_ray.client._transport import Copy
 
 __all__ += ["Copy", "FakePending", "FakeTransport", "HistoryRecorder", "LinearizabilityResult", "Operation",
             "check_linearizable", "check_store"]

@@ -26,7 +26,8 @@ from erlmcp_ray.client import _validate
 from erlmcp_ray.client._cache import LocalCache
 from erlmcp_ray.client._coherence import Coherence
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute
-from erlmcp_ray.client._transport import COORDINATOR, Copy, Retry, Transport
+from erlmcp_ray.client._topology import Topology
+from erlmcp_ray.client._transport import COORDINATOR, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import CoherenceLevel
 from erlmcp_ray.core.entry import CacheInvalidated, Subscription
@@ -58,8 +59,9 @@ class CacheCoordinator:
     def __init__(self, *, domain: Callable[[Any], DomainRoute], routes: dict[str, DomainRoute], cache: LocalCache,
                  transport: Transport, retry: Retry, write_behind: WriteBehind, coherence: Coherence,
                  settings: ClientSettings, client_id: str, next_seq: Callable[[], int],
-                 check_open: Callable[[], None]) -> None:
+                 check_open: Callable[[], None], topology: Topology) -> None:
         self._domain, self._routes, self._cache = domain, routes, cache
+        self._topology = topology
         self._transport, self._retry, self._wb, self._coherence = transport, retry, write_behind, coherence
         self._settings, self._client_id, self._next_seq = settings, client_id, next_seq
         self._check_open = check_open
@@ -125,7 +127,7 @@ class CacheCoordinator:
         timeout = self._settings.call_timeout_s
         found: dict[str, list[str]] = {}
         for d in routes:
-            pending = [self._transport.submit(Copy(d.name, shard, 0), "find", query.get("tag"), query.get("pattern"))
+            pending = [self._transport.submit(self._topology.owner(d.name, shard), "find", query.get("tag"), query.get("pattern"))
                        for shard in range(d.shards)]
             keys = [k for p in pending for k in self._transport.result(p, timeout, f"{d.name} find")]
             if keys:
@@ -153,7 +155,7 @@ class CacheCoordinator:
             by_shard[shard_for(k, d.shards)].append(write_op(k, None))
         self._wb.send_now(d.name, d.shards, list(keys))
         for shard, ops in by_shard.items():
-            owner, seq = Copy(d.name, shard, 0), self._next_seq()
-            self._retry.run(lambda owner=owner, seq=seq, ops=ops: self._transport.call(
-                owner, "write", self._client_id, seq, ops, False, timeout=self._settings.call_timeout_s),
-                on_unavailable=lambda owner=owner: self._transport.forget(owner))
+            seq = self._next_seq()
+            self._retry.run(lambda shard=shard, seq=seq, ops=ops: self._topology.call_owner(
+                d.name, shard, "write", self._client_id, seq, ops, False, timeout=self._settings.call_timeout_s),
+                on_unavailable=lambda shard=shard: self._topology.owner_failed(d.name, shard))

@@ -14,7 +14,8 @@ from typing import Any
 
 from erlmcp_ray.client._reads import ReadPath
 from erlmcp_ray.client._settings import DomainRoute
-from erlmcp_ray.client._transport import Copy, Retry, Transport
+from erlmcp_ray.client._topology import Topology
+from erlmcp_ray.client._transport import Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.core import record as R
 from erlmcp_ray.errors import (
@@ -30,16 +31,18 @@ __all__ = ["DirectWrites"]
 
 class DirectWrites:
     def __init__(self, *, transport: Transport, retry: Retry, routes: dict[str, DomainRoute], reads: ReadPath,
-                 write_behind: WriteBehind, client_id: str, next_seq: Any, timeout_s: float) -> None:
+                 write_behind: WriteBehind, client_id: str, next_seq: Any, timeout_s: float,
+                 topology: Topology) -> None:
         self._transport, self._retry, self._routes = transport, retry, routes
+        self._topology = topology
         self._reads, self._wb, self.client_id = reads, write_behind, client_id
         self._next_seq, self._timeout = next_seq, timeout_s
 
     def bounded(self, d: DomainRoute, shard: int, op: tuple, stamp: int) -> bytes | None:
-        owner, seq = Copy(d.name, shard, 0), self._next_seq()
+        seq, topo = self._next_seq(), self._topology
         answer = self._retry.run(
-            lambda: self._transport.call(owner, "write", self.client_id, seq, [op], True, timeout=self._timeout),
-            on_unavailable=lambda: self._transport.forget(owner))
+            lambda: topo.call_owner(d.name, shard, "write", self.client_id, seq, [op], True, timeout=self._timeout),
+            on_unavailable=lambda: topo.owner_failed(d.name, shard))
         self._reads.same_owner(d.name, shard, answer.incarnation)
         failure = self._op_failure(d, answer)
         if failure is not None:
@@ -59,42 +62,90 @@ class DirectWrites:
         d = self._routes[domain]
         seq = self._next_seq()
         deadline = time.monotonic() + self._timeout
-        owner = Copy(domain, shard, 0)
+        topo = self._topology
 
         def start() -> tuple[Any, list]:
-            # Submit the owner's write and, chained on its answer, every replica's apply.
+            # Submit the owner's write and, chained on its answer, every replica's apply. The owner
+            # is looked up per attempt: after a failover it is the promoted replica.
+            owner = topo.owner(domain, shard)
             answer = self._transport.submit(owner, "write", self.client_id, seq, ops, True, True)
             replicas = []
-            for slot in range(1, d.copies):
+            for target in topo.replicas(domain, shard):
                 try:
-                    replicas.append((slot, self._transport.submit(Copy(domain, shard, slot), "apply_write", answer)))
+                    replicas.append((target, self._transport.submit(target, "apply_write", answer)))
                 except UnavailableError:
-                    replicas.append((slot, None))
-            result = self._transport.result(answer, self._timeout, f"{domain} shard {shard} owner")
+                    replicas.append((target, None))
+            result = topo.wait_owner(owner, answer, max(0.001, deadline - time.monotonic()), "write")
             return result, replicas
 
-        # Retried while Ray restarts the owner, with the same request seq.
-        result, replicas = self._retry.run(start, on_unavailable=lambda: self._transport.forget(owner),
+        # Retried while Ray restarts the owner (or the supervisor promotes another), with the same
+        # request seq.
+        result, replicas = self._retry.run(start, on_unavailable=lambda: topo.owner_failed(domain, shard),
                                            deadline=deadline)
-        acked, failures = 1, []
-        for slot, pending in replicas:
-            if pending is None:
-                failures.append(f"slot {slot}: unreachable")
-                continue
-            try:
-                self._transport.result(pending, max(0.001, deadline - time.monotonic()), f"replica slot {slot}")
-                acked += 1
-            except ErlmcpRayError as exc:
-                self._transport.forget(Copy(domain, shard, slot))
-                failures.append(f"slot {slot}: {exc}")
+        owner = topo.owner(domain, shard)
+        acked, failures = 1, {}
+        attempt = 0
+        while True:
+            acked, waiting = self._collect_acks(replicas, acked, failures, d.min_insync, deadline)
+            # Too few copies hold it, but the missing ones may come back (a replacement copy catching
+            # up after a failover): apply the same answer to them again, until the deadline -- as a
+            # Kafka producer retries NotEnoughReplicas. Not if the owner changed meanwhile.
+            attempt += 1
+            pause = self._retry.pause(attempt)
+            if (acked >= d.min_insync or not waiting or time.monotonic() + pause > deadline
+                    or topo.owner(domain, shard) != owner):
+                break
+            time.sleep(pause)
+            replicas = []
+            for target in waiting:
+                try:
+                    replicas.append((target, self._transport.submit(target, "apply_write", result)))
+                except UnavailableError:
+                    replicas.append((target, None))
         if acked < d.min_insync:
             raise ReplicationError(
                 f"{domain} shard {shard}: applied by {acked} of {d.copies} copies, {d.min_insync} required; "
-                f"the write is not acknowledged and may or may not be visible later ({'; '.join(failures)})")
+                f"the write is not acknowledged and may or may not be visible later "
+                f"({'; '.join(f'slot {slot}: {why}' for slot, why in sorted(failures.items()))})")
         out: list[Any] = [rec for _key, rec in result.items]
         for i, error in self._op_failure(d, result) or ():  # these ops were not written: their callers get the error
             out[i] = error
         return out
+
+    def _collect_acks(self, replicas: list, acked: int, failures: dict, needed: int,
+                      deadline: float) -> tuple[int, list]:
+        """Count the replicas' applies as they answer, until ``needed`` copies hold the write (the
+        rest are not waited for: a paused or dying replica must not hold up an acknowledgement that
+        ``min_insync`` allows) or all answered. ``failures`` gets each failed slot's reason; returns
+        the count and the replicas worth asking again (unavailable, not refused)."""
+        waiting, pending = [], {}
+        for target, ref in replicas:
+            if ref is None:
+                failures[target.slot] = "unreachable"
+                waiting.append(target)
+            else:
+                pending[target] = ref
+        while pending and acked < needed:
+            left = deadline - time.monotonic()
+            # all of them, in the common case, in one wait; past a short slice, what answered so far
+            done = self._transport.ready(list(pending.values()), max(0.001, min(left, 0.05)))
+            for target in [t for t, ref in pending.items() if ref in done]:
+                ref = pending.pop(target)
+                try:
+                    self._transport.result(ref, max(0.001, left), f"replica slot {target.slot}")
+                    acked += 1
+                    failures.pop(target.slot, None)
+                except UnavailableError as exc:  # down, restarting, or a new copy still catching up
+                    self._transport.forget(target)
+                    failures[target.slot] = str(exc)
+                    waiting.append(target)
+                except ErlmcpRayError as exc:  # refused (a newer epoch: our owner was deposed): final
+                    failures[target.slot] = str(exc)
+            if time.monotonic() >= deadline:
+                for target in pending:
+                    failures[target.slot] = "did not answer in time (it may or may not have applied it)"
+                break
+        return acked, waiting
 
     def pressure_error(self, domain: str, message: str) -> MemoryPressureError:
         return MemoryPressureError(message, domain=domain, limit=f"max_bytes={self._routes[domain].max_bytes}")

@@ -30,6 +30,7 @@ from erlmcp_ray.client._recovery import Recovery
 from erlmcp_ray.client._selector import Selector
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute, domain_routes
 from erlmcp_ray.client._stats import Counters, Latencies
+from erlmcp_ray.client._topology import Topology
 from erlmcp_ray.client._transport import COORDINATOR, SUPERVISOR, RayTransport, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
@@ -78,7 +79,7 @@ class MemoryClient:
         self._layout = layout or Layout()
         # Routed by the running layout (what the persistence selector chose); a new one replaces
         # entries of this dict in place, and every part looks routes up in it per call.
-        self._routes: dict[str, DomainRoute] = domain_routes(self._layout.config(config))
+        self._routes: dict[str, DomainRoute] = domain_routes(self._layout.config(config), self._layout)
         self._default: Consistency | None = None
         self._closed = False
         self._seqs = itertools.count(1)  # request seqs: next() is atomic
@@ -88,15 +89,16 @@ class MemoryClient:
             s.l0_entries, s.l1_max_bytes, max_age_s=s.lease_s,
             l1_factory=lambda domain, maxsize, getsizeof: client_l1_policy(config.domain(domain), maxsize, getsizeof))
         self._own_writes = OwnWrites(s.own_write_window_s)
+        self._topology = Topology(self._routes, self._transport, self._refresh_topology)
         self._wb = WriteBehind(transport=self._transport, retry=self._retry, settings=s, cache=self._cache,
                                counters=self._counters, client_id=self.client_id, next_seq=self._next_seq,
-                               refusal=self._pressure_error)
+                               refusal=self._pressure_error, topology=self._topology)
         self._reads = ReadPath(transport=self._transport, retry=self._retry, settings=s, cache=self._cache,
                                write_behind=self._wb, own_writes=self._own_writes, counters=self._counters,
-                               latencies=self._latencies)
+                               latencies=self._latencies, topology=self._topology)
         self._direct = DirectWrites(transport=self._transport, retry=self._retry, routes=self._routes,
                                     reads=self._reads, write_behind=self._wb, client_id=self.client_id,
-                                    next_seq=self._next_seq, timeout_s=s.call_timeout_s)
+                                    next_seq=self._next_seq, timeout_s=s.call_timeout_s, topology=self._topology)
         self._group = GroupCommit(self._direct.strong_round, timeout_s=s.call_timeout_s)
         self._coherence = Coherence(transport=self._transport, settings=s, cache=self._cache,
                                     counters=self._counters, client_id=self.client_id, domains=list(self._routes),
@@ -105,7 +107,8 @@ class MemoryClient:
         self.coordinator = CacheCoordinator(
             domain=self._domain, routes=self._routes, cache=self._cache, transport=self._transport,
             retry=self._retry, write_behind=self._wb, coherence=self._coherence, settings=s,
-            client_id=self.client_id, next_seq=self._next_seq, check_open=self._check_open)
+            client_id=self.client_id, next_seq=self._next_seq, check_open=self._check_open,
+            topology=self._topology)
         """The cache coordination protocols (spec ``erlmcp_cache_coordinator``)."""
         self.selector = Selector(transport=self._transport, domains=lambda: list(self._routes),
                                  timeout_s=s.call_timeout_s, check_open=self._check_open)
@@ -119,12 +122,16 @@ class MemoryClient:
         self._coherence.start()
 
     def _refresh_layout(self, generation: int) -> None:
-        """The persistence selector moved a domain: route by the layout as it is now."""
+        """The persistence selector moved a domain, or the supervisor promoted a replica: route by
+        the layout as it is now."""
+        self._refresh_topology()
+
+    def _refresh_topology(self) -> None:
         layout = Layout.decode(self._transport.call(COORDINATOR, "get_layout", timeout=self._timeout))
-        if layout.generation < self._layout.generation:
+        if layout.generation <= self._layout.generation:
             return
         self._layout = layout
-        self._routes.update(domain_routes(layout.config(self.config)))
+        self._routes.update(domain_routes(layout.config(self.config), layout))
         self._counters.add("layout_changes")
 
     # ------------------------------------------------------------- pickling

@@ -35,13 +35,13 @@ class Inspector:
             shards = []
             for shard in range(d.shards):
                 copies = self._gather([Copy(d.name, shard, slot) for slot in range(d.copies)], "stats")
-                owner = copies[0]
+                owner = copies.pop(d.owner(shard))
                 shards.append({
                     "shard": shard, "seq": owner["seq"], "replicated_seq": owner["replicated_seq"],
                     "published_seq": owner["published_seq"], "syncs": owner["syncs"],
                     "replicas": [{"slot": c["slot"], "seq_lag": owner["seq"] - (owner["replicas"].get(c["slot"], {})
                                   .get("acked_seq") or 0), "staleness_ms": c["staleness_ms"],
-                                  "node_id": c["node_id"]} for c in copies[1:]],
+                                  "node_id": c["node_id"]} for c in copies],
                 })
             out[d.name] = shards
         return out
@@ -49,7 +49,7 @@ class Inspector:
     def get_domain_stats(self, domain: str) -> dict[str, Any]:
         """Entries, bytes, limit, shards and copies of ``domain`` (owner copies are counted once)."""
         d = self._domain(domain)
-        owners = self._gather([Copy(d.name, s, 0) for s in range(d.shards)], "stats")
+        owners = self._gather([Copy(d.name, s, d.owner(s)) for s in range(d.shards)], "stats")
         cfg = self.config.domain(domain)
         return {
             "domain": domain, "entries": sum(o["entries"] for o in owners),

@@ -28,7 +28,8 @@ from collections.abc import Callable
 from erlmcp_ray.client._cache import PENDING, LocalCache
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute
 from erlmcp_ray.client._stats import Counters, Latencies
-from erlmcp_ray.client._transport import Copy, Retry, Transport
+from erlmcp_ray.client._topology import Topology
+from erlmcp_ray.client._transport import Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import Consistency
 from erlmcp_ray.core import record as R
@@ -107,8 +108,9 @@ class _Flight:
 class ReadPath:
     def __init__(self, *, transport: Transport, retry: Retry, settings: ClientSettings, cache: LocalCache,
                  write_behind: WriteBehind, own_writes: OwnWrites, counters: Counters, latencies: Latencies,
-                 rng: random.Random | None = None) -> None:
+                 topology: Topology, rng: random.Random | None = None) -> None:
         self._transport, self._retry, self._settings = transport, retry, settings
+        self._topology = topology
         self._cache, self._wb, self._own = cache, write_behind, own_writes
         self._counters, self._latencies = counters, latencies
         self._rng = rng or random.Random()
@@ -169,7 +171,7 @@ class ReadPath:
         rec, staleness = None, 0.0
         timeout = self._settings.call_timeout_s
         if not to_owner:
-            target = Copy(d.name, shard, self._rng.randrange(1, d.copies))
+            target = self._rng.choice(self._topology.replicas(d.name, shard))
             limit = d.staleness_ms if level is BOUNDED else self._settings.replica_fresh_limit_ms
             try:
                 answer = self._transport.call(target, "read", key, limit, timeout=timeout)
@@ -182,9 +184,10 @@ class ReadPath:
                 self._transport.forget(target)
                 to_owner = True
         if to_owner:
-            owner = Copy(d.name, shard, 0)
-            answer = self._retry.run(lambda: self._transport.call(owner, "read", key, None, timeout=timeout),
-                                     on_unavailable=lambda: self._transport.forget(owner))
+            topo = self._topology
+            answer = self._retry.run(
+                lambda: topo.call_owner(d.name, shard, "read", key, None, timeout=timeout),
+                on_unavailable=lambda: topo.owner_failed(d.name, shard))
             rec, staleness = answer.record, answer.staleness_ms
             self._counters.add("owner_reads")
             if not self.same_owner(d.name, shard, answer.incarnation):

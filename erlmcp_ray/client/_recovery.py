@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from erlmcp_ray.client._transport import SUPERVISOR, Transport
+from erlmcp_ray.client._transport import SUPERVISOR, Retry, Transport
 from erlmcp_ray.core.checkpoint import Checkpoint
 from erlmcp_ray.core.recovery import MODES
 from erlmcp_ray.errors import InvalidValueError
@@ -22,13 +22,20 @@ _LONG_S = 900.0
 
 class Recovery:
     def __init__(self, *, transport: Transport, timeout_s: float, check_open: Callable[[], None],
-                 drop_caches: Callable[[], None]) -> None:
+                 drop_caches: Callable[[], None], retry: Retry | None = None) -> None:
         self._transport, self._timeout, self._check_open = transport, timeout_s, check_open
         self._drop_caches = drop_caches
+        self._retry = retry or Retry(timeout_s)
 
     def _call(self, method: str, *args: Any, timeout: float | None = None) -> Any:
         self._check_open()
         return self._transport.call(SUPERVISOR, method, *args, timeout=timeout or self._timeout)
+
+    def _read(self, method: str, *args: Any, timeout: float | None = None) -> Any:
+        """A call that changes nothing: retried while the supervisor is unavailable (Ray restarting it,
+        after its node died) until the call timeout."""
+        return self._retry.run(lambda: self._call(method, *args, timeout=timeout),
+                               on_unavailable=lambda: self._transport.forget(SUPERVISOR))
 
     def create_checkpoint(self) -> Checkpoint:
         """A consistent cut of every shard of every domain, in the durable store: ``Checkpoint(id,
@@ -37,7 +44,7 @@ class Recovery:
 
     def list_checkpoints(self) -> list[Checkpoint]:
         """Every stored checkpoint, newest first."""
-        return self._call("list_checkpoints")
+        return self._read("list_checkpoints")
 
     def restore_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
         """Every shard back to the checkpoint (under a new epoch; clients drop their caches). Checks
@@ -72,7 +79,13 @@ class Recovery:
 
     def get_recovery_status(self) -> dict[str, Any]:
         """The current (or last) recovery: status, mode, step, progress 0-100, per-shard detail."""
-        return self._call("get_recovery_status")
+        return self._read("get_recovery_status")
+
+    def get_failover_status(self) -> dict[str, Any]:
+        """Health checks and failovers: ``failure_timeout_s``, ``lease_s``, the shards whose owner
+        moved (``owners``: ``"domain/shard" -> {slot, epoch}``), the last promotions, restarts and
+        replacements (``history``), and the copies silent for more than two check periods."""
+        return self._read("failover_status")
 
     def _recover(self, mode: str, domains: list[str] | None = None, node_id: str | None = None) -> dict[str, Any]:
         try:
@@ -83,7 +96,7 @@ class Recovery:
     def verify_state(self) -> dict[str, Any]:
         """Per shard: the digests of all copies (equal = in sync), version vectors consistent, stored
         rows' checksums valid; ``ok`` when all hold (see ``actors/_verify.py``)."""
-        return self._call("verify_state", timeout=_LONG_S)
+        return self._read("verify_state", timeout=_LONG_S)
 
 
 def _checked_mode(mode: Any) -> str:

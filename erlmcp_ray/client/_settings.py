@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
+from erlmcp_ray.core.layout import Layout
 
 __all__ = ["ClientSettings", "DomainRoute"]
 
@@ -25,6 +26,16 @@ class DomainRoute:
     default_ttl_ms: int | None
     max_bytes: int  # named in memory-pressure errors
     invalidate_source: bool  # an invalidation also deletes the entry in the shards
+    #: the slot that owns each shard (the supervisor's topology: not slot 0 after a failover)
+    owners: tuple[int, ...] = ()
+
+    def owner(self, shard: int) -> int:
+        return self.owners[shard] if self.owners else 0
+
+    def replicas(self, shard: int) -> list[int]:
+        """The slots of ``shard`` that are not its owner."""
+        owner = self.owner(shard)
+        return [slot for slot in range(self.copies) if slot != owner]
 
 
 @dataclass(frozen=True)
@@ -68,7 +79,8 @@ class ClientSettings:
         )
 
 
-def domain_routes(cfg: MemoryConfig) -> dict[str, DomainRoute]:
+def domain_routes(cfg: MemoryConfig, layout: Layout | None = None) -> dict[str, DomainRoute]:
+    """Each domain as routed under ``cfg`` (the running config) and ``layout``'s topology."""
     out = {}
     for name in cfg.domains:
         d = cfg.domain(name)
@@ -78,5 +90,6 @@ def domain_routes(cfg: MemoryConfig) -> dict[str, DomainRoute]:
             min_insync=cfg.min_insync_for(name),
             default_ttl_ms=None if d.default_ttl is None else int(d.default_ttl * 1000),
             max_bytes=d.max_bytes, invalidate_source=bool(d.invalidate_source),
+            owners=tuple(layout.owner(name, shard) for shard in range(d.shards)) if layout else (),
         )
     return out

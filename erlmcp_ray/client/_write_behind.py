@@ -35,7 +35,8 @@ from typing import Any
 from erlmcp_ray.client._cache import LocalCache
 from erlmcp_ray.client._settings import ClientSettings
 from erlmcp_ray.client._stats import Counters
-from erlmcp_ray.client._transport import Copy, Retry, Transport
+from erlmcp_ray.client._topology import Topology
+from erlmcp_ray.client._transport import Retry, Transport
 from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.core.wire import WriteOp
 from erlmcp_ray.errors import ErlmcpRayError, OperationTimeoutError, RemoteError, UnavailableError
@@ -101,6 +102,7 @@ class _Batch:
     error: Exception | None = None  # submission failed
     attempts: int = 0
     sent_at: float = 0.0
+    slot: int = 0  # the owner it was sent to
 
 
 @dataclass
@@ -117,9 +119,10 @@ class _Applied:
 class WriteBehind:
     def __init__(self, *, transport: Transport, retry: Retry, settings: ClientSettings, cache: LocalCache,
                  counters: Counters, client_id: str, next_seq: Callable[[], int],
-                 refusal: Callable[[str, str], Exception], clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 refusal: Callable[[str, str], Exception], topology: Topology,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> None:
         self._transport, self._retry, self._settings = transport, retry, settings
+        self._topology = topology
         self._cache, self._counters = cache, counters
         self._client_id, self._next_seq, self._refusal = client_id, next_seq, refusal
         self._clock, self._sleep = clock, sleep
@@ -289,7 +292,9 @@ class WriteBehind:
     def _submit(self, batch: _Batch) -> None:
         """Hand a batch to its owner (caller holds ``_send_lock``, which keeps submissions in order)."""
         try:
-            batch.pending = self._transport.submit(Copy(batch.domain, batch.shard, 0), "write",
+            target = self._topology.owner(batch.domain, batch.shard)
+            batch.slot = target.slot
+            batch.pending = self._transport.submit(target, "write",
                                                    self._client_id, batch.seq, batch.ops, False)
             batch.error = None
         except UnavailableError as exc:
@@ -309,7 +314,14 @@ class WriteBehind:
         failed: list[tuple[_Batch, ErlmcpRayError]] = []
         for batch in inflight:
             if batch.error is None and batch.pending not in ready:
-                if self._clock() - batch.sent_at < self._settings.call_timeout_s:
+                waited = self._clock() - batch.sent_at
+                if waited >= self._topology.check_s:  # slow: is its owner still the owner?
+                    self._topology.refresh()
+                    if self._topology.owner(batch.domain, batch.shard).slot != batch.slot:
+                        failed.append((batch, UnavailableError(
+                            f"{batch.domain} shard {batch.shard}: slot {batch.slot} is no longer the owner")))
+                        continue
+                if waited < self._settings.call_timeout_s:
                     continue
                 failed.append((batch, OperationTimeoutError(
                     f"{batch.domain} shard {batch.shard}: write batch timed out")))
@@ -346,7 +358,7 @@ class WriteBehind:
 
     def _retry_or_fail(self, failed: list[tuple[_Batch, ErlmcpRayError]]) -> None:
         for batch, _ in failed:
-            self._transport.forget(Copy(batch.domain, batch.shard, 0))
+            self._topology.owner_failed(batch.domain, batch.shard)
         retry, dropped = [], []
         with self._lock:
             for batch, error in failed:
@@ -398,13 +410,14 @@ class WriteBehind:
         """Ask owners how far they replicated; forget confirmed writes, resend those a restart lost."""
         with self._lock:
             shards = list(self._unconfirmed)
+        topo = self._topology
         for domain, shard in shards:
-            target = Copy(domain, shard, 0)
             try:
                 progress = self._retry.run(
-                    lambda target=target: self._transport.call(target, "progress",
-                                                               timeout=self._settings.call_timeout_s),
-                    on_unavailable=lambda target=target: self._transport.forget(target), retry=raise_errors)
+                    lambda domain=domain, shard=shard: topo.call_owner(
+                        domain, shard, "progress", timeout=self._settings.call_timeout_s),
+                    on_unavailable=lambda domain=domain, shard=shard: topo.owner_failed(domain, shard),
+                    retry=raise_errors)
             except UnavailableError:
                 if raise_errors:
                     raise
