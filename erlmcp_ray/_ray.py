@@ -11,6 +11,7 @@ timeout, and every Ray exception is translated into the erlmcp_ray tree:
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import ray
@@ -36,6 +37,9 @@ _UNAVAILABLE = (
     rex.ActorPlacementGroupRemoved,
     rex.ActorUnschedulableError,
 )
+
+
+log = logging.getLogger(__name__)
 
 
 def translate(exc: BaseException, what: str, timeout: float | None = None) -> ErlmcpRayError:
@@ -72,6 +76,19 @@ def wait(refs: list, timeout: float) -> list:
         return []
     try:
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=timeout)
+    except Exception as exc:
+        raise translate(exc, "waiting for replies", timeout) from exc
+    return ready
+
+
+def wait_any(refs: list, timeout: float) -> list:
+    """The refs among ``refs`` that are ready once at least one is (or ``timeout`` s passed)."""
+    if not refs:
+        return []
+    try:
+        ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
+        if ready:  # and whatever else is ready by now
+            ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
     except Exception as exc:
         raise translate(exc, "waiting for replies", timeout) from exc
     return ready
@@ -133,6 +150,14 @@ def kill_named(name: str, namespace: str) -> None:
         ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
     except ValueError:
         pass
+
+
+def restart(handle: Any) -> None:
+    """Kill an actor's process so that Ray restarts it (its constructor runs again)."""
+    try:
+        ray.kill(handle, no_restart=False)
+    except Exception as exc:  # noqa: BLE001 - already gone
+        log.warning("restarting an actor failed: %s", exc)
 
 
 def alive_nodes() -> list[dict]:

@@ -390,6 +390,10 @@ class DistributedMemoryConfig(_Model):
     auto_select: bool = Field(
         True, description="Let the persistence selector migrate domains that set no backend (with "
         "persistence_selector.auto_select: both must be on).")
+    failure_timeout_ms: Annotated[int, BeforeValidator(_not_bool), Field(ge=200, le=600_000)] = Field(
+        2_000, description="A shard copy that does not answer the supervisor's health checks for this long, "
+        "or whose node died, is failed: an owner's in-sync replica is promoted. An owner serves only while "
+        "it holds a lease of half this, renewed by its replicas and the supervisor.")
 
 
 class CacheCoordinatorConfig(_Model):

@@ -33,6 +33,7 @@ from erlmcp_ray.actors.options import (
     SUPERVISOR,
     actor_class,
     coordinator_options,
+    owner_name,
     shard_name,
     shard_options,
     shard_settings,
@@ -239,7 +240,8 @@ def _flush_durable_owners(cfg: MemoryConfig, namespace: str) -> None:
             continue
         for shard in range(cfg.domain(domain).shards):
             try:
-                refs.append(ray.get_actor(shard_name(domain, shard, 0), namespace=namespace).flush_durable.remote())
+                refs.append(ray.get_actor(owner_name(namespace, domain, shard), namespace=namespace)
+                            .flush_durable.remote())
             except ValueError:
                 pass  # not running: nothing of it to flush
     if refs:

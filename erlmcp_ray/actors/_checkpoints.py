@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from erlmcp_ray import _ray
-from erlmcp_ray.actors.options import COORDINATOR, shard_name
+from erlmcp_ray.actors.options import COORDINATOR, owner_name
 from erlmcp_ray.config import DurableKind, MemoryConfig
 from erlmcp_ray.core.checkpoint import (
     PREFIX,
@@ -55,7 +55,7 @@ class Checkpoints:
 
     def _owners(self) -> list[tuple[str, int, Any]]:
         cfg = self._running()
-        return [(d, s, _ray.get_actor(shard_name(d, s, 0), self.namespace))
+        return [(d, s, _ray.get_actor(owner_name(self.namespace, d, s), self.namespace))
                 for d in cfg.domains for s in range(cfg.domain(d).shards)]
 
     # ------------------------------------------------------------------ create / list / delete

@@ -24,7 +24,7 @@ from typing import Any
 from erlmcp_ray import _ray
 from erlmcp_ray.actors._checkpoints import Checkpoints
 from erlmcp_ray.actors._verify import sync_domains, verify
-from erlmcp_ray.actors.options import COORDINATOR, shard_name
+from erlmcp_ray.actors.options import COORDINATOR, owner_name, owner_slot, shard_name
 from erlmcp_ray.config import DurableMode, MemoryConfig
 from erlmcp_ray.core.recovery import STEPS, RecoveryStatus, ShardFacts, plan
 from erlmcp_ray.errors import UnknownDomainError
@@ -101,6 +101,9 @@ class RecoveryRunner:
                         copies.append((slot, True, _ray.get(handle.stats.remote(), timeout=_PING_S, what="ping")))
                     except Exception:  # noqa: BLE001 - down, for this run
                         copies.append((slot, False, None))
+                # The owner first (after a failover it is not slot 0), then the replicas.
+                first = owner_slot(self.namespace, domain, shard)
+                copies.sort(key=lambda c: c[0] != first)
                 if node_id is None or any(st is not None and st["node_id"] == node_id for _, _, st in copies) or \
                         any(not alive for _, alive, _ in copies):
                     out[(domain, shard)] = copies
@@ -126,7 +129,7 @@ class RecoveryRunner:
                           checkpoint=entry is not None, delta_possible=delta)
 
     def _reconstruct(self, p: Any, latest: Any) -> dict[str, Any]:
-        owner = _ray.get_actor(shard_name(p.domain, p.shard, 0), self.namespace)
+        owner = _ray.get_actor(owner_name(self.namespace, p.domain, p.shard), self.namespace)
         entry = None if latest is None else next(
             (s for s in latest.shards if (s.domain, s.shard) == (p.domain, p.shard)), None)
         blob, sha = (entry.blob, entry.sha256) if entry is not None else (None, None)

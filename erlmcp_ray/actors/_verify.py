@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from erlmcp_ray import _ray
-from erlmcp_ray.actors.options import shard_name
+from erlmcp_ray.actors.options import owner_name, owner_slot, shard_name
 from erlmcp_ray.config import DurableMode, MemoryConfig
 from erlmcp_ray.core.shard_state import ShardState
 from erlmcp_ray.errors import CorruptDataError, OperationTimeoutError, UnavailableError, UnknownDomainError
@@ -48,9 +48,11 @@ def verify(cfg: MemoryConfig, namespace: str) -> dict[str, Any]:
             if durable and store is None:
                 store = open_store(cfg.durable, namespace)
             for shard in range(cfg.domain(domain).shards):
-                copies = [_copy_facts(cfg, namespace, domain, shard, slot)
-                          for slot in range(cfg.replication_factor_for(domain))]
-                down = [slot for slot, c in enumerate(copies) if c is None]
+                # The owner first (after a failover it is not slot 0), then the replicas.
+                first = owner_slot(namespace, domain, shard)
+                slots = sorted(range(cfg.replication_factor_for(domain)), key=lambda s: s != first)
+                copies = [_copy_facts(cfg, namespace, domain, shard, slot) for slot in slots]
+                down = [slot for slot, c in zip(slots, copies) if c is None]
                 up = [c for c in copies if c is not None]
                 owner_ctx = {int(k): v for k, v in copies[0][1]["context"].items()} if copies[0] else {}
                 consistent = copies[0] is not None and all(
@@ -91,7 +93,7 @@ def sync_domains(cfg: MemoryConfig, namespace: str, domains: list[str] | None, t
         if name not in cfg.domains:
             raise UnknownDomainError(name, known=tuple(cfg.domains))
     started = time.monotonic()
-    owners = [(d, s, _ray.get_actor(shard_name(d, s, 0), namespace)) for d in names
+    owners = [(d, s, _ray.get_actor(owner_name(namespace, d, s), namespace)) for d in names
               for s in range(cfg.domain(d).shards)]
     targets = _ray.get([o.sync_now.remote() for _, _, o in owners], timeout=_CALL_S, what="starting a sync round")
     pending = {i: target for i, target in enumerate(targets)}

@@ -17,10 +17,13 @@ from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.shard_copy import ShardSettings
 
 __all__ = [
+    "CONTROL",
     "COORDINATOR",
     "SUPERVISOR",
     "actor_class",
     "coordinator_options",
+    "owner_name",
+    "owner_slot",
     "shard_name",
     "shard_options",
     "shard_settings",
@@ -32,10 +35,25 @@ SUPERVISOR = "erlmcp:supervisor"
 #: Resources each shard copy reserves in its placement-group bundle. A bundle may
 #: not be empty; a little "memory" fits every node, including a head with no CPUs.
 SHARD_BUNDLE = {"memory": 1024 * 1024}
+#: A shard actor's second thread, for the supervisor's health checks: a long call on the main one
+#: (a checkpoint of a large shard) must not look like a dead copy.
+CONTROL = "control"
 
 
 def shard_name(domain: str, shard: int, slot: int) -> str:
     return f"erlmcp:shard:{domain}:{shard}:{slot}"
+
+
+def owner_slot(namespace: str, domain: str, shard: int) -> int:
+    """The slot that owns ``domain``/``shard`` now (the supervisor's topology, in Ray's KV store)."""
+    from erlmcp_ray import _ray
+    from erlmcp_ray.core.layout import Layout, layout_key
+
+    return Layout.decode(_ray.kv_get(layout_key(namespace))).owner(domain, shard)
+
+
+def owner_name(namespace: str, domain: str, shard: int) -> str:
+    return shard_name(domain, shard, owner_slot(namespace, domain, shard))
 
 
 def shard_options(namespace: str, domain: str, shard: int, slot: int, scheduling_strategy: Any = None) -> dict:
@@ -47,6 +65,7 @@ def shard_options(namespace: str, domain: str, shard: int, slot: int, scheduling
         # One thread: calls from one client run in the order it sent them, which
         # write-behind batches rely on. Replication runs on a thread of its own.
         "max_concurrency": 1,
+        "concurrency_groups": {CONTROL: 1},
         "max_restarts": -1,
         # Ray must not retry writes by itself: the client retries with the same
         # idempotency key, which the owner recognises.
@@ -94,6 +113,7 @@ def shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
         # leaves room for a late one and the transit time.
         heartbeat_ms=min(250.0, max(10.0, staleness / 4)),
         sync_timeout_s=min(5.0, config.client.call_timeout_s),
+        lease_s=config.distributed_memory.failure_timeout_ms / 2000.0,
         durable_mode=config.durable_mode_for(domain).value,
         store=config.durable.model_dump(mode="json"),
         flush_s=config.durable.flush_ms / 1000.0,

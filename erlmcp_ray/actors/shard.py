@@ -33,14 +33,14 @@ import psutil
 import ray
 
 from erlmcp_ray import _ray
-from erlmcp_ray.actors.options import COORDINATOR, shard_name
+from erlmcp_ray.actors.options import CONTROL, COORDINATOR, shard_name
 from erlmcp_ray.config import DurableConfig
 from erlmcp_ray.core.checkpoint import pack_shard, shard_blob_name, unpack_shard
 from erlmcp_ray.core.layout import Layout, layout_key
 from erlmcp_ray.core.pressure import AllowGrowth, CollectGarbage, RefuseGrowth, Warn
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
-from erlmcp_ray.core.wire import Progress, ReadAnswer, WriteAnswer, WriteOp
-from erlmcp_ray.errors import CorruptDataError, InvalidValueError, UnavailableError
+from erlmcp_ray.core.wire import OK, Progress, ReadAnswer, WriteAnswer, WriteOp
+from erlmcp_ray.errors import CorruptDataError, InvalidValueError, StaleEpochError, UnavailableError
 from erlmcp_ray.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -51,17 +51,20 @@ _FLUSH_CHUNK = 5000
 
 class ShardActor:
     def __init__(self, domain: str, shard: int, slot: int, copies: int, namespace: str, epoch: int,
-                 settings: ShardSettings) -> None:
+                 settings: ShardSettings, joining: bool = False) -> None:
         # Ray reruns this constructor with the arguments of the first start: if the persistence
         # selector has moved the domain since, its copies and durable mode are the layout's.
-        shape = Layout.decode(_ray.kv_get(layout_key(namespace))).shape.get(domain)
+        layout = Layout.decode(_ray.kv_get(layout_key(namespace)))
+        shape = layout.shape.get(domain)
         if shape is not None:
             copies, settings = shape[0], replace(settings, durable_mode=shape[1])
         self.domain, self.shard, self.slot, self.copies = domain, shard, slot, copies
         self.namespace = namespace
         self._settings = settings
         self._lock = threading.RLock()
-        self._copy = ShardCopy(domain, shard, slot, copies, epoch, settings)
+        # The topology says which slot owns the shard (not slot 0 after a failover), and from which epoch.
+        self._copy = ShardCopy(domain, shard, slot, copies, max(epoch, layout.epoch(domain, shard)), settings)
+        self._copy.owner_slot = layout.owner(domain, shard)
         self._peers: dict[int, Any] = {}
         self._coordinator: Any = None
         self._wake = threading.Event()
@@ -80,7 +83,12 @@ class ShardActor:
         # An owner of a durable domain serves nothing before it loaded its shard from the store.
         self._durable_ready = settings.durable_mode == "off"
         if _ray.was_restarted():
+            # A restarted owner acts as one only once a replica or the supervisor confirmed it (a
+            # replica was perhaps promoted meanwhile): no lease from the start.
+            self._copy.lease_until = float("-inf")
             self._recover_from_peers()
+        # A restarted or replacement replica takes strong writes once its owner's first sync arrived.
+        self._copy.joining = (joining or _ray.was_restarted()) and not self._copy.is_owner
         if not self._durable_ready:
             try:
                 self._open_durable()
@@ -90,9 +98,9 @@ class ShardActor:
                 # clients retry, or CorruptDataError naming what is corrupt) -- never an empty shard.
                 log.warning("%s/%s: durable store not loaded, serving nothing until it is: %s", domain,
                             shard, exc)
-        if self._copy.is_owner:
-            self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)
-            self._thread.start()
+        # Every copy runs the loop: it works while the copy is the owner (a replica may be promoted).
+        self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)
+        self._thread.start()
 
     def _open_durable(self) -> None:
         with self._open_lock:
@@ -102,6 +110,9 @@ class ShardActor:
             if self._copy.is_owner:
                 image = store.load_shard(self.domain, self.shard)
                 with self._lock:
+                    # Our epoch may be behind the store's (a failover or recovery before a full restart):
+                    # writes under it would be refused.
+                    self._copy.epoch = max(self._copy.epoch, image.epoch)
                     self._copy.load_durable(image.records)
                 log.info("%s/%s: %d records loaded from %s", self.domain, self.shard, len(image.records),
                          store.location)
@@ -118,12 +129,17 @@ class ShardActor:
         return self._peers[slot]
 
     def _recover_from_peers(self) -> None:
-        """A restarted copy starts empty; take a peer's state before serving."""
+        """A restarted copy starts empty; take a peer's state (and its view of the shard's owner and
+        epoch, which may be newer than the topology this constructor read) before serving."""
         for slot in range(self.copies):
             if slot == self.slot:
                 continue
             try:
-                snap = _ray.get(self._peer(slot).snapshot.remote(), timeout=30, what=f"slot {slot} snapshot")
+                peer = self._peer(slot)
+                health, snap = _ray.get([peer.health.remote(), peer.snapshot.remote()], timeout=30,
+                                        what=f"slot {slot} snapshot")
+                if health["epoch"] > self._copy.epoch and health["owner_slot"] >= 0:
+                    self._copy.adopt(health["owner_slot"], health["epoch"])
             except Exception as exc:  # noqa: BLE001 - try the next peer
                 log.warning("%s/%s slot %s: recovery from slot %s failed: %s", self.domain, self.shard, self.slot,
                             slot, exc)
@@ -308,6 +324,9 @@ class ShardActor:
             # The store can come and go (set_layout): the tick follows it.
             tick = min(heartbeat_s, lazy_s, self._settings.flush_s if self._store is not None else heartbeat_s)
             woke = self._wake.wait(timeout=tick)
+            if not self._copy.is_owner:  # a replica (or a deposed owner): nothing to replicate or flush
+                self._wake.clear()
+                continue
             if woke and linger_s:
                 # Woken by a write: linger a moment so the writes right behind it share
                 # this round's calls (as Kafka's linger.ms), instead of one round each.
@@ -355,20 +374,41 @@ class ShardActor:
                     copy.epoch, copy.incarnation, base, last, ops, snap, transit, forget)
             except UnavailableError as exc:
                 self._replica_failed(slot, exc)
-        for slot, ref in refs.items():
-            try:
-                status, pos = _ray.get(ref, timeout=self._settings.sync_timeout_s, what=f"replica slot {slot}")
-            except Exception as exc:  # noqa: BLE001
-                self._replica_failed(slot, exc)
-                continue
-            with self._lock:
-                if copy.sync_answered(slot, status, pos, time.monotonic() - sent_at):
-                    self._wake.set()  # the replica is elsewhere in our log (or in none): resend from there
+        # Answers are taken as they come: a paused replica must not hold up the others' acks (which
+        # renew this owner's lease).
+        deadline = sent_at + self._settings.sync_timeout_s
+        waiting = dict(refs)
+        while waiting:
+            ready = _ray.wait_any(list(waiting.values()), max(0.0, deadline - time.monotonic()))
+            if not ready:
+                for slot in waiting:
+                    self._replica_failed(slot, UnavailableError(
+                        f"replica slot {slot} did not answer a sync within {self._settings.sync_timeout_s} s"))
+                break
+            for slot in [s for s, r in waiting.items() if r in ready]:
+                self._sync_answer(copy, slot, waiting.pop(slot), sent_at)
         with self._lock:
             copy.finish_round(last)
 
+    def _sync_answer(self, copy: ShardCopy, slot: int, ref: Any, sent_at: float) -> None:
+        try:
+            status, pos = _ray.get(ref, timeout=1.0, what=f"replica slot {slot}")
+        except Exception as exc:  # noqa: BLE001
+            self._replica_failed(slot, exc)
+            return
+        with self._lock:
+            if status == OK:
+                copy.renew_lease(sent_at)  # the replica took this round at our epoch: still the owner
+            if copy.sync_answered(slot, status, pos, time.monotonic() - sent_at):
+                self._wake.set()  # the replica is elsewhere in our log (or in none): resend from there
+
     def _replica_failed(self, slot: int, exc: Exception) -> None:
         with self._lock:
+            if isinstance(exc, StaleEpochError) and self._copy.is_owner:
+                # The replica is at a later epoch: another copy was promoted while we were away.
+                log.warning("%s/%s slot %s: deposed (%s); a replica from now on", self.domain, self.shard,
+                            self.slot, exc)
+                self._copy.step_down()
             self._copy.replica_failed(slot)
             self._peers.pop(slot, None)  # look the handle up again: Ray may have restarted it
         log.warning("%s/%s: replica slot %s: %s", self.domain, self.shard, slot, exc)
@@ -561,6 +601,73 @@ class ShardActor:
 
     def ping(self) -> int:
         return self._copy.epoch
+
+    # ------------------------------------------------------------ failover (the supervisor's calls)
+    @ray.method(concurrency_group=CONTROL)
+    def health(self, owner_slot: int | None = None, epoch: int = 0) -> dict:
+        """The supervisor's health check, carrying its topology for this shard (``owner_slot`` from
+        ``epoch`` on; 0: the epoch the copies hold). The owner it names has its lease renewed; a copy
+        that is behind the topology adopts it (a deposed owner becomes a replica). This copy's facts."""
+        received = time.monotonic()
+        with self._lock:
+            copy = self._copy
+            if owner_slot is not None:
+                if epoch > copy.epoch:
+                    copy.adopt(owner_slot, epoch)
+                elif owner_slot == copy.slot and copy.is_owner and epoch in (0, copy.epoch):
+                    copy.renew_lease(received)
+            return self._facts()
+
+    def _facts(self) -> dict:
+        copy = self._copy
+        pos = copy._position
+        return {"slot": self.slot, "epoch": copy.epoch, "owner_slot": copy.owner_slot, "is_owner": copy.is_owner,
+                "incarnation": copy.incarnation, "position": None if pos is None else list(pos),
+                "sync_age_s": copy.sync_age_s(), "last_seq": copy.state.last_seq,
+                "node_id": ray.get_runtime_context().get_node_id()}
+
+    @ray.method(concurrency_group=CONTROL)
+    def adopt(self, owner_slot: int, epoch: int) -> dict:
+        """Fenced by a failover: ``owner_slot`` owns the shard from ``epoch`` on (an older epoch's
+        syncs and strong writes are refused from now on). This copy's facts."""
+        with self._lock:
+            self._copy.adopt(owner_slot, epoch)
+            return self._facts()
+
+    def promote(self, epoch: int, copies: int, wait_s: float, sources: list[int] | None = None) -> dict:
+        """Become the shard's owner under ``epoch`` (raised past the durable store's, which is fenced
+        there: the old owner's flushes are refused). First joins what the other live copies and the
+        store hold (an eventual write that reached only one of them is kept); serves writes after
+        ``wait_s`` (until then the deposed owner may still hold its lease). ``sources``: the slots
+        to join from (default: every other slot)."""
+        self._ready()
+        slots = [s for s in (range(copies) if sources is None else sources) if s != self.slot]
+        sources = []
+        for slot in slots:
+            try:
+                snap = _ray.get(self._peer(slot).snapshot.remote(), timeout=min(2.0, self._settings.sync_timeout_s),
+                                what=f"replica slot {slot}")
+                sources.append(snap["records"])
+            except Exception as exc:  # noqa: BLE001 - the dead owner, or a copy being restarted
+                self._peers.pop(slot, None)
+                log.info("%s/%s: promotion without slot %s: %s", self.domain, self.shard, slot, exc)
+        image = None
+        if self._store is not None and self._settings.durable_mode != "off":
+            epoch = max(epoch, self._store.epoch(self.domain, self.shard) + 1)
+            self._store.fence(self.domain, self.shard, epoch)
+            image = self._store.load_shard(self.domain, self.shard)
+        with self._lock:
+            copy = self._copy
+            for records in sources:
+                copy.join(records)
+            if image is not None:
+                copy.load_durable(image.records)
+            copy.promote(epoch, copies, not_before=time.monotonic() + wait_s)
+            self.copies = copies
+            out = {**self._facts(), "entries": len(copy.state), "sources": len(sources) + (image is not None)}
+        self._wake.set()
+        log.warning("%s/%s: slot %s promoted to owner under epoch %s", self.domain, self.shard, self.slot, epoch)
+        return out
 
     # ------------------------------------------------------- fault injection
     def hold_replication(self, seconds: float) -> None:

@@ -5,8 +5,9 @@ Today it does: the persistence selector at work (below); checkpoints (``_checkpo
 ``distributed_memory.checkpoint_interval`` it takes one and keeps the newest
 ``distributed_memory.checkpoint_retention``); the recovery API when asked (``_recovery.py``:
 ``trigger_recovery``, ``recover_domain``, ``recover_node``, ``get_recovery_status``); ``verify_state``
-and ``sync`` (``_verify.py``). Failure detection and failover are not its job yet: Ray restarts a
-dead copy, which recovers from a peer or the durable store.
+and ``sync`` (``_verify.py``); health checks of every shard copy and failover by promotion
+(``_failover.py``), with the topology (which slot owns each shard, under which epoch) kept in the
+layout.
 
 Persistence selector: every ``persistence_selector.evaluation_interval`` (while ``auto_select`` is on) it measures each
 domain whose backend the user did not set — bytes its owners hold, reads and writes its copies
@@ -36,10 +37,12 @@ import json
 import logging
 import threading
 import time
+from dataclasses import replace
 from typing import Any
 
 from erlmcp_ray import _ray
 from erlmcp_ray.actors._checkpoints import Checkpoints
+from erlmcp_ray.actors._failover import Failover
 from erlmcp_ray.actors._recovery import RecoveryRunner
 from erlmcp_ray.actors._verify import sync_domains, verify
 from erlmcp_ray.actors.options import COORDINATOR, actor_class, shard_name, shard_options, shard_settings
@@ -92,6 +95,10 @@ class SupervisorActor:
             # Until _reconcile has checked them, the layout's domains are reported as moving there.
             self._migrating.update({d: b.value for d, b in self._layout.selected.items()})
             threading.Thread(target=self._reconcile, name="erlmcp-reconcile", daemon=True).start()
+        self._layout_lock = threading.Lock()  # the layout is read-modified-written by migrations and failovers
+        self._failover = Failover(self._cfg, namespace, layout=lambda: self._layout, running=self._running,
+                                  set_owner=self._set_owner, restarted=_ray.was_restarted())
+        threading.Thread(target=self._failover.run, args=(self._stop,), name="erlmcp-health", daemon=True).start()
         if self._cfg.distributed_memory.checkpoint_interval and self._checkpoints.enabled:
             threading.Thread(target=self._checkpoint_loop, name="erlmcp-checkpoints", daemon=True).start()
 
@@ -124,6 +131,20 @@ class SupervisorActor:
 
     def get_recovery_status(self) -> dict:
         return self._recovery.status.to_dict()
+
+    # ------------------------------------------------------------ failover
+    def failover_status(self) -> dict:
+        """Health checks and failovers: the topology's moved owners, recent promotions, silent copies."""
+        return self._failover.report()
+
+    def _set_owner(self, domain: str, shard: int, slot: int, epoch: int) -> None:
+        """A promotion: publish the new topology (clients re-route; restarted copies read it)."""
+        with self._layout_lock:
+            self._write_layout(self._layout.with_owner(domain, shard, slot, epoch), store_required=False)
+        try:
+            self._announce()
+        except Exception as exc:  # noqa: BLE001 - clients also look the owner up when the old one refuses
+            log.warning("could not tell the coordinator about the new owner of %s/%s: %s", domain, shard, exc)
 
     # ------------------------------------------------------------ verification, anti-entropy
     def verify_state(self) -> dict:
@@ -230,7 +251,7 @@ class SupervisorActor:
         refs = [_ray.get_actor(shard_name(domain, shard, slot), self.namespace).stats.remote()
                 for shard in range(shards) for slot in range(copies)]
         stats = _ray.get(refs, timeout=_CALL_S, what=f"stats of {domain}")
-        owners = [s for s in stats if s["slot"] == 0]
+        owners = [s for s in stats if s["role"] == "owner"]
         return DomainObservation(domain, sum(s["bytes"] for s in owners), sum(s["reads"] for s in stats),
                                  sum(s["writes"] for s in owners))
 
@@ -271,6 +292,11 @@ class SupervisorActor:
         after = layout.config(self._cfg)
         new_copies, mode = after.replication_factor_for(domain), after.durable_mode_for(domain).value
         shards = range(self._cfg.domain(domain).shards)
+        moved = [s for s in shards if self._layout.owner(domain, s) >= new_copies]
+        if moved:
+            raise ConfigError(f"{domain}: shards {moved} are owned by a promoted replica (slot >= {new_copies}) "
+                              f"since a failover; moving the domain to {new_copies} copies is not supported "
+                              f"for them (restart the system to renumber the copies)")
         owners = self._owners(domain)
         now = self._stats(domain, owners)
         old_copies = max(st["copies"] for st in now)
@@ -341,7 +367,8 @@ class SupervisorActor:
                                      what=f"new replica {domain}/{shard} slot {slot}")["node_id"])
 
     def _owners(self, domain: str) -> list:
-        return [_ray.get_actor(shard_name(domain, s, 0), self.namespace) for s in range(self._cfg.domain(domain).shards)]
+        return [_ray.get_actor(shard_name(domain, s, self._layout.owner(domain, s)), self.namespace)
+                for s in range(self._cfg.domain(domain).shards)]
 
     def _stats(self, domain: str, owners: list) -> list[dict]:
         return _ray.get([o.stats.remote() for o in owners], timeout=_CALL_S, what=f"owners of {domain}")
@@ -379,13 +406,27 @@ class SupervisorActor:
                                          f"{_CALL_S * 2:.0f} s")
 
     def _save(self, layout: Layout) -> None:
+        """A migration's new layout; the topology (owners) is the current one, which a failover may
+        have changed since the migration started."""
+        with self._layout_lock:
+            current = self._layout
+            self._write_layout(replace(layout, owners=current.owners,
+                                       generation=max(layout.generation, current.generation + 1)))
+
+    def _write_layout(self, layout: Layout, *, store_required: bool = True) -> None:
         if self._cfg.durable.kind is not DurableKind.NONE:
             # Where start() looks after a full restart: a domain moved to disk comes back from disk.
-            store = open_store(self._cfg.durable, self.namespace)
             try:
-                store.put_blob(LAYOUT_BLOB, layout.encode())
-            finally:
-                store.close()
+                store = open_store(self._cfg.durable, self.namespace)
+                try:
+                    store.put_blob(LAYOUT_BLOB, layout.encode())
+                finally:
+                    store.close()
+            except Exception as exc:
+                if store_required:
+                    raise
+                # A failover must not wait for the store: Ray's KV has the topology; the store gets it next time.
+                log.warning("could not write the layout to the durable store: %s", exc)
         _ray.kv_put(layout_key(self.namespace), layout.encode())
         self._layout = layout
 

@@ -41,7 +41,7 @@ from erlmcp_ray.core.pressure import (
 from erlmcp_ray.core.replication import Freshness, IdempotencyTable, ReplicaProgress
 from erlmcp_ray.core.shard_state import MergeResult, ShardState, _klen
 from erlmcp_ray.core.wire import OK, REFUSED, SKIPPED, STALE, Progress, ReadAnswer, WriteAnswer, WriteOp
-from erlmcp_ray.errors import StaleEpochError
+from erlmcp_ray.errors import StaleEpochError, UnavailableError
 
 __all__ = ["ShardCopy", "ShardSettings"]
 
@@ -75,6 +75,11 @@ class ShardSettings:
     flush_s: float = 0.1
     #: write_behind: changes held for an unreachable store before writes are refused
     max_backlog: int = 100_000
+    #: an owner with replicas serves writes and owner reads only while it holds a lease this long,
+    #: renewed by each replication round a replica acknowledged and by the supervisor's health
+    #: checks; shorter than the supervisor's failure timeout, so a paused owner (a zombie) that
+    #: wakes after a failover has stopped acting as owner before its successor starts. 0: no lease.
+    lease_s: float = 0.0
 
 
 class ShardCopy:
@@ -120,6 +125,13 @@ class ShardCopy:
         self.writes = 0
         #: effects the actor acts on after the call (log lines, garbage collection)
         self.effects: list[Any] = []
+        #: owner: acts as owner (writes, owner reads) only while ``not_before <= now < lease_until``
+        self.lease_until = clock() + settings.lease_s
+        self.not_before = float("-inf")
+        self.promotions = 0
+        #: a replica that started empty or from a peer (a restart, a replacement) takes no strong
+        #: write until its owner's first sync brought it level: counting it would be a hollow ack
+        self.joining = False
 
     def _new_policy(self) -> Any:
         settings = self.settings
@@ -131,6 +143,83 @@ class ShardCopy:
     @property
     def is_owner(self) -> bool:
         return self.slot == self.owner_slot
+
+    # ------------------------------------------------------------ ownership (failover)
+    def check_owner(self) -> None:
+        """Raise ``UnavailableError`` unless this copy may act as its shard's owner now: it is the
+        owner, it holds its lease (when it has replicas), and a promotion's wait is over. The
+        client then looks the owner up again and retries."""
+        if not self.is_owner:
+            raise UnavailableError(f"{self.domain}/{self.shard} slot {self.slot} is not the owner (slot "
+                                   f"{self.owner_slot} is, epoch {self.epoch})")
+        now = self._clock()
+        if now < self.not_before:
+            raise UnavailableError(f"{self.domain}/{self.shard} slot {self.slot}: promoted, serving in "
+                                   f"{self.not_before - now:.2f} s (the old owner's lease runs out then)")
+        if self.settings.lease_s and self.progress_of and now >= self.lease_until:
+            raise UnavailableError(f"{self.domain}/{self.shard} slot {self.slot}: the owner's lease ran out "
+                                   f"{now - self.lease_until:.2f} s ago (no replica or supervisor confirmed "
+                                   f"it is still the owner); the supervisor may be failing it over")
+
+    def renew_lease(self, since: float) -> None:
+        """Someone confirmed this owner at ``since`` (a replica's ack of a round sent then, or a
+        supervisor health check received then): it holds its lease until ``since + lease_s``."""
+        self.lease_until = max(self.lease_until, since + self.settings.lease_s)
+
+    def sync_age_s(self) -> float:
+        """Seconds since this replica last took a sync from its owner (inf: never)."""
+        at = self.freshness.caught_up_at
+        return float("inf") if at is None else self._clock() - at
+
+    def adopt(self, owner_slot: int, epoch: int) -> bool:
+        """The supervisor's topology: ``owner_slot`` owns the shard from ``epoch`` on. A copy at a
+        higher epoch refuses it (``StaleEpochError``). An owner that is no longer one becomes a
+        replica that takes its state from the next snapshot (replacing its own). True if the role
+        changed."""
+        was_owner = self.is_owner
+        self.check_epoch(epoch)
+        self.owner_slot = owner_slot
+        if was_owner and not self.is_owner:
+            self.step_down()
+            return True
+        return False
+
+    def step_down(self) -> None:
+        """This owner learnt that it was deposed (a newer epoch reached it): a replica from now on,
+        whose state the new owner's next snapshot replaces."""
+        if self.owner_slot == self.slot:
+            self.owner_slot = -1  # unknown until the supervisor's next health check says
+        self._round_gen += 1
+        self.progress_of = {}
+        self._position = None
+        self.freshness.caught_up_at = None
+        self.lease_until = float("-inf")
+
+    def promote(self, epoch: int, copies: int, not_before: float = float("-inf")) -> None:
+        """Become the owner under ``epoch`` (> every epoch the shard's copies and store have seen):
+        a new incarnation (clients drop their caches of the domain and resend what the old owner
+        never confirmed), every other slot a replica that gets a full snapshot and replaces its
+        state with it. Serves from ``not_before`` (the deposed owner's lease has run out then)."""
+        if epoch <= self.epoch:
+            raise StaleEpochError(f"{self.domain}/{self.shard}: promotion to epoch {epoch}, this copy is at "
+                                  f"{self.epoch}", epoch=epoch, current=self.epoch)
+        self.owner_slot = self.slot
+        self.copies = copies
+        self.epoch = self._state_epoch = epoch
+        self.incarnation = uuid.uuid4().hex
+        self._dedup = IdempotencyTable()
+        self._position = None
+        self.progress_of = {s: ReplicaProgress(s) for s in range(copies) if s != self.slot}
+        self.replicated_seq = self.published_seq = self.state.last_seq
+        self._forget, self._relaxed = [], set()
+        self._resend_everything()
+        self.not_before = not_before
+        self.lease_until = max(self._clock(), not_before) + self.settings.lease_s
+        self.promotions += 1
+        self.policy = self._new_policy()
+        if self.policy is not None:
+            for key in list(self.state.keys()):
+                self.policy[key] = self._entry_size(key)
 
     def load_durable(self, records: dict[str, bytes]) -> None:
         """Start from what the durable tier holds (a restart, or the whole cluster's); from here on
@@ -247,6 +336,7 @@ class ShardCopy:
     # ---------------------------------------------------------------- owner
     def write(self, client_id: str, request_seq: int, ops: list[WriteOp], full: bool = True) -> WriteAnswer:
         """Apply a batch of ``WriteOp``; a retried ``(client_id, request_seq)`` gets the first answer."""
+        self.check_owner()
         answer = self._dedup.lookup(client_id, request_seq)
         if answer is not IdempotencyTable.MISSING:
             return answer
@@ -292,6 +382,8 @@ class ShardCopy:
 
     def read(self, key: str, max_staleness_ms: float | None = None) -> ReadAnswer:
         """A replica staler than ``max_staleness_ms`` answers STALE and no record; the owner is never stale."""
+        if max_staleness_ms is None:  # an owner read (strong, or a fallback): only the owner answers
+            self.check_owner()
         self.reads += 1
         staleness = 0.0 if self.is_owner else self.freshness.staleness_ms()
         if max_staleness_ms is not None and staleness > max_staleness_ms:
@@ -302,6 +394,7 @@ class ShardCopy:
         return ReadAnswer(OK, rec, staleness, self.incarnation)
 
     def progress(self) -> Progress:
+        self.check_owner()
         return Progress(self.incarnation, self.state.last_seq, self.replicated_seq, self.published_seq)
 
     def find(self, tag: str | None = None, pattern: str | None = None) -> list[str]:
@@ -374,11 +467,16 @@ class ShardCopy:
                 f"{self.domain}/{self.shard} slot {self.slot}: op from epoch {epoch}, current is {self.epoch}",
                 epoch=epoch, current=self.epoch,
             )
+        if epoch > self.epoch and self.is_owner:
+            self.step_down()  # a later owner's op reached us: we were deposed
         self.epoch = epoch
 
     def apply_write(self, answer: WriteAnswer) -> int:
         """Apply the owner's answer to a strong write (its records, passed on by the client)."""
         self.check_epoch(answer[0])
+        if self.joining:
+            raise UnavailableError(f"{self.domain}/{self.shard} slot {self.slot} is still catching up with its "
+                                   f"owner (a new or restarted copy)")
         items = answer[2]
         for key, rec in items:
             if type(rec) is bytes:  # None: a delete of nothing; REFUSED / SKIPPED: not written
@@ -390,7 +488,7 @@ class ShardCopy:
         """Take a delta (ops after ``base_seq``) or a snapshot from the owner: ``(OK, last_seq)``, or
         ``("need", seq-or-None)`` when the delta does not start where this copy is (resend from there,
         or a snapshot when None)."""
-        self.check_epoch(epoch)
+        self.check_epoch(epoch)  # a later owner's sync deposes us if we still thought we were the owner
         if snapshot is not None:
             if epoch > self._state_epoch:
                 self.state = ShardState(self.slot, oplog_capacity=self.settings.oplog_capacity)
@@ -404,6 +502,7 @@ class ShardCopy:
         if forget:
             self.state.forget_tombstones(forget)
         self._position = (incarnation, last_seq)
+        self.joining = False
         self.freshness.caught_up(transit_s)
         return OK, last_seq
 
@@ -426,7 +525,7 @@ class ShardCopy:
 
     def sync_answered(self, slot: int, status: str, pos: int | None, rtt_s: float) -> bool:
         """A replica's answer; True when it wants a resend from elsewhere in the log."""
-        if self._inflight_gen != self._round_gen:
+        if self._inflight_gen != self._round_gen or slot not in self.progress_of:
             return True  # a round started before a reset (a restore, a recovery): its answers mean nothing now
         progress = self.progress_of[slot]
         if status == OK:
@@ -438,6 +537,8 @@ class ShardCopy:
         return True
 
     def replica_failed(self, slot: int) -> None:
+        if slot not in self.progress_of:  # no longer ours to track (this copy was deposed meanwhile)
+            return
         self.progress_of[slot].failed(self._clock(), self.settings.out_of_sync_after_s)
         self.syncs["failed"] += 1
 
@@ -476,6 +577,7 @@ class ShardCopy:
             evictions=self.evictions, refused_writes=self.refused, rejected_ops=self.rejected,
             reads=self.reads, writes=self.writes, copies=self.copies, incarnation=self.incarnation,
             pressure=self.pressure.snapshot().get(self.subject), pressure_changes=list(self.pressure_changes),
+            owner_slot=self.owner_slot, promotions=self.promotions, sync_age_s=self.sync_age_s(),
             policy=None if self.policy is None else type(self.policy).__name__,
             staleness_ms=0.0 if self.is_owner else self.freshness.staleness_ms(),
             syncs=dict(self.syncs),

@@ -1,8 +1,9 @@
 """The fault suite (so far): a strong workload on a few keys from several clients, every operation
 recorded, while one fault strikes half-way; then each key's history must be linearizable (no
 acknowledged strong write lost, none seen out of order), and after a sync every copy must agree
-(``verify_state().ok``). Failover is not built yet: the faults here are the ones Ray's restarts and
-the recovery API already cover."""
+(``verify_state().ok``). An owner killed for good is replaced by its promoted replica (the supervisor),
+and a new copy is created in its slot; pauses and node loss are in ``test_failover.py`` and
+``test_node_loss.py``."""
 
 from __future__ import annotations
 
@@ -71,6 +72,8 @@ FAULTS = {
     "replica_kill": lambda c: _kill(shard_name("reg", 1, 1)),
     "coordinator_kill": lambda c: _kill(COORDINATOR),
     "supervisor_kill_during_recovery": _recovery_cut_short,
+    # last: the owner of reg/0 is slot 1 from here on
+    "owner_gone_for_good": lambda c: ray.kill(ray.get_actor(shard_name("reg", 0, 0), namespace=NS), no_restart=True),
 }
 
 

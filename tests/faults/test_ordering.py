@@ -49,9 +49,9 @@ def test_a_stream_of_eventual_writes_through_an_owner_kill_ends_at_the_last_valu
             if i == 300 + 400 * trial:
                 ray.kill(owner, no_restart=False)
         writer.flush(timeout=90)
-        assert _value(ray.get(owner.read.remote(key, None), timeout=60).record) == n
+        assert _value(ray.get(owner.read.remote(key, float("inf")), timeout=60).record) == n
         replica = ray.get_actor(shard_name("shared", 0, 1), namespace=NS)
-        assert _value(ray.get(replica.read.remote(key, None), timeout=60).record) == n
+        assert _value(ray.get(replica.read.remote(key, float("inf")), timeout=60).record) == n
         assert writer.get("shared", key) == n
         assert other.get("shared", key, consistency="strong") == n
         one_coherence_round(other)

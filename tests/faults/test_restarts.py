@@ -72,5 +72,5 @@ def test_strong_writes_ride_through_an_owner_restart(system, client):
         client.put("shared", "s0", i, consistency="strong")
     assert client.get("shared", "s0", consistency="strong") == 19
     replica = ray.get_actor(shard_name("shared", shard_for("s0", shards), 1), namespace=system.namespace)
-    status, rec, _, _ = ray.get(replica.read.remote("s0", None), timeout=30)
+    status, rec, _, _ = ray.get(replica.read.remote("s0", float("inf")), timeout=30)
     assert status == "ok" and rec is not None  # the replica applied the strong writes too

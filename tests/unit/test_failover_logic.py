@@ -1,0 +1,205 @@
+"""Failover without Ray: the failure detector, the successor choice, the promotion wait, and a shard
+copy's ownership rules (lease, promotion, deposition) with an injected clock."""
+
+from __future__ import annotations
+
+import pytest
+
+from erlmcp_ray.core.codec import encode_value
+from erlmcp_ray.core.failover import FailureDetector, plan_promotion, promotion_wait
+from erlmcp_ray.core.layout import Layout
+from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
+from erlmcp_ray.core.wire import OK, write_op
+from erlmcp_ray.errors import StaleEpochError, UnavailableError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+# ---------------------------------------------------------------- detector
+def test_a_copy_is_failed_after_the_timeout_without_an_answer():
+    clock = Clock()
+    d = FailureDetector(1.0, clock=clock)
+    d.answered("a", "n1")
+    clock.t += 0.9
+    assert not d.failed("a")
+    clock.t += 0.2
+    assert d.failed("a")
+    d.answered("a", "n1")
+    assert not d.failed("a")
+
+
+def test_a_copy_never_heard_from_gets_a_whole_timeout_from_the_detectors_start():
+    clock = Clock()
+    d = FailureDetector(2.0, clock=clock)
+    clock.t += 1.9
+    assert not d.failed("new")  # a restarted supervisor does not fail everything at once
+    clock.t += 0.2
+    assert d.failed("new")
+
+
+def test_a_copy_on_a_dead_node_is_failed_at_once():
+    clock = Clock()
+    d = FailureDetector(10.0, clock=clock)
+    d.answered("a", "n1")
+    assert not d.failed("a", {"n1", "n2"})
+    assert d.failed("a", {"n2"})
+
+
+def test_detector_timeout_must_be_positive():
+    with pytest.raises(ValueError, match="timeout_s"):
+        FailureDetector(0)
+
+
+# ---------------------------------------------------------------- successor
+def _facts(epoch=1, inc="i1", seq=10, age=0.1):
+    return {"epoch": epoch, "position": None if inc is None else [inc, seq], "sync_age_s": age}
+
+
+def test_the_in_sync_replica_with_the_highest_position_is_promoted():
+    plan = plan_promotion(0, {1: _facts(seq=10), 2: _facts(seq=12)}, 0, in_sync_s=2.0)
+    assert plan.successor == 2 and plan.epoch == 2
+
+
+def test_an_out_of_sync_replica_is_never_promoted():
+    assert plan_promotion(0, {1: _facts(age=30.0)}, 0, in_sync_s=2.0) is None
+    plan = plan_promotion(0, {1: _facts(seq=99, age=30.0), 2: _facts(seq=1)}, 0, in_sync_s=2.0)
+    assert plan.successor == 2
+
+
+def test_a_replica_of_an_older_incarnation_ranks_below_the_current_ones():
+    # slot 1 missed the owner's restart: its position counts in the old log, whatever its number
+    plan = plan_promotion(0, {1: _facts(inc="old", seq=500, epoch=1), 2: _facts(inc="new", seq=3, epoch=2)},
+                          0, in_sync_s=2.0)
+    assert plan.successor == 2
+
+
+def test_the_new_epoch_is_above_every_epoch_reported_and_the_topologys():
+    assert plan_promotion(0, {1: _facts(epoch=3), 2: _facts(epoch=5)}, 0, in_sync_s=2.0).epoch == 6
+    assert plan_promotion(0, {1: _facts(epoch=3)}, 9, in_sync_s=2.0).epoch == 10
+
+
+def test_ties_go_to_the_most_recently_synced_then_the_lowest_slot():
+    assert plan_promotion(0, {1: _facts(age=0.5), 2: _facts(age=0.1)}, 0, in_sync_s=2.0).successor == 2
+    assert plan_promotion(0, {2: _facts(), 1: _facts()}, 0, in_sync_s=2.0).successor == 1
+
+
+def test_the_successor_waits_out_the_old_owners_lease():
+    assert promotion_wait(1.0, [0.3, 2.0], all_fenced=True) == pytest.approx(0.7)
+    assert promotion_wait(1.0, [1.5, 2.0], all_fenced=True) == 0.0
+    assert promotion_wait(1.0, [5.0], all_fenced=False) == 1.0  # an unfenced copy may renew it
+
+
+# ---------------------------------------------------------------- topology
+def test_the_topology_survives_encoding_and_a_migrations_new_generation():
+    from erlmcp_ray.config import MemoryConfig
+
+    cfg = MemoryConfig.load({"domains": {"d": {"shards": 2, "max_bytes": "1MB"}}})
+    layout = Layout().with_owner("d", 1, 2, 7)
+    assert layout.generation == 1 and layout.owner("d", 1) == 2 and layout.epoch("d", 1) == 7
+    assert layout.owner("d", 0) == 0
+    again = Layout.decode(layout.encode())
+    assert again.owners == {("d", 1): (2, 7)}
+    assert again.for_config(cfg).owners == {("d", 1): (2, 7)}
+    other = MemoryConfig.load({"domains": {"e": {"max_bytes": "1MB"}}})
+    assert again.for_config(other).owners == {}  # a domain that is gone is dropped
+
+
+# ---------------------------------------------------------------- a shard copy's ownership
+def _copy(slot, clock, copies=2, lease_s=1.0, epoch=1):
+    return ShardCopy("d", 0, slot, copies, epoch, ShardSettings(lease_s=lease_s), clock=clock)
+
+
+def _put(copy, key, value, seq=1):
+    return copy.write("c", seq, [write_op(key, encode_value(value))])
+
+
+def test_an_owner_with_replicas_serves_only_while_it_holds_its_lease():
+    clock = Clock()
+    owner = _copy(0, clock)
+    _put(owner, "k", 1)
+    clock.t += 1.1
+    with pytest.raises(UnavailableError, match="lease ran out"):
+        _put(owner, "k", 2, seq=2)
+    with pytest.raises(UnavailableError, match="lease"):
+        owner.read("k")  # an owner read
+    assert owner.read("k", max_staleness_ms=1e9).status == OK  # a replica-style read is no promise
+    owner.renew_lease(clock.t)
+    _put(owner, "k", 3, seq=3)
+
+
+def test_a_one_copy_owner_needs_no_lease():
+    clock = Clock()
+    owner = _copy(0, clock, copies=1)
+    clock.t += 100
+    _put(owner, "k", 1)
+
+
+def test_a_replica_refuses_writes_and_owner_reads():
+    clock = Clock()
+    replica = _copy(1, clock)
+    with pytest.raises(UnavailableError, match="not the owner"):
+        _put(replica, "k", 1)
+    with pytest.raises(UnavailableError, match="not the owner"):
+        replica.read("k")
+
+
+def test_promotion_takes_over_the_shard_under_a_new_epoch_and_waits_for_the_old_lease():
+    clock = Clock()
+    owner, replica = _copy(0, clock), _copy(1, clock)
+    answer = _put(owner, "k", "v")
+    replica.apply_write(answer)
+    replica.promote(2, 2, not_before=clock.t + 0.5)
+    assert replica.is_owner and replica.epoch == 2 and replica.progress_of.keys() == {0}
+    with pytest.raises(UnavailableError, match="promoted"):
+        _put(replica, "k", "new")
+    clock.t += 0.6
+    _put(replica, "k", "new")
+    # the old owner's strong writes are refused by the promoted copy (fencing)
+    with pytest.raises(StaleEpochError):
+        replica.apply_write(_put(owner, "k", "zombie", seq=9))
+    with pytest.raises(StaleEpochError):
+        replica.promote(2, 2)  # never twice under one epoch
+
+
+def test_an_owner_that_meets_a_later_epoch_steps_down():
+    clock = Clock()
+    owner, promoted = _copy(0, clock), _copy(1, clock)
+    promoted.promote(2, 2)
+    # the promoted owner's snapshot reaches the old owner: it becomes a replica and takes the state
+    _last, _forget, payloads = promoted.replication_payloads()
+    base, ops, snap = payloads[0]
+    assert owner.sync(2, promoted.incarnation, base, promoted.state.last_seq, ops, snap, 0.0, []) == (
+        OK, promoted.state.last_seq)
+    assert not owner.is_owner
+    with pytest.raises(UnavailableError, match="not the owner"):
+        _put(owner, "k", 1, seq=5)
+
+
+def test_adopt_fences_a_replica_and_deposes_an_owner():
+    clock = Clock()
+    owner, replica = _copy(0, clock), _copy(1, clock)
+    assert replica.adopt(2, 3) is False and replica.epoch == 3
+    with pytest.raises(StaleEpochError):
+        replica.apply_write(_put(owner, "k", 1))  # the old epoch's strong write
+    assert owner.adopt(1, 3) is True and not owner.is_owner and owner.progress_of == {}
+    with pytest.raises(StaleEpochError):
+        owner.adopt(0, 2)  # an older topology is refused
+
+
+def test_a_joining_replica_takes_no_strong_write_before_its_first_sync():
+    clock = Clock()
+    owner, fresh = _copy(0, clock), _copy(1, clock)
+    fresh.joining = True
+    answer = _put(owner, "k", 1)
+    with pytest.raises(UnavailableError, match="catching up"):
+        fresh.apply_write(answer)
+    _last, _forget, payloads = owner.replication_payloads()
+    base, ops, snap = payloads[1]
+    fresh.sync(1, owner.incarnation, base, owner.state.last_seq, ops, snap, 0.0, [])
+    assert fresh.apply_write(answer) == 1
