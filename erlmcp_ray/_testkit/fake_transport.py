@@ -106,6 +106,9 @@ class FakeTransport:
     def alive_nodes(self) -> list[dict]:
         return [{"NodeID": "fake-node", "NodeManagerAddress": "127.0.0.1", "Alive": True}]
 
+    def stored_layout(self) -> bytes | None:
+        return None  # no KV store in-process: the coordinator's answer is the only source
+
     # ------------------------------------------------------------- faults
     def down(self, target: Any) -> None:
         """Calls to ``target`` fail with UnavailableError until ``restart`` or ``up``."""

@@ -93,18 +93,28 @@ def sync_domains(cfg: MemoryConfig, namespace: str, domains: list[str] | None, t
         if name not in cfg.domains:
             raise UnknownDomainError(name, known=tuple(cfg.domains))
     started = time.monotonic()
-    owners = [(d, s, _ray.get_actor(owner_name(namespace, d, s), namespace)) for d in names
-              for s in range(cfg.domain(d).shards)]
-    targets = _ray.get([o.sync_now.remote() for _, _, o in owners], timeout=_CALL_S, what="starting a sync round")
-    pending = {i: target for i, target in enumerate(targets)}
-    while pending:
-        progress = _ray.get([owners[i][2].progress.remote() for i in pending], timeout=_CALL_S, what="sync progress")
-        for i, p in zip(list(pending), progress):
-            if p.replicated >= pending[i] and p.published >= pending[i]:
-                del pending[i]
-        if pending and time.monotonic() - started > timeout_s:
-            left = ", ".join(f"{owners[i][0]}/{owners[i][1]}" for i in pending)
+    shards = [(d, s) for d in names for s in range(cfg.domain(d).shards)]
+    # Per shard: the owner's handle and the op-log position it must reach (None: ask it again). An
+    # owner that is unavailable (Ray restarting it, a failover under way: the topology then names
+    # another) is looked up again and asked afresh, until the timeout.
+    state: dict[tuple[str, int], list] = {shard: [None, None] for shard in shards}
+    problems: dict[tuple[str, int], str] = {}
+    while state:
+        for shard, entry in list(state.items()):
+            try:
+                if entry[0] is None:
+                    entry[0] = _ray.get_actor(owner_name(namespace, *shard), namespace)
+                    entry[1] = _ray.get(entry[0].sync_now.remote(), timeout=_CALL_S, what=f"sync of {shard}")
+                p = _ray.get(entry[0].progress.remote(), timeout=_CALL_S, what=f"sync progress of {shard}")
+                if p.replicated >= entry[1] and p.published >= entry[1]:
+                    del state[shard]
+                    problems.pop(shard, None)
+            except UnavailableError as exc:
+                entry[0] = entry[1] = None
+                problems[shard] = str(exc)
+        if state and time.monotonic() - started > timeout_s:
+            left = ", ".join(f"{d}/{s}" + (f" ({problems[(d, s)]})" if (d, s) in problems else "") for d, s in state)
             raise OperationTimeoutError(f"sync: {left} not replicated within {timeout_s} s")
-        if pending:
-            time.sleep(0.02)
-    return {"domains": names, "shards": len(owners), "seconds": time.monotonic() - started}
+        if state:
+            time.sleep(0.02 if not problems else 0.1)
+    return {"domains": names, "shards": len(shards), "seconds": time.monotonic() - started}

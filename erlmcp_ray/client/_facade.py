@@ -127,7 +127,14 @@ class MemoryClient:
         self._refresh_topology()
 
     def _refresh_topology(self) -> None:
-        layout = Layout.decode(self._transport.call(COORDINATOR, "get_layout", timeout=self._timeout))
+        try:
+            raw = self._transport.call(COORDINATOR, "get_layout", timeout=self._timeout)
+        except UnavailableError:
+            # The coordinator is down too (its node died with the owner's): Ray's KV store has the layout.
+            raw = self._transport.stored_layout()
+            if raw is None:
+                raise
+        layout = Layout.decode(raw)
         if layout.generation <= self._layout.generation:
             return
         self._layout = layout
@@ -334,7 +341,9 @@ class MemoryClient:
         timeout = _validate.timeout(timeout)
         timeout = self._timeout if timeout is None else timeout
         self.flush(timeout)
-        return self._transport.call(SUPERVISOR, "sync", names, timeout, timeout=timeout + 5.0)
+        # Idempotent: retried while the supervisor is unavailable (Ray restarting it).
+        return Retry(timeout).run(lambda: self._transport.call(SUPERVISOR, "sync", names, timeout, timeout=timeout + 5.0),
+                                  on_unavailable=lambda: self._transport.forget(SUPERVISOR))
 
     def sync_status(self) -> dict[str, Any]:
         """Per domain and shard: each copy's seq, staleness and sync counters."""

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 class Topology:
     def __init__(self, routes: dict[str, DomainRoute], transport: Transport, refresh: Callable[[], None], *,
-                 min_interval_s: float = 0.1, check_s: float = 0.5,
+                 min_interval_s: float = 0.1, check_s: float = 0.25,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._routes, self._transport, self._refresh = routes, transport, refresh
         self._min_interval_s, self._clock = min_interval_s, clock

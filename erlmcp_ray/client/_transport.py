@@ -63,11 +63,14 @@ class Transport(Protocol):
     def alive_nodes(self) -> list[dict]:
         """The cluster's alive nodes: ``{"NodeID", "NodeManagerAddress"}`` each."""
 
+    def stored_layout(self) -> bytes | None:
+        """The running layout as the supervisor stored it (when the coordinator cannot say), or None."""
+
 
 class Retry:
     """Jittered exponential backoff while a target is unavailable, within one deadline."""
 
-    def __init__(self, timeout_s: float, *, base_s: float = 0.02, cap_s: float = 0.5,
+    def __init__(self, timeout_s: float, *, base_s: float = 0.02, cap_s: float = 0.25,
                  rng: random.Random | None = None, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.timeout_s = timeout_s
@@ -152,6 +155,14 @@ class RayTransport:
         import ray
 
         return [n for n in ray.nodes() if n.get("Alive")]
+
+    def stored_layout(self) -> bytes | None:
+        from erlmcp_ray.core.layout import layout_key
+
+        try:
+            return self._ray.kv_get(layout_key(self.namespace))
+        except Exception:  # noqa: BLE001 - the GCS itself unreachable: the caller's error stands
+            return None
 
 
 def _what(target: Any) -> str:
