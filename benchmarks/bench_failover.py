@@ -45,11 +45,10 @@ from _common import emit, git_revision  # benchmarks/_common.py
 from ray.cluster_utils import Cluster
 
 import erlmcp_ray
-from erlmcp_ray.actors.options import COORDINATOR, SUPERVISOR, shard_name
+from erlmcp_ray.actors.options import COORDINATOR, RAY_HEALTH_FOR_FAILOVER, SUPERVISOR, shard_name
 from erlmcp_ray.core.routing import shard_for
 
-RAY_HEALTH = {"health_check_period_ms": 500, "health_check_timeout_ms": 500, "health_check_failure_threshold": 3,
-              "health_check_initial_delay_ms": 0}
+RAY_HEALTH = RAY_HEALTH_FOR_FAILOVER
 
 
 class Writer(threading.Thread):

@@ -9,7 +9,7 @@ import ray
 from ray.cluster_utils import Cluster
 
 import erlmcp_ray
-from erlmcp_ray.actors.options import shard_name
+from erlmcp_ray.actors.options import RAY_HEALTH_FOR_FAILOVER, shard_name
 from erlmcp_ray.testing import check_linearizable
 from tests.conftest import wait_for
 from tests.workloads import strong_history_through
@@ -17,9 +17,6 @@ from tests.workloads import strong_history_through
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 NS = "t_node_loss"
-# Ray's node-death detection tuned as the README documents for failover
-RAY_HEALTH = {"health_check_period_ms": 500, "health_check_timeout_ms": 500, "health_check_failure_threshold": 3,
-              "health_check_initial_delay_ms": 0}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +26,7 @@ def cluster():
     # The head offers too little "memory" for a shard copy's bundle: every copy sits on a worker node,
     # the driver and the system actors on the head (which must survive).
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "memory": 256 * 1024,
-                                                      "_system_config": RAY_HEALTH})
+                                                      "_system_config": RAY_HEALTH_FOR_FAILOVER})
     for _ in range(3):
         c.add_node(num_cpus=1)
     c.wait_for_nodes()
