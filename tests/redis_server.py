@@ -20,8 +20,11 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path, port: int | None = None) -> None:
+    def __init__(self, directory: Path, port: int | None = None, *, appendfsync: str = "everysec") -> None:
+        """``appendfsync="always"``: every write on disk before Redis answers it (else a kill loses up to
+        a second of acknowledged writes: Redis' own default trade-off)."""
         self.directory, self.port = directory, port or free_port()
+        self.appendfsync = appendfsync
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._proc: subprocess.Popen | None = None
 
@@ -32,7 +35,7 @@ class RedisServer:
         # appendonly: what a durable deployment would run; the test's own dir, no snapshots
         self._proc = subprocess.Popen(
             [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-             "--appendonly", "yes", "--save", "", "--protected-mode", "no"],
+             "--appendonly", "yes", "--appendfsync", self.appendfsync, "--save", "", "--protected-mode", "no"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -24,6 +24,7 @@ from erlmcp_ray.core.checkpoint import (
     PREFIX,
     Checkpoint,
     ShardEntry,
+    checkpoint_ids,
     manifest_name,
     new_id,
     plan_retention,
@@ -78,9 +79,7 @@ class Checkpoints:
     def list(self) -> list[Checkpoint]:
         store = self._store()
         try:
-            ids = sorted({n[len(PREFIX):].split("/", 1)[0] for n in store.list_blobs(PREFIX)
-                          if n.endswith("/manifest")}, reverse=True)
-            return [self._manifest(store, i) for i in ids]
+            return [self._manifest(store, i) for i in checkpoint_ids(store.list_blobs(PREFIX))]
         finally:
             store.close()
 

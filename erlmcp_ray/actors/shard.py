@@ -34,8 +34,16 @@ import ray
 
 from erlmcp_ray import _ray
 from erlmcp_ray.actors.options import CONTROL, COORDINATOR, shard_name
-from erlmcp_ray.config import DurableConfig
-from erlmcp_ray.core.checkpoint import pack_shard, shard_blob_name, unpack_shard
+from erlmcp_ray.config import DurableConfig, DurableKind
+from erlmcp_ray.core.checkpoint import (
+    PREFIX,
+    Checkpoint,
+    checkpoint_ids,
+    manifest_name,
+    pack_shard,
+    shard_blob_name,
+    unpack_shard,
+)
 from erlmcp_ray.core.layout import Layout, layout_key
 from erlmcp_ray.core.pressure import AllowGrowth, CollectGarbage, RefuseGrowth, Warn
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
@@ -80,6 +88,7 @@ class ShardActor:
         self._stale_failed = False
         self._ckpt_store = None  # memory domains: the store, opened for checkpoints only
         self._staged: dict | None = None  # a checkpoint image read and checked, not yet applied
+        self._restored: dict | None = None  # a one-copy memory shard restarted from a checkpoint
         # An owner of a durable domain serves nothing before it loaded its shard from the store.
         self._durable_ready = settings.durable_mode == "off"
         if _ray.was_restarted():
@@ -87,6 +96,8 @@ class ShardActor:
             # replica was perhaps promoted meanwhile): no lease from the start.
             self._copy.lease_until = float("-inf")
             self._recover_from_peers()
+            if copies == 1 and settings.durable_mode == "off":
+                self._restore_latest_checkpoint()
         # A restarted or replacement replica takes strong writes once its owner's first sync arrived.
         self._copy.joining = (joining or _ray.was_restarted()) and not self._copy.is_owner
         if not self._durable_ready:
@@ -127,6 +138,37 @@ class ShardActor:
         if slot not in self._peers:
             self._peers[slot] = _ray.get_actor(shard_name(self.domain, self.shard, slot), self.namespace)
         return self._peers[slot]
+
+    def _restore_latest_checkpoint(self) -> None:
+        """A restarted one-copy memory shard has no peer and no stored rows: it starts from the latest
+        checkpoint that holds it (when there is a durable tier to keep checkpoints in). What was written
+        after that checkpoint is lost; the log line and ``stats()["restored_from_checkpoint"]`` say
+        which checkpoint, and how old it was."""
+        if DurableConfig(**self._settings.store).kind is DurableKind.NONE:
+            return
+        try:
+            store = self._checkpoint_store()
+            for checkpoint_id in checkpoint_ids(store.list_blobs(PREFIX)):
+                raw = store.get_blob(manifest_name(checkpoint_id))
+                if raw is None:
+                    continue
+                cp = Checkpoint.decode(raw, manifest_name(checkpoint_id))
+                entry = next((s for s in cp.shards if (s.domain, s.shard) == (self.domain, self.shard)), None)
+                if entry is None:
+                    continue
+                image = self._image(entry.blob, entry.sha256)
+                self._copy.recover(image)
+                age = time.time() - cp.created_at
+                self._restored = {"checkpoint": cp.id, "created_at": cp.created_at, "age_s": round(age, 3),
+                                  "entries": len(image["records"])}
+                log.warning("%s/%s: one copy, restarted: %d entries restored from checkpoint %s taken %.1f s ago; "
+                            "writes after it are lost", self.domain, self.shard, len(image["records"]), cp.id, age)
+                return
+            log.warning("%s/%s: one copy, restarted, and no checkpoint holds it: it starts empty", self.domain,
+                        self.shard)
+        except Exception:  # never fail the constructor (Ray would not restart it again)
+            log.exception("%s/%s: restoring the latest checkpoint failed; the shard starts empty", self.domain,
+                          self.shard)
 
     def _recover_from_peers(self) -> None:
         """A restarted copy starts empty; take a peer's state (and its view of the shard's owner and
@@ -565,7 +607,8 @@ class ShardActor:
             return {**self._copy.stats(), "node_id": node_id, "durable": self._settings.durable_mode,
                     "durable_location": None if self._store is None else self._store.location,
                     "durable_pending": len(self._copy.state.dirty or ()) + self._flushing + self._catching_up,
-                    "durable_stale_rows_failed": self._stale_failed, "durable_failing": self._store_failing}
+                    "durable_stale_rows_failed": self._stale_failed, "durable_failing": self._store_failing,
+                    "restored_from_checkpoint": self._restored}
 
     def memory(self) -> dict:
         """This copy's data and its process's memory, for ``get_cluster_memory``."""

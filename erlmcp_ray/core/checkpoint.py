@@ -28,7 +28,7 @@ import msgpack
 
 from erlmcp_ray.errors import CorruptDataError
 
-__all__ = ["PREFIX", "Checkpoint", "ShardEntry", "manifest_name", "new_id", "pack_shard", "plan_retention",
+__all__ = ["PREFIX", "Checkpoint", "ShardEntry", "checkpoint_ids", "manifest_name", "new_id", "pack_shard", "plan_retention",
            "shard_blob_name", "unpack_shard"]
 
 PREFIX = "checkpoint/"
@@ -99,6 +99,13 @@ def _checksum(shards: list[ShardEntry]) -> str:
 def new_id(now: float, rng_hex: str | None = None) -> str:
     stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%dT%H%M%S.%f")
     return f"ckpt-{stamp}-{rng_hex or secrets.token_hex(3)}"
+
+
+def checkpoint_ids(blobs: list[str]) -> list[str]:
+    """The ids of the finished checkpoints among stored blob names (a manifest is written last),
+    newest first."""
+    return sorted({n[len(PREFIX):].split("/", 1)[0] for n in blobs if n.startswith(PREFIX) and n.endswith("/manifest")},
+                  reverse=True)
 
 
 def manifest_name(checkpoint_id: str) -> str:

@@ -205,3 +205,28 @@ def test_checkpoints_on_redis_restore_and_refuse_a_tampered_shard(ray_local, tmp
         assert redis.Redis.from_url(server.url).keys("*") == []  # shutdown(purge=True) left nothing
     finally:
         server.kill()
+
+
+def test_a_restarted_one_copy_memory_shard_comes_back_from_the_latest_checkpoint(ray_local, tmp_path):
+    """Issue 11: a one-copy domain with no durable rows restarts its copy from the latest checkpoint and
+    says what it lost (the writes after that checkpoint)."""
+    ns = "t_checkpoint_restart"
+    with running_system(_config(tmp_path), ns) as system, system.client() as c:
+        for i in range(40):
+            c.put("lru", f"k{i}", i, consistency="strong")
+        cp = c.recovery.create_checkpoint()
+        for i in range(40, 50):
+            c.put("lru", f"k{i}", i, consistency="strong")  # after the checkpoint: lost with the process
+        owner = ray.get_actor(shard_name("lru", 0, 0), namespace=ns)
+        ray.kill(owner, no_restart=False)
+
+        def restored():
+            try:
+                return ray.get(owner.stats.remote(), timeout=10)["restored_from_checkpoint"]
+            except ray.exceptions.RayError:  # still restarting
+                return None
+
+        info = wait_for(restored, timeout=60, interval=0.2, what="the restarted shard")
+        assert info["checkpoint"] == cp.id and info["entries"] == 40 and info["age_s"] >= 0
+        assert [c.get("lru", f"k{i}", consistency="strong") for i in range(40)] == list(range(40))
+        assert [c.get("lru", f"k{i}", consistency="strong") for i in range(40, 50)] == [None] * 10
