@@ -40,16 +40,19 @@ def test_recovery_modes_on_a_running_system(ray_local, tmp_path):
                 c.put(domain, f"k{i}", i, consistency="strong")
         cp = c.recovery.create_checkpoint()
 
-        # auto: a one-copy memory owner that Ray restarts comes back empty; the checkpoint has it
+        # a one-copy memory owner that Ray restarts comes back from the latest checkpoint (what was
+        # written after it is lost with the process); auto recovery then joins the checkpoint again
+        c.put("scratch", "late", 1, consistency="strong")
         owner = ray.get_actor(shard_name("scratch", 0, 0), namespace=ns)
         ray.kill(owner, no_restart=False)
         time.sleep(1.0)  # ray.kill is asynchronous
-        assert c.get("scratch", "k1", consistency="strong") is None  # lost with the process
+        assert c.get("scratch", "k1", consistency="strong") == 1  # from the checkpoint
+        assert c.get("scratch", "late", consistency="strong") is None  # written after it: lost
         status = c.recovery.trigger_recovery("auto")
         assert status["status"] == "completed" and status["progress"] == 100 and status["step"] == "reintegrate"
         scratch = status["shards"]["scratch/0"]
         assert scratch["mode"] == "full" and "latest checkpoint" in scratch["reason"]
-        assert "checkpoint" in scratch["sources"] and scratch["merged"] == 40
+        assert "checkpoint" in scratch["sources"] and scratch["merged"] == 0  # it had all of it already
         assert status["validation"]["ok"]
         for i in range(40):
             assert c.get("scratch", f"k{i}", consistency="strong") == i
