@@ -27,8 +27,9 @@ A failed owner of a shard with replicas is replaced by promotion:
 The old owner's slot comes back as a replica: Ray restarts a dead process (its constructor reads the
 topology), a paused one that wakes adopts the topology at the next check, and a slot whose actor is
 gone for good (killed without restart) is created again here (one this supervisor saw answer before,
-or any after the supervisor itself was restarted: at a first start, ``start()`` may still be creating it). A one-copy shard has no one to promote:
-its failed actor is killed so that Ray restarts it (reloading its durable shard, if any).
+or any after the supervisor itself was restarted: at a first start, ``start()`` may still be creating it).
+A one-copy shard has no one to promote: its actor, silent for five timeouts, is killed so that Ray
+restarts it (reloading its durable shard, or the latest checkpoint).
 """
 
 from __future__ import annotations
@@ -158,7 +159,11 @@ class Failover:
             self.detector.answered(copy, facts["node_id"])
 
     def _restart(self, copy: tuple) -> None:
-        """A one-copy shard's actor that does not answer: kill it so that Ray restarts it."""
+        """A one-copy shard's actor that does not answer: kill it so that Ray restarts it -- only after
+        five timeouts of silence (a process Ray saw die is restarted by Ray anyway; killing a live but
+        stalled one costs a memory domain what it wrote since its latest checkpoint)."""
+        if self.detector.silence_s(copy) < 5 * self.timeout_s:
+            return
         now = self._clock()
         if now - self._restarted_at.get(copy, float("-inf")) < 2 * self.timeout_s:
             return

@@ -652,14 +652,15 @@ class ShardActor:
         ``epoch`` on; 0: the epoch the copies hold). The owner it names has its lease renewed; a copy
         that is behind the topology adopts it (a deposed owner becomes a replica). This copy's facts."""
         received = time.monotonic()
-        with self._lock:
-            copy = self._copy
-            if owner_slot is not None:
-                if epoch > copy.epoch:
-                    copy.adopt(owner_slot, epoch)
-                elif owner_slot == copy.slot and copy.is_owner and epoch in (0, copy.epoch):
-                    copy.renew_lease(received)
-            return self._facts()
+        copy = self._copy
+        if owner_slot is not None and epoch > copy.epoch:
+            with self._lock:  # rare (a failover): a change of role
+                copy.adopt(owner_slot, epoch)
+        elif owner_slot is not None and owner_slot == copy.slot and copy.is_owner and epoch in (0, copy.epoch):
+            # Not under the lock: a long call holding it (a large shard's snapshot or restore) must not
+            # make this copy look dead. A lease is one float that only grows.
+            copy.renew_lease(received)
+        return self._facts()
 
     def _facts(self) -> dict:
         copy = self._copy

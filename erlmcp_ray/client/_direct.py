@@ -15,7 +15,7 @@ from typing import Any
 from erlmcp_ray.client._reads import ReadPath
 from erlmcp_ray.client._settings import DomainRoute
 from erlmcp_ray.client._topology import Topology
-from erlmcp_ray.client._transport import Retry, Transport
+from erlmcp_ray.client._transport import Copy, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.core import record as R
 from erlmcp_ray.errors import (
@@ -59,30 +59,31 @@ class DirectWrites:
 
     def strong_round(self, domain: str, shard: int, ops: list[tuple]) -> list[Any]:
         """One group-commit round: the owner applies, every replica applies the owner's answer."""
-        d = self._routes[domain]
         seq = self._next_seq()
         deadline = time.monotonic() + self._timeout
         topo = self._topology
 
-        def start() -> tuple[Any, list]:
-            # Submit the owner's write and, chained on its answer, every replica's apply. The owner
-            # is looked up per attempt: after a failover it is the promoted replica.
-            owner = topo.owner(domain, shard)
+        def start() -> tuple[Any, list, Any, DomainRoute]:
+            # Submit the owner's write and, chained on its answer, every replica's apply. The route is
+            # read once per attempt, and its copies, owner and min_insync go together: after a failover
+            # the owner is the promoted replica, after a migration the copies changed.
+            d = self._routes[domain]
+            owner = Copy(domain, shard, d.owner(shard))
             answer = self._transport.submit(owner, "write", self.client_id, seq, ops, True, True)
             replicas = []
-            for target in topo.replicas(domain, shard):
+            for slot in d.replicas(shard):
+                target = Copy(domain, shard, slot)
                 try:
                     replicas.append((target, self._transport.submit(target, "apply_write", answer)))
                 except UnavailableError:
                     replicas.append((target, None))
             result = topo.wait_owner(owner, answer, max(0.001, deadline - time.monotonic()), "write")
-            return result, replicas
+            return result, replicas, owner, d
 
         # Retried while Ray restarts the owner (or the supervisor promotes another), with the same
         # request seq.
-        result, replicas = self._retry.run(start, on_unavailable=lambda: topo.owner_failed(domain, shard),
-                                           deadline=deadline)
-        owner = topo.owner(domain, shard)
+        result, replicas, owner, d = self._retry.run(start, on_unavailable=lambda: topo.owner_failed(domain, shard),
+                                                     deadline=deadline)
         acked, failures = 1, {}
         attempt = 0
         while True:

@@ -29,7 +29,7 @@ from erlmcp_ray.client._cache import PENDING, LocalCache
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute
 from erlmcp_ray.client._stats import Counters, Latencies
 from erlmcp_ray.client._topology import Topology
-from erlmcp_ray.client._transport import Retry, Transport
+from erlmcp_ray.client._transport import Copy, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import Consistency
 from erlmcp_ray.core import record as R
@@ -171,7 +171,7 @@ class ReadPath:
         rec, staleness = None, 0.0
         timeout = self._settings.call_timeout_s
         if not to_owner:
-            target = self._rng.choice(self._topology.replicas(d.name, shard))
+            target = Copy(d.name, shard, self._rng.choice(d.replicas(shard)))  # d: copies > 1
             limit = d.staleness_ms if level is BOUNDED else self._settings.replica_fresh_limit_ms
             try:
                 answer = self._transport.call(target, "read", key, limit, timeout=timeout)

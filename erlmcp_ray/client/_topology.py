@@ -39,9 +39,6 @@ class Topology:
     def owner(self, domain: str, shard: int) -> Copy:
         return Copy(domain, shard, self._routes[domain].owner(shard))
 
-    def replicas(self, domain: str, shard: int) -> list[Copy]:
-        return [Copy(domain, shard, slot) for slot in self._routes[domain].replicas(shard)]
-
     def call_owner(self, domain: str, shard: int, method: str, *args: Any, timeout: float) -> Any:
         """Call ``method`` on the shard's owner (see ``wait_owner``)."""
         target = self.owner(domain, shard)

@@ -83,6 +83,7 @@ def test_a_paused_owner_gets_no_write_acknowledged_after_its_replica_was_promote
         c = sysm.client()
         try:
             c.put("reg", "x", "before", consistency="strong")
+            c.sync()  # the replicas in sync with the owner (a replica never synced is never promoted)
             pid = _pid(ns, 0)
             os.kill(pid, signal.SIGSTOP)
             try:
