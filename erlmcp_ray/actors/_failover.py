@@ -4,8 +4,7 @@ Every ``failure_timeout_ms / 4`` the supervisor sends each shard copy a ``health
 its topology for that shard (the owner it names renews its lease; a copy behind it adopts it), and
 reads Ray's node table. A check still unanswered is not sent again (a paused process must not pile
 them up). A copy is failed after ``failure_timeout_ms`` without an answer, or at once when its node
-is dead (``core.failover.FailureDetector``), and an owner at once when a check failed outright (its
-process died: a replica takes over sooner than Ray would restart it).
+is dead (``core.failover.FailureDetector``).
 
 A failed owner of a shard with replicas is replaced by promotion:
 
@@ -117,9 +116,9 @@ class Failover:
                     owner = (domain, shard, layout.owner(domain, shard))
                     if not (owner in self.facts or self._restarted):
                         continue
-                    # A check that failed (not one still waiting) means the process died: no need to
-                    # wait out the timeout -- the replica takes over sooner than Ray restarts it.
-                    if not (self.detector.failed(owner, alive) or (owner in self._died and n > 1)):
+                    # (A check that failed outright -- a dead process -- is not enough on its own: Ray
+                    # restarts the process, and promoting at the same time raced with that restart.)
+                    if not self.detector.failed(owner, alive):
                         continue
                     if n > 1:
                         self._failover(domain, shard, owner[2], n, layout, alive)
