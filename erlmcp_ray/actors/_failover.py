@@ -249,6 +249,8 @@ class Failover:
             if since is None or now - since < self.timeout_s or not (copy in self.facts or self._restarted):
                 continue
             domain, shard, slot = copy
+            if slot == self._layout().owner(domain, shard):
+                continue  # never an empty new owner: the owner's slot is failed over first, then replaced
             n = running.replication_factor_for(domain)
             used = sorted({self.facts[(domain, shard, s)]["node_id"] for s in range(n)
                            if s != slot and (domain, shard, s) in self.facts})
