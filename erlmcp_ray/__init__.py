@@ -39,7 +39,7 @@ from erlmcp_ray.config import (
     EvictionPolicyName,
     MemoryConfig,
 )
-from erlmcp_ray.core.entry import CacheInvalidated, Entry, MemoryUpdate, Subscription, Version
+from erlmcp_ray.core.entry import CacheInvalidated, Entry, MemoryConflict, MemoryUpdate, Subscription, Version
 from erlmcp_ray.core.vclock import Ordering, VersionVector
 from erlmcp_ray.errors import (
     CheckpointNotFoundError,
@@ -99,6 +99,7 @@ __all__ = [
     "InvalidationResult",
     "MemoryClient",
     "MemoryConfig",
+    "MemoryConflict",
     "MemoryPressureError",
     "MemorySystem",
     "MemoryUpdate",

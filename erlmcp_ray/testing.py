@@ -10,6 +10,11 @@
     Copy(domain, shard, slot)     names a shard copy, for FakeTransport's faults
     HistoryRecorder()             records put/get invocations and returns from many threads
     check_linearizable(history)   per key: does some order explain every read?
+    strong_history_through(fault, clients, ...)  a recorded strong workload with a fault half-way
+    lost_writes(history, final)   keys whose last acknowledged write is gone
+    kill_actor, pause_copy, partition_owner, owner_slot   faults for a running system (need Ray)
+    partition(namespace, *sides)  cut a running system's processes into sides (a network partition
+                                  at the application level; needs Ray); end_partition() ends it
 
 The contract suite raises ``AssertionError`` naming the broken rule and returns nothing when all
 hold: deterministic scenarios plus a seeded random walk checked against a plain ``dict``.
@@ -177,6 +182,7 @@ def _random_walk(factory: CacheFactory, getsizeof: Callable[[Any], int] | None,
 
 # The fake transport and the linearizability checker live in erlmcp_ray._testkit; shipped from here.
 from erlmcp_ray._testkit.fake_transport import FakePending, FakeTransport
+from erlmcp_ray._testkit.faults import kill_actor, owner_slot, partition_owner, pause_copy
 from erlmcp_ray._testkit.history import (
     HistoryRecorder,
     LinearizabilityResult,
@@ -184,7 +190,27 @@ from erlmcp_ray._testkit.history import (
     check_linearizable,
 )
 from erlmcp_ray._testkit.store_contract import check_store
+from erlmcp_ray._testkit.workload import lost_writes, strong_history_through
 from erlmcp_ray.client._transport import Copy
 
 __all__ += ["Copy", "FakePending", "FakeTransport", "HistoryRecorder", "LinearizabilityResult", "Operation",
-            "check_linearizable", "check_store"]
+            "check_linearizable", "check_store", "end_partition", "kill_actor", "lost_writes", "owner_slot",
+            "partition", "partition_owner", "pause_copy", "strong_history_through"]
+
+
+def partition(namespace: str, *sides: list[str]) -> None:
+    """Cut the system running in ``namespace`` into ``sides``: each a list of ``fnmatch`` patterns over
+    places -- ``erlmcp:shard:{domain}:{shard}:{slot}``, ``erlmcp:supervisor``, ``erlmcp:coordinator``,
+    ``client:{client.client_id}``. Messages between places on different sides fail as unreachable
+    (a place no side names reaches everyone). In effect in every process within half a second."""
+    from erlmcp_ray import _faults
+
+    _faults.set_partition(namespace, sides)
+
+
+def end_partition(namespace: str) -> None:
+    """Every process reaches every other again (within half a second); the supervisor then merges
+    what the cut-off copies took (or call ``client.recovery.heal_partition()``)."""
+    from erlmcp_ray import _faults
+
+    _faults.clear_partition(namespace)

@@ -198,8 +198,8 @@ class FakeTransport:
             self.calls[method] = self.calls.get(method, 0) + 1
             copy = self.copies[target]
             if method == "write":
-                client_id, seq, ops, full, *_chained = args
-                value = copy.write(client_id, seq, ops, full)
+                client_id, seq, ops, full, *rest = args
+                value = copy.write(client_id, seq, ops, full, len(rest) > 1 and rest[1])
                 if self.auto_replicate and (target.domain, target.shard) not in self._held:
                     self.replicate(target.domain, target.shard)
                 return value

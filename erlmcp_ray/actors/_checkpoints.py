@@ -9,6 +9,13 @@ data passes through the supervisor, which only writes and reads manifests.
 Restoring is two-phase: every owner stages (reads and checks) its shard first, and only when all
 did does any owner apply — a checksum mismatch anywhere restores nothing. The coordinator then takes
 a new epoch, so every client drops its caches (they may hold values newer than the checkpoint).
+
+Hot copies: the newest ``HOT_KEPT`` checkpoints taken by this supervisor incarnation are also kept in
+Ray's object store. Each owner returns its blob as a second return value of ``checkpoint_shard_hot``,
+an object the supervisor (the caller) owns; a restore hands that reference to the owner, which gets
+the bytes from the object store instead of the durable tier (the same SHA-256 check applies). The
+durable blob is always written first: a hot copy lost (its node died, or the supervisor restarted,
+since a ``ray.put`` or return object dies with its owner) only means the restore reads the store.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from erlmcp_ray.core.checkpoint import (
     new_id,
     plan_retention,
 )
-from erlmcp_ray.errors import CheckpointNotFoundError, ConfigError
+from erlmcp_ray.errors import CheckpointNotFoundError, ConfigError, UnavailableError
 from erlmcp_ray.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -37,12 +44,16 @@ log = logging.getLogger(__name__)
 __all__ = ["Checkpoints"]
 
 _SHARD_S = 600.0  # one shard of a million entries takes seconds; leave room for a loaded machine
+#: checkpoints whose shards are also kept in the object store (the newest ones)
+HOT_KEPT = 1
 
 
 class Checkpoints:
     def __init__(self, config: MemoryConfig, namespace: str, running: Any) -> None:
         """``running()``: the config as running (the persistence selector's layout applied)."""
         self._cfg, self.namespace, self._running = config, namespace, running
+        #: checkpoint id -> {(domain, shard): ObjectRef of the blob}, newest last
+        self._hot: dict[str, dict[tuple[str, int], Any]] = {}
 
     @property
     def enabled(self) -> bool:
@@ -66,10 +77,13 @@ class Checkpoints:
             started = time.time()
             checkpoint_id = new_id(started)
             owners = self._owners()
-            answers = _ray.get([o.checkpoint_shard.remote(checkpoint_id) for _, _, o in owners], timeout=_SHARD_S,
-                               what="checkpointing the shards")
+            refs = [o.checkpoint_shard_hot.remote(checkpoint_id) for _, _, o in owners]
+            answers = _ray.get([entry for entry, _blob in refs], timeout=_SHARD_S, what="checkpointing the shards")
             cp = Checkpoint.build(checkpoint_id, started, [ShardEntry(**a) for a in answers])
             store.put_blob(manifest_name(checkpoint_id), cp.encode())  # last: now the checkpoint exists
+            self._hot[checkpoint_id] = {(d, s): blob for (d, s, _o), (_e, blob) in zip(owners, refs)}
+            for old in list(self._hot)[:-HOT_KEPT]:
+                del self._hot[old]  # the supervisor drops its references: Ray frees the objects
             log.info("checkpoint %s: %d entries, %d bytes, %.2f s", cp.id, cp.entries, cp.bytes,
                      time.time() - started)
             return cp
@@ -96,6 +110,7 @@ class Checkpoints:
         try:
             cp = self._manifest(store, checkpoint_id)
             store.delete_blob(manifest_name(cp.id))  # first: from here on it is not listed
+            self._hot.pop(cp.id, None)
             for s in cp.shards:
                 store.delete_blob(s.blob)
         finally:
@@ -126,9 +141,9 @@ class Checkpoints:
         if missing:
             raise ConfigError(f"checkpoint {cp.id} holds shards this system does not have: {', '.join(missing)} "
                               f"(the domains or their shard counts changed since)")
-        stage = [owners[(s.domain, s.shard)].stage_checkpoint.remote(s.blob, s.sha256) for s in cp.shards]
+        hot = self._hot.get(cp.id, {})
         try:
-            _ray.get(stage, timeout=_SHARD_S, what=f"reading checkpoint {cp.id}")
+            sources = self._stage(cp.shards, owners, hot)
         except Exception:
             _ray.get([o.discard_staged.remote() for o in owners.values()], timeout=60, what="discarding staged")
             raise
@@ -141,4 +156,31 @@ class Checkpoints:
                     time.time() - started)
         return {"checkpoint": cp.id, "shards": len(applied), "entries": entries,
                 "epochs": {f"{s.domain}/{s.shard}": a["epoch"] for s, a in zip(cp.shards, applied)},
+                "sources": {f"{d}/{s}": src for (d, s), src in sources.items()},
                 "seconds": time.time() - started}
+
+    def _stage(self, shards: list[ShardEntry], owners: dict, hot: dict) -> dict[tuple[str, int], str]:
+        """Stage every shard on its owner at once, from its hot copy when there is one (else, or when
+        that is lost, from the durable store); where each came from."""
+        def submit(entry: ShardEntry, ref: Any) -> Any:
+            owner = owners[(entry.domain, entry.shard)]
+            if ref is None:
+                return owner.stage_checkpoint.remote(entry.blob, entry.sha256)
+            return owner.stage_checkpoint.remote(entry.blob, entry.sha256, ref)
+
+        pending = [(e, hot.get((e.domain, e.shard))) for e in shards]
+        calls = [(e, ref, submit(e, ref)) for e, ref in pending]
+        sources = {}
+        for entry, ref, call in calls:
+            key = (entry.domain, entry.shard)
+            try:
+                _ray.get(call, timeout=_SHARD_S, what=f"staging {entry.blob}")
+                sources[key] = "durable store" if ref is None else "object store"
+                continue
+            except UnavailableError as exc:  # the hot copy is lost (its node died): the store has it
+                if ref is None:
+                    raise
+                log.warning("hot copy of %s lost (%s): reading the durable store", entry.blob, exc)
+            _ray.get(submit(entry, None), timeout=_SHARD_S, what=f"reading {entry.blob}")
+            sources[key] = "durable store"
+        return sources

@@ -29,6 +29,12 @@ gone for good (killed without restart) is created again here (one this superviso
 or any after the supervisor itself was restarted: at a first start, ``start()`` may still be creating it).
 A one-copy shard has no one to promote: its actor, silent for five timeouts, is killed so that Ray
 restarts it (reloading its durable shard, or the latest checkpoint).
+
+Partition healing (``heal``): copies cut off from their owner take eventual writes into a stash (and
+a deposed owner stashes what its replicas may not hold); a health check reports a stash, and once
+the owner and the stashing copy reach each other, the round hands the stash to the owner, which
+joins it (the CRDT join: conflicts resolved by last writer, the losers published as conflict
+events) and replicates the result; ``heal_partition()`` does the same for every shard at once.
 """
 
 from __future__ import annotations
@@ -40,8 +46,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from erlmcp_ray import _ray
-from erlmcp_ray.actors.options import actor_class, shard_name, shard_options, shard_settings
+from erlmcp_ray import _faults, _ray
+from erlmcp_ray.actors.options import SUPERVISOR, actor_class, shard_name, shard_options, shard_settings
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.failover import FailureDetector, plan_promotion, promotion_wait
 from erlmcp_ray.core.layout import Layout
@@ -80,6 +86,7 @@ class Failover:
         self._missing_since: dict[tuple, float] = {}
         self._died: set[tuple] = set()  # a check failed (not timed out): the process that answered it is gone
         self._lock = threading.Lock()  # one round (and so one failover) at a time
+        self._seam = _faults.seam(namespace)
         raw = _ray.kv_get(failover_key(namespace))
         self.history: list[dict] = json.loads(raw) if raw else []
         self.rounds = 0
@@ -97,6 +104,7 @@ class Failover:
                 for slot in range(running.replication_factor_for(d))]
 
     def _handle(self, copy: tuple) -> Any:
+        self._seam.check(SUPERVISOR, shard_name(*copy))  # a (test) partition may cut this copy off
         h = self._handles.get(copy)
         if h is None:
             h = self._handles[copy] = _ray.get_actor(shard_name(*copy), self.namespace)
@@ -125,11 +133,16 @@ class Failover:
                     else:
                         self._restart(owner)
             self._replace_missing(copies, running, alive)
+            stashed = {(d, s) for (d, s, _slot), f in self.facts.items() if f.get("stash")}
+            if stashed:
+                self._heal(stashed)
 
     def _ask(self, copies: list[tuple], layout: Layout) -> None:
         for copy in copies:
             if copy in self._asked:
                 continue  # its last check is still unanswered
+            if self._seam.blocks(SUPERVISOR, shard_name(*copy)):
+                continue  # cut off from us: silent, not missing
             domain, shard, _slot = copy
             try:
                 ref = self._handle(copy).health.remote(layout.owner(domain, shard), layout.epoch(domain, shard))
@@ -263,6 +276,72 @@ class Failover:
             self.detector.forget(copy)
             log.warning("%s/%s slot %s was gone: created again", domain, shard, slot)
             self._record({"domain": domain, "shard": shard, "kind": "replacement", "slot": slot, "at": time.time()})
+
+    # ------------------------------------------------------------------ partition healing
+    def heal(self) -> dict:
+        """``heal_partition()``: every shard's copies are asked for their stash now (not only those
+        whose last check reported one), and every stash is merged into its owner."""
+        self._seam.refresh()
+        with self._lock:
+            running = self._running()
+            shards = {(d, s) for d in running.domains if running.replication_factor_for(d) > 1
+                      for s in range(running.domain(d).shards)}
+            return self._heal(shards)
+
+    def _heal(self, shards: set[tuple[str, int]]) -> dict:
+        """Hand the stashes of ``shards``' copies to their owners (caller holds ``_lock``)."""
+        layout, running = self._layout(), self._running()
+        nodes, unreachable, done = set(), [], []
+        conflicts = changed = handed = 0
+        for domain, shard in sorted(shards):
+            if domain not in running.domains:
+                continue
+            stashes = {}
+            for slot in range(running.replication_factor_for(domain)):
+                copy = (domain, shard, slot)
+                try:
+                    items = _ray.get(self._handle(copy).stashed.remote(), timeout=self.timeout_s,
+                                     what=f"the stash of {domain}/{shard} slot {slot}")
+                except Exception as exc:  # noqa: BLE001 - cut off, or dead: merged at a later heal
+                    unreachable.append(f"{domain}/{shard}/{slot}")
+                    log.info("heal: %s/%s slot %s not reached: %s", domain, shard, slot, exc)
+                    continue
+                nodes.add(self.facts.get(copy, {}).get("node_id"))
+                if items:
+                    stashes[slot] = items
+            if not stashes:
+                continue
+            owner = (domain, shard, layout.owner(domain, shard))
+            records = [item for items in stashes.values() for item in items]
+            try:
+                out = _ray.get(self._handle(owner).absorb.remote(records), timeout=60.0,
+                               what=f"the owner of {domain}/{shard} merging stashes")
+            except Exception as exc:  # noqa: BLE001 - the owner cut off or failing over: next round
+                unreachable.append(f"{domain}/{shard}/{owner[2]}")
+                log.warning("heal: the owner of %s/%s could not merge %d stashed writes: %s", domain, shard,
+                            len(records), exc)
+                continue
+            for slot, items in stashes.items():
+                try:
+                    _ray.get(self._handle((domain, shard, slot)).clear_stash.remote(items), timeout=self.timeout_s,
+                             what=f"clearing the stash of {domain}/{shard} slot {slot}")
+                except Exception as exc:  # noqa: BLE001 - merged already; a second merge changes nothing
+                    log.info("heal: %s/%s slot %s stash not cleared: %s", domain, shard, slot, exc)
+                self.facts.get((domain, shard, slot), {})["stash"] = 0
+            conflicts += out["conflicts"]
+            changed += out["merged"]
+            handed += len(records)
+            done.append({"domain": domain, "shard": shard, "owner": owner[2], "from": sorted(stashes),
+                         "stashed": len(records), "changed": out["merged"], "conflicts": out["conflicts"]})
+        result = {"nodes": len(nodes - {None}), "merged": not unreachable, "conflicts_resolved": conflicts,
+                  "entries_changed": changed, "stashed_writes": handed, "shards": done,
+                  "unreachable": unreachable}
+        if done:
+            log.warning("heal: %d stashed writes of %d shards merged (%d changed, %d conflicts)", handed, len(done),
+                        changed, conflicts)
+            self._record({"kind": "heal", "shards": len(done), "stashed": handed, "changed": changed,
+                          "conflicts": conflicts, "at": time.time()})
+        return result
 
     def _record(self, record: dict) -> None:
         self.history = [*self.history, record][-_HISTORY:]

@@ -26,8 +26,8 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.experimental import internal_kv
 
 from erlmcp_ray import _ray
-from erlmcp_ray.core.entry import CacheInvalidated, MemoryUpdate
-from erlmcp_ray.core.invalidation import RELAXED, WRITE, InvalidationLog
+from erlmcp_ray.core.entry import CacheInvalidated, MemoryConflict, MemoryUpdate
+from erlmcp_ray.core.invalidation import CONFLICT, KEEPS_CACHES, WRITE, InvalidationLog
 from erlmcp_ray.core.layout import Layout, layout_key
 from erlmcp_ray.core.wire import PollAnswer
 
@@ -141,9 +141,13 @@ class CoordinatorActor:
             update = None
             for sub_id, target in subscribers:
                 if self._kinds.get(sub_id) == "invalidation":
-                    if reason != RELAXED:
+                    if reason not in KEEPS_CACHES:
                         self._send(sub_id, target, "on_cache_invalidated",
                                    CacheInvalidated.of(domain, key, reason, record, seq))
+                elif reason == CONFLICT:
+                    # An actor without the method simply does not hear of conflicts.
+                    if record is not None and hasattr(target, "on_memory_conflict"):
+                        self._send(sub_id, target, "on_memory_conflict", MemoryConflict.from_record(domain, key, record))
                 elif record is not None:
                     update = update or MemoryUpdate.from_record(domain, key, record)
                     self._send(sub_id, target, "on_memory_update", update)

@@ -32,7 +32,7 @@ from typing import Any
 import psutil
 import ray
 
-from erlmcp_ray import _ray
+from erlmcp_ray import _faults, _ray
 from erlmcp_ray.actors.options import CONTROL, COORDINATOR, shard_name
 from erlmcp_ray.config import DurableConfig, DurableKind
 from erlmcp_ray.core.checkpoint import (
@@ -44,6 +44,7 @@ from erlmcp_ray.core.checkpoint import (
     shard_blob_name,
     unpack_shard,
 )
+from erlmcp_ray.core.invalidation import CONFLICT
 from erlmcp_ray.core.layout import Layout, layout_key
 from erlmcp_ray.core.pressure import AllowGrowth, CollectGarbage, RefuseGrowth, Warn
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
@@ -75,6 +76,8 @@ class ShardActor:
         self._copy.owner_slot = layout.owner(domain, shard)
         self._peers: dict[int, Any] = {}
         self._coordinator: Any = None
+        self._place = shard_name(domain, shard, slot)
+        self._seam = _faults.seam(namespace)  # a (test) partition cuts some peers off
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._held_until = 0.0
@@ -135,6 +138,7 @@ class ShardActor:
             self._open_durable()
 
     def _peer(self, slot: int) -> Any:
+        self._seam.check(self._place, shard_name(self.domain, self.shard, slot))
         if slot not in self._peers:
             self._peers[slot] = _ray.get_actor(shard_name(self.domain, self.shard, slot), self.namespace)
         return self._peers[slot]
@@ -193,14 +197,18 @@ class ShardActor:
 
     # ---------------------------------------------------------------- owner
     def write(self, client_id: str, request_seq: int, ops: list[WriteOp], full: bool = True,
-              chained: bool = False) -> WriteAnswer:
+              chained: bool = False, stash_ok: bool = False) -> WriteAnswer:
         """Apply a batch of writes (see ``ShardCopy.write``). ``chained``: the client passes this
-        answer to every replica itself (a strong write), so replication can wait for a lazy round."""
+        answer to every replica itself (a strong write), so replication can wait for a lazy round.
+        ``stash_ok`` (eventual batches): a copy that cannot act as owner now (cut off from it) keeps
+        them in its stash, which the supervisor's heal merges into the owner."""
         self._ready()
         self._check_backlog()
         with self._lock:
-            answer = self._copy.write(client_id, request_seq, ops, full)
+            answer = self._copy.write(client_id, request_seq, ops, full, stash_ok)
             effects, self._copy.effects = self._copy.effects, []
+        if answer.stashed:
+            return answer
         for effect in effects:
             self._act(effect)
         if self._store is not None and self._settings.durable_mode == "write_through":
@@ -467,16 +475,20 @@ class ShardActor:
             log.warning("%s/%s: invalidations before seq %s were trimmed", self.domain, self.shard, upto)
         else:
             try:
-                if self._coordinator is None:
-                    self._coordinator = _ray.get_actor(COORDINATOR, self.namespace)
-                _ray.get(self._coordinator.publish.remote(items), timeout=self._settings.sync_timeout_s,
-                         what="coordinator publish")
+                self._publish(items)
             except Exception as exc:  # noqa: BLE001 - retried next round
                 self._coordinator = None
                 log.warning("%s/%s: publishing to the coordinator failed: %s", self.domain, self.shard, exc)
                 return
         with self._lock:
             self._copy.published(upto)
+
+    def _publish(self, items: list) -> None:
+        self._seam.check(self._place, COORDINATOR)
+        if self._coordinator is None:
+            self._coordinator = _ray.get_actor(COORDINATOR, self.namespace)
+        _ray.get(self._coordinator.publish.remote(items), timeout=self._settings.sync_timeout_s,
+                 what="coordinator publish")
 
     def sync_now(self) -> int:
         """Anti-entropy now (``client.sync``): a replication round and a durable flush right away;
@@ -497,9 +509,19 @@ class ShardActor:
             self._ckpt_store = open_store(DurableConfig(**self._settings.store), self.namespace)
         return self._ckpt_store
 
+    @ray.method(num_returns=2)
+    def checkpoint_shard_hot(self, checkpoint_id: str) -> tuple[dict, bytes]:
+        """``checkpoint_shard``, and the blob itself as a second return value: an object in Ray's object
+        store owned by the caller (the supervisor), kept as the checkpoint's hot copy for fast
+        restores. The durable blob is written first, so the object store is never the only copy."""
+        return self._checkpoint_shard(checkpoint_id)
+
     def checkpoint_shard(self, checkpoint_id: str) -> dict:
         """Write this shard, as it is now (one cut, under the lock), to the durable store as one blob
         of checkpoint ``checkpoint_id``; its manifest entry (``core.checkpoint.ShardEntry`` fields)."""
+        return self._checkpoint_shard(checkpoint_id)[0]
+
+    def _checkpoint_shard(self, checkpoint_id: str) -> tuple[dict, bytes]:
         self._ready()
         with self._lock:
             snap, epoch, incarnation = self._copy.state.snapshot(), self._copy.epoch, self._copy.incarnation
@@ -508,11 +530,16 @@ class ShardActor:
         name = shard_blob_name(checkpoint_id, self.domain, self.shard)
         self._checkpoint_store().put_blob(name, data)
         return {"domain": self.domain, "shard": self.shard, "blob": name, "sha256": sha, "entries": entries,
-                "bytes": len(data), "incarnation": incarnation, "seq": snap["seq"]}
+                "bytes": len(data), "incarnation": incarnation, "seq": snap["seq"]}, data
 
-    def stage_checkpoint(self, blob: str, sha256: str) -> int:
-        """Read this shard's image of a checkpoint and check it (nothing changes yet); its entries."""
+    def stage_checkpoint(self, blob: str, sha256: str, data: bytes | None = None) -> int:
+        """Read this shard's image of a checkpoint and check it (nothing changes yet); its entries.
+        ``data``: the blob's hot copy from the object store (Ray resolves the reference), checked
+        against the same SHA-256; None: read from the durable store."""
         self._ready()
+        if data is not None:
+            self._staged = unpack_shard(data, sha256, f"{blob} (object store)")
+            return len(self._staged["records"])
         data = self._checkpoint_store().get_blob(blob)
         if data is None:
             raise CorruptDataError(f"checkpoint shard {blob} is missing from {self._checkpoint_store().location}",
@@ -558,7 +585,7 @@ class ShardActor:
         out: dict[str, Any] = {"mode": mode}
         if mode == "full":
             sources = []
-            for slot in range(1, self.copies):
+            for slot in [s for s in range(self.copies) if s != self.slot]:  # the owner need not be slot 0
                 try:
                     snap = _ray.get(self._peer(slot).snapshot.remote(), timeout=self._settings.sync_timeout_s,
                                     what=f"replica slot {slot}")
@@ -667,7 +694,7 @@ class ShardActor:
         pos = copy._position
         return {"slot": self.slot, "epoch": copy.epoch, "owner_slot": copy.owner_slot, "is_owner": copy.is_owner,
                 "incarnation": copy.incarnation, "position": None if pos is None else list(pos),
-                "sync_age_s": copy.sync_age_s(), "last_seq": copy.state.last_seq,
+                "sync_age_s": copy.sync_age_s(), "last_seq": copy.state.last_seq, "stash": len(copy.stash),
                 "node_id": ray.get_runtime_context().get_node_id()}
 
     @ray.method(concurrency_group=CONTROL)
@@ -712,6 +739,34 @@ class ShardActor:
         self._wake.set()
         log.warning("%s/%s: slot %s promoted to owner under epoch %s", self.domain, self.shard, self.slot, epoch)
         return out
+
+    # ------------------------------------------------------------ partition healing
+    @ray.method(concurrency_group=CONTROL)
+    def stashed(self) -> list:
+        """The writes this copy took while cut off from its owner (``(key, record)`` pairs)."""
+        with self._lock:
+            return list(self._copy.stash.items())
+
+    @ray.method(concurrency_group=CONTROL)
+    def clear_stash(self, handed: list) -> int:
+        """The owner absorbed ``handed``: forget them (a key written again since stays)."""
+        with self._lock:
+            return self._copy.clear_stash(handed)
+
+    def absorb(self, records: list) -> dict:
+        """Owner: join the stashes of copies that were cut off (the heal). Changed keys replicate and
+        are published like writes; each version that lost a conflict is published as a conflict
+        event (subscribers get a ``MemoryConflict``; caches keep the winner)."""
+        self._ready()
+        with self._lock:
+            result, losers = self._copy.absorb(records)
+        if losers:
+            try:
+                self._publish([(self.domain, key, rec, CONFLICT) for key, rec in losers])
+            except Exception as exc:  # noqa: BLE001 - the merge stands; only the events are missed
+                log.warning("%s/%s: %d conflict events not delivered: %s", self.domain, self.shard, len(losers), exc)
+        self._wake.set()
+        return {"merged": result.changed, "conflicts": result.conflicts, "lost_versions": len(losers)}
 
     # ------------------------------------------------------- fault injection
     def hold_replication(self, seconds: float) -> None:

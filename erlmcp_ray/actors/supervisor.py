@@ -137,6 +137,11 @@ class SupervisorActor:
         """Health checks and failovers: the topology's moved owners, recent promotions, silent copies."""
         return self._failover.report()
 
+    def heal_partition(self) -> dict:
+        """Merge every stash (eventual writes taken by copies cut off from their owner) into its
+        owner: ``{nodes, merged, conflicts_resolved, ...}`` (see ``Failover.heal``)."""
+        return self._failover.heal()
+
     def _set_owner(self, domain: str, shard: int, slot: int, epoch: int) -> None:
         """A promotion: publish the new topology (clients re-route; restarted copies read it)."""
         with self._layout_lock:

@@ -22,8 +22,8 @@ from erlmcp_ray.client._cache import LocalCache
 from erlmcp_ray.client._settings import ClientSettings
 from erlmcp_ray.client._stats import Counters
 from erlmcp_ray.client._transport import COORDINATOR, Transport
-from erlmcp_ray.core.entry import CacheInvalidated, MemoryUpdate, Subscription
-from erlmcp_ray.core.invalidation import RELAXED
+from erlmcp_ray.core.entry import CacheInvalidated, MemoryConflict, MemoryUpdate, Subscription
+from erlmcp_ray.core.invalidation import CONFLICT, KEEPS_CACHES
 from erlmcp_ray.errors import ErlmcpRayError, InvalidValueError
 
 __all__ = ["Coherence"]
@@ -123,21 +123,21 @@ class Coherence:
     def _apply(self, messages: list) -> None:
         with self._lock:
             inval = list(self._inval_callbacks.values())
-        dropped = self._cache.invalidate_many((m[1], m[2], m[3]) for m in messages if m[6] != RELAXED)
+        dropped = self._cache.invalidate_many((m[1], m[2], m[3]) for m in messages if m[6] not in KEEPS_CACHES)
         if dropped:
             self._counters.add("invalidations_received", dropped)
         for seq, domain, key, hlc, _deleted, record, reason in messages:
-            if inval and reason != RELAXED:
+            if inval and reason not in KEEPS_CACHES:
                 self._notify(inval, CacheInvalidated(domain, key, reason, hlc, seq))
             if record is not None:
-                self._deliver(domain, key, record)
+                self._deliver(domain, key, record, reason == CONFLICT)
 
-    def _deliver(self, domain: str, key: str, record: bytes) -> None:
+    def _deliver(self, domain: str, key: str, record: bytes, conflict: bool = False) -> None:
         with self._lock:
             callbacks = list(self._callbacks.get(domain, {}).values())
         if not callbacks:
             return
-        event = MemoryUpdate.from_record(domain, key, record)
+        event = (MemoryConflict if conflict else MemoryUpdate).from_record(domain, key, record)
         for cb in callbacks:
             try:
                 cb(event)

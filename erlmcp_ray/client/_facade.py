@@ -74,6 +74,8 @@ class MemoryClient:
         self.client_id = uuid.uuid4().hex
         s = self.settings = settings or ClientSettings.from_config(config)
         self._transport = transport or RayTransport(namespace)
+        if isinstance(self._transport, RayTransport):
+            self._transport.place = f"client:{self.client_id}"  # this client, to the fault seam
         self._retry = Retry(s.call_timeout_s)
         self._timeout = s.call_timeout_s
         self._layout = layout or Layout()
@@ -307,7 +309,9 @@ class MemoryClient:
     def subscribe(self, domain: str, target: Any) -> Subscription:
         """Deliver a ``MemoryUpdate`` for every write to ``domain``, in per-key order, to ``target``:
         a callable (called on this client's coherence thread) or a Ray actor handle (its
-        ``on_memory_update(event)`` is called by the coordinator)."""
+        ``on_memory_update(event)`` is called by the coordinator). When a partition heals, each
+        version that lost a conflict comes as a ``MemoryConflict`` (to an actor: its
+        ``on_memory_conflict(event)``, when it has one)."""
         d = self._domain(domain)
         self._check_open()
         return self._coherence.subscribe(d.name, target)

@@ -49,7 +49,8 @@ class Recovery:
     def restore_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
         """Every shard back to the checkpoint (under a new epoch; clients drop their caches). Checks
         every shard against the manifest first: on a mismatch nothing is restored (``CorruptDataError``);
-        an unknown id raises ``CheckpointNotFoundError``. Returns counts."""
+        an unknown id raises ``CheckpointNotFoundError``. Returns counts, and per shard whether it was
+        read from the ``"object store"`` (the newest checkpoint's hot copy) or the ``"durable store"``."""
         try:
             return self._call("restore_checkpoint", _checked_id(checkpoint_id), timeout=_LONG_S)
         finally:
@@ -86,6 +87,18 @@ class Recovery:
         moved (``owners``: ``"domain/shard" -> {slot, epoch}``), the last promotions, restarts and
         replacements (``history``), and the copies silent for more than two check periods."""
         return self._read("failover_status")
+
+    def heal_partition(self) -> dict[str, Any]:
+        """Merge what copies cut off from their owner took during a partition into the owners (spec
+        ``heal_partition()``); the supervisor also does it by itself once both sides reach each other.
+        ``{"nodes", "merged", "conflicts_resolved"}``: Ray nodes whose copies took part, True when every
+        copy was reached (else ``unreachable`` lists them), concurrent versions resolved by last
+        writer (each loser goes to subscribers as a ``MemoryConflict``); also ``stashed_writes``,
+        ``entries_changed`` and per-shard ``shards``."""
+        try:
+            return self._call("heal_partition", timeout=_LONG_S)
+        finally:
+            self._drop_caches()
 
     def _recover(self, mode: str, domains: list[str] | None = None, node_id: str | None = None) -> dict[str, Any]:
         try:

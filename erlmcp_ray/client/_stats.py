@@ -10,7 +10,8 @@ __all__ = ["Counters", "Latencies"]
 
 COUNTER_NAMES = ("replica_reads", "owner_reads", "stale_replica_fallbacks", "buffered_puts", "batches_sent",
                  "batch_retries", "strong_writes", "sync_writes", "events_delivered", "gaps", "write_errors",
-                 "polls", "invalidations_received", "shared_fetches", "owner_restarts_seen", "resent_after_restart")
+                 "polls", "invalidations_received", "shared_fetches", "owner_restarts_seen", "resent_after_restart",
+                 "writes_stashed")
 
 
 class Counters:

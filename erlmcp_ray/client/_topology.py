@@ -39,6 +39,13 @@ class Topology:
     def owner(self, domain: str, shard: int) -> Copy:
         return Copy(domain, shard, self._routes[domain].owner(shard))
 
+    def any_copy(self, domain: str, shard: int, turn: int) -> Copy:
+        """The owner and then each replica in turn (``turn`` 0, 1, ...): where an eventual batch goes
+        when its owner cannot be reached (a copy cut off from the owner stashes it)."""
+        route = self._routes[domain]
+        slots = [route.owner(shard), *route.replicas(shard)]
+        return Copy(domain, shard, slots[turn % len(slots)])
+
     def call_owner(self, domain: str, shard: int, method: str, *args: Any, timeout: float) -> Any:
         """Call ``method`` on the shard's owner (see ``wait_owner``)."""
         target = self.owner(domain, shard)

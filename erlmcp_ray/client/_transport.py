@@ -101,10 +101,13 @@ class Retry:
 
 
 class RayTransport:
-    """Calls to the named actors of one system namespace, with handles cached per target."""
+    """Calls to the named actors of one system namespace, with handles cached per target.
 
-    def __init__(self, namespace: str) -> None:
-        from erlmcp_ray import _ray
+    ``place`` names this client for the fault seam (``erlmcp_ray._faults``): a partition that puts
+    it on another side than a target makes the call fail as ``UnavailableError`` at submission."""
+
+    def __init__(self, namespace: str, place: str = "client") -> None:
+        from erlmcp_ray import _faults, _ray
         from erlmcp_ray.actors.options import COORDINATOR as COORDINATOR_NAME
         from erlmcp_ray.actors.options import SUPERVISOR as SUPERVISOR_NAME
         from erlmcp_ray.actors.options import shard_name
@@ -115,11 +118,14 @@ class RayTransport:
         self._shard_name = shard_name
         self._handles: dict[Any, Any] = {}
         self._lock = threading.Lock()  # guards the dict only; lookups happen outside it
+        self.place = place
+        self._seam = _faults.seam(namespace)
 
     def _handle(self, target: Any) -> Any:
+        name = self._names[target] if type(target) is str else self._shard_name(*target)
+        self._seam.check(self.place, name)
         h = self._handles.get(target)
         if h is None:
-            name = self._names[target] if type(target) is str else self._shard_name(*target)
             h = self._ray.get_actor(name, self.namespace)
             with self._lock:
                 self._handles[target] = h

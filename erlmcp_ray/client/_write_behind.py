@@ -45,6 +45,9 @@ __all__ = ["WriteBehind", "WriteBuffer"]
 
 log = logging.getLogger("erlmcp_ray.client")
 
+#: failed sends of a batch to its owner before it may go to another copy of the shard (~0.3 s)
+_STASH_AFTER = 3
+
 
 class WriteBuffer:
     """Coalescing buffer of eventual writes, keyed by (domain, shard) then key: the last write
@@ -134,6 +137,7 @@ class WriteBehind:
         self._sending: dict[tuple[str, int], dict] = {}
         self.buffered_puts = 0  # counted under _lock
         self._inflight: list[_Batch] = []
+        self._retrying = 0  # batches taken out of _inflight to be sent again (flush must wait for them)
         self._unconfirmed: dict[tuple[str, int], list[_Applied]] = {}
         self._latest: dict[tuple[str, str], int] = {}  # (domain, key) -> stamp of its newest unconfirmed write
         self._stamps = itertools.count(1)
@@ -214,7 +218,7 @@ class WriteBehind:
             self._wake.notify()
         while True:
             with self._lock:
-                idle = not self._buffer and not self._sending and not self._inflight
+                idle = not self._buffer and not self._sending and not self._inflight and not self._retrying
                 done = idle and not self._unconfirmed
                 errors, self._errors = self._errors, []
             if errors:
@@ -290,12 +294,18 @@ class WriteBehind:
                 self._sending = {}
 
     def _submit(self, batch: _Batch) -> None:
-        """Hand a batch to its owner (caller holds ``_send_lock``, which keeps submissions in order)."""
+        """Hand a batch to its owner (caller holds ``_send_lock``, which keeps submissions in order).
+        A batch whose owner failed ``_STASH_AFTER`` times goes to the shard's copies in turn (the
+        owner included): a copy cut off from its owner stashes it (``WriteAnswer.stashed``), and the
+        supervisor's heal merges it into the owner -- eventual writes stay available in a partition."""
         try:
-            target = self._topology.owner(batch.domain, batch.shard)
+            if batch.attempts >= _STASH_AFTER:
+                target = self._topology.any_copy(batch.domain, batch.shard, batch.attempts - _STASH_AFTER)
+            else:
+                target = self._topology.owner(batch.domain, batch.shard)
             batch.slot = target.slot
             batch.pending = self._transport.submit(target, "write",
-                                                   self._client_id, batch.seq, batch.ops, False)
+                                                   self._client_id, batch.seq, batch.ops, False, False, True)
             batch.error = None
         except UnavailableError as exc:
             batch.error = exc
@@ -315,7 +325,7 @@ class WriteBehind:
         for batch in inflight:
             if batch.error is None and batch.pending not in ready:
                 waited = self._clock() - batch.sent_at
-                if waited >= self._topology.check_s:  # slow: is its owner still the owner?
+                if waited >= self._topology.check_s and batch.attempts < _STASH_AFTER:  # still the owner?
                     self._topology.refresh()
                     if self._topology.owner(batch.domain, batch.shard).slot != batch.slot:
                         failed.append((batch, UnavailableError(
@@ -340,6 +350,16 @@ class WriteBehind:
 
     def _applied(self, batch: _Batch, answer: Any) -> None:
         hlcs = answer.items
+        if answer.stashed:
+            # A copy cut off from the owner holds them (its stash, merged into the owner by the heal):
+            # nothing for this client to confirm or resend.
+            with self._lock:
+                self._inflight.remove(batch)
+                for op, stamp in zip(batch.ops, batch.stamps):
+                    self._drop_stamp(batch.domain, op[0], stamp)
+            self._counters.add("writes_stashed", len(batch.ops))
+            self._cache.acknowledge_many(batch.domain, batch.ops, hlcs)
+            return
         bad = {i: self._refusal(batch.domain, message) for i, message in answer.refused}
         bad.update({i: RemoteError(f"{batch.domain}: write of {batch.ops[i][0]!r} rejected by its owner: {message}")
                     for i, message in answer.rejected})
@@ -365,6 +385,7 @@ class WriteBehind:
                 self._inflight.remove(batch)
                 if error.retryable and batch.attempts + 1 < self._settings.max_batch_attempts:
                     retry.append(batch)
+                    self._retrying += 1
                 else:
                     self._errors.append(error)
                     dropped.append(batch)
@@ -377,23 +398,30 @@ class WriteBehind:
         if not retry:
             return
         # Sleep with no lock held: callers keep buffering, and reads keep peeking the buffer.
-        self._sleep(self._retry.pause(max(b.attempts for b in retry) + 1))
-        with self._send_lock:
-            for batch in retry:
-                kept = self._newest_only(batch.domain, batch.ops, batch.stamps)
-                if len(kept) < len(batch.ops):  # superseded: never acknowledged, so not pending either
-                    survivors = {id(op) for op, _ in kept}
-                    for op in batch.ops:
-                        if id(op) not in survivors:
-                            self._cache.forget_pending(batch.domain, op[0], op[1])
-                if not kept:
-                    continue
-                ops, stamps = [o for o, _ in kept], [s for _, s in kept]
-                # The same request seq while the batch is unchanged: an owner that applied it
-                # answers from its idempotency table. A changed batch is a new request.
-                seq = batch.seq if len(ops) == len(batch.ops) else self._next_seq()
-                self._counters.add("batch_retries")
-                self._submit(_Batch(batch.domain, batch.shard, seq, ops, stamps, attempts=batch.attempts + 1))
+        try:
+            self._sleep(self._retry.pause(max(b.attempts for b in retry) + 1))
+            with self._send_lock:
+                self._resend(retry)
+        finally:
+            with self._lock:
+                self._retrying -= len(retry)
+
+    def _resend(self, retry: list[_Batch]) -> None:
+        for batch in retry:
+            kept = self._newest_only(batch.domain, batch.ops, batch.stamps)
+            if len(kept) < len(batch.ops):  # superseded: never acknowledged, so not pending either
+                survivors = {id(op) for op, _ in kept}
+                for op in batch.ops:
+                    if id(op) not in survivors:
+                        self._cache.forget_pending(batch.domain, op[0], op[1])
+            if not kept:
+                continue
+            ops, stamps = [o for o, _ in kept], [s for _, s in kept]
+            # The same request seq while the batch is unchanged: an owner that applied it
+            # answers from its idempotency table. A changed batch is a new request.
+            seq = batch.seq if len(ops) == len(batch.ops) else self._next_seq()
+            self._counters.add("batch_retries")
+            self._submit(_Batch(batch.domain, batch.shard, seq, ops, stamps, attempts=batch.attempts + 1))
 
     def _newest_only(self, domain: str, ops: list[WriteOp], stamps: list[int]) -> list[tuple[WriteOp, int]]:
         """The ops that are still the newest write of their key (the others were superseded)."""

@@ -79,6 +79,26 @@ class MemoryUpdate:
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryConflict:
+    """Delivered to subscribers when a partition healed: this version of ``domain``/``key`` was
+    written on one side, a concurrent one on the other, and it lost (last writer wins on the hybrid
+    logical clock; the winner arrives as a ``MemoryUpdate``). ``value`` is the losing value (None
+    for a losing delete)."""
+
+    domain: str
+    key: str
+    value: Any
+    version: Version
+    deleted: bool = False
+
+    @classmethod
+    def from_record(cls, domain: str, key: str, raw: bytes) -> MemoryConflict:
+        deleted = R.record_is_deleted(raw)
+        return cls(domain=domain, key=key, value=None if deleted else decode_value(R.record_value(raw)),
+                   version=Version.from_record(raw), deleted=deleted)
+
+
+@dataclass(frozen=True, slots=True)
 class CacheInvalidated:
     """Delivered to invalidation subscribers: cached copies of ``domain``/``key`` were dropped.
 

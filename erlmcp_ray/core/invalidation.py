@@ -16,7 +16,9 @@ hold 100k of: a NamedTuple instance would stay tracked by the garbage collector)
 explicit invalidation ("drop this key, whatever version you hold"; hlc 0) or because the client did
 not ask for values of that domain. ``reason`` says why: ``WRITE`` (a write's notification),
 ``RELAXED`` (a write under relaxed coherence: subscribers hear of it, caches are not told to drop
-it), or an explicit protocol (``INVALIDATE``, ``TAG``, ``PATTERN``).
+it), ``CONFLICT`` (a version that lost a conflict when a partition healed: subscribers get it as a
+``MemoryConflict``; caches keep the winner, whose own ``WRITE`` follows), or an explicit protocol
+(``INVALIDATE``, ``TAG``, ``PATTERN``).
 
 Pure: no Ray, time comes from an injected clock. ``actors.coordinator`` holds one of these.
 """
@@ -32,13 +34,16 @@ from erlmcp_ray.core.record import record_hlc, record_is_deleted
 from erlmcp_ray.core.wire import PollAnswer
 
 __all__ = [
-    "INVALIDATE", "MAX_POLL_MESSAGES", "PATTERN", "RELAXED", "TAG", "WRITE",
+    "CONFLICT", "INVALIDATE", "KEEPS_CACHES", "MAX_POLL_MESSAGES", "PATTERN", "RELAXED", "TAG", "WRITE",
     "InvalidationLog", "Message", "PollResult",
 ]
 
 Message = tuple  # PollMessage's fields
 
 WRITE, RELAXED, INVALIDATE, TAG, PATTERN = "write", "relaxed", "invalidate", "tag", "pattern"
+CONFLICT = "conflict"
+#: reasons that do not make caches drop the key
+KEEPS_CACHES = frozenset((RELAXED, CONFLICT))
 
 #: Messages in one poll answer; a client that is further behind polls again.
 MAX_POLL_MESSAGES = 10_000

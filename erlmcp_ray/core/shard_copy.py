@@ -14,6 +14,14 @@ replicas hold to the coordinator.
 
 Replica: ``sync`` takes a delta or snapshot; ``apply_write`` takes a strong write's records
 straight from the client; both refuse a lower epoch (``StaleEpochError``).
+
+Cut off (a partition): eventual writes stay available. A copy that cannot act as owner (a
+replica, or an owner whose lease ran out) takes an eventual batch that allows it
+(``write(..., stash_ok=True)``) as its own writes (versioned under its slot, so they are
+concurrent with the owner's) and keeps them in ``stash``; a deposed owner stashes what it wrote
+that its replicas may not hold. A stash survives the snapshot that replaces a deposed copy's
+state; the supervisor's heal hands it to the owner, which joins it (``absorb``: the CRDT join,
+counting conflicts and returning the versions that lost).
 """
 
 from __future__ import annotations
@@ -90,7 +98,7 @@ class ShardCopy:
         self.epoch = epoch
         self.settings = settings
         self._clock = clock
-        self.state = state or ShardState(slot, oplog_capacity=settings.oplog_capacity)
+        self.state = state if state is not None else ShardState(slot, oplog_capacity=settings.oplog_capacity)
         self.incarnation = uuid.uuid4().hex
         self._dedup = IdempotencyTable()
         self.freshness = Freshness(clock=clock)
@@ -132,6 +140,10 @@ class ShardCopy:
         #: a replica that started empty or from a peer (a restart, a replacement) takes no strong
         #: write until its owner's first sync brought it level: counting it would be a hollow ack
         self.joining = False
+        #: writes taken while cut off from the owner, or a deposed owner's unreplicated ones, until
+        #: the heal merged them into the owner: key -> record
+        self.stash: dict[str, bytes] = {}
+        self.stashed_writes = 0
 
     def _new_policy(self) -> Any:
         settings = self.settings
@@ -186,7 +198,14 @@ class ShardCopy:
 
     def step_down(self) -> None:
         """This owner learnt that it was deposed (a newer epoch reached it): a replica from now on,
-        whose state the new owner's next snapshot replaces."""
+        whose state the new owner's next snapshot replaces. What it wrote that its replicas may not
+        hold (after the last position every in-sync replica acknowledged) goes to its stash first:
+        an eventual write it acknowledged is merged into the new owner at the heal, not dropped."""
+        if self.is_owner and self.progress_of:
+            ops = self.state.since(min(self.replicated_seq, self.state.last_seq))
+            pairs = self.state.records().items() if ops is None else [(k, r) for _seq, k, r in ops]
+            for key, rec in pairs:
+                self._stash(key, rec)
         if self.owner_slot == self.slot:
             self.owner_slot = -1  # unknown until the supervisor's next health check says
         self._round_gen += 1
@@ -334,9 +353,17 @@ class ShardCopy:
                 self.policy[key] = self._entry_size(key)
 
     # ---------------------------------------------------------------- owner
-    def write(self, client_id: str, request_seq: int, ops: list[WriteOp], full: bool = True) -> WriteAnswer:
-        """Apply a batch of ``WriteOp``; a retried ``(client_id, request_seq)`` gets the first answer."""
-        self.check_owner()
+    def write(self, client_id: str, request_seq: int, ops: list[WriteOp], full: bool = True,
+              stash_ok: bool = False) -> WriteAnswer:
+        """Apply a batch of ``WriteOp``; a retried ``(client_id, request_seq)`` gets the first answer.
+        ``stash_ok`` (eventual batches): a copy that may not act as owner now takes them into its
+        stash instead of refusing them (``WriteAnswer.stashed``)."""
+        try:
+            self.check_owner()
+        except UnavailableError:
+            if not stash_ok:
+                raise
+            return self._write_stashed(client_id, request_seq, ops, full)
         answer = self._dedup.lookup(client_id, request_seq)
         if answer is not IdempotencyTable.MISSING:
             return answer
@@ -374,6 +401,62 @@ class ShardCopy:
         answer = WriteAnswer(self.epoch, state.last_seq, items, self.incarnation, refused, rejected)
         self._dedup.remember(client_id, request_seq, answer)
         return answer
+
+    def _write_stashed(self, client_id: str, request_seq: int, ops: list[WriteOp], full: bool) -> WriteAnswer:
+        answer = self._dedup.lookup(client_id, request_seq)
+        if answer is not IdempotencyTable.MISSING:
+            return answer
+        items = []
+        for op in ops:
+            key, data = op[0], op[1]
+            if len(op) > 5 and op[5] and self._superseded(key, op[5]):
+                items.append((key, SKIPPED) if full else 0)
+                continue
+            if data is None:
+                res = self.state.apply_local(key, delete=True)
+            else:
+                res = self.state.apply_local(key, data, ttl_ms=op[2], tags=op[3])
+            if res is not None:
+                self._stash(key, res[1])
+            if full:
+                items.append((key, None if res is None else res[1]))
+            else:
+                items.append(0 if res is None else R.record_hlc(res[1]))
+        self.stashed_writes += len(ops)
+        answer = WriteAnswer(self.epoch, self.state.last_seq, items, self.incarnation, [], [], True)
+        self._dedup.remember(client_id, request_seq, answer)
+        return answer
+
+    def _stash(self, key: str, rec: bytes) -> None:
+        old = self.stash.get(key)
+        self.stash[key] = rec if old is None else R.join(old, rec)[0]
+
+    def clear_stash(self, handed: list[tuple[str, bytes]]) -> int:
+        """The owner absorbed ``handed`` (what ``stash`` held when the heal took it): forget those
+        entries, but keep a key written again since (its record is another)."""
+        n = 0
+        for key, rec in handed:
+            if self.stash.get(key) == rec:
+                del self.stash[key]
+                n += 1
+        return n
+
+    def absorb(self, records: list[tuple[str, bytes]]) -> tuple[MergeResult, list[tuple[str, bytes]]]:
+        """The owner joins stashed records from copies that were cut off (the heal): only ever keeps
+        the newer version of a key, or the last writer's of two concurrent ones. Returns the join's
+        counts and the records that lost a conflict (for the subscribers' conflict events)."""
+        self.check_owner()
+        losers = []
+        state = self.state
+        for key, rec in records:
+            old = state.raw_record(key)
+            if old is not None and old != rec:
+                _winner, concurrent = R.join(old, rec)
+                if concurrent:
+                    losers.append((key, rec if R.content_wins(old, rec) else old))
+        result = self.join(records)
+        self._observe_pressure()
+        return result, losers
 
     def _superseded(self, key: str, resend_of: int) -> bool:
         """A resent write is moot when what is stored is as new as it (or newer)."""
@@ -517,10 +600,14 @@ class ShardCopy:
         return self.state.last_seq, forget, {slot: self._payload_for(p) for slot, p in self.progress_of.items()}
 
     def _payload_for(self, progress: ReplicaProgress) -> tuple:
+        """A replica's delta or snapshot; its size (keys and records) counts in ``syncs["bytes"]``."""
         if progress.acked_seq is not None and progress.acked_seq <= self.state.last_seq:
             ops = self.state.since(progress.acked_seq)
             if ops is not None:
+                if ops:
+                    self.syncs["bytes"] += sum(len(k) + len(r) for _seq, k, r in ops)
                 return progress.acked_seq, ops, None
+        self.syncs["bytes"] += self.state.record_bytes
         return None, None, self.state.snapshot()
 
     def sync_answered(self, slot: int, status: str, pos: int | None, rtt_s: float) -> bool:
@@ -578,6 +665,7 @@ class ShardCopy:
             reads=self.reads, writes=self.writes, copies=self.copies, incarnation=self.incarnation,
             pressure=self.pressure.snapshot().get(self.subject), pressure_changes=list(self.pressure_changes),
             owner_slot=self.owner_slot, promotions=self.promotions, sync_age_s=self.sync_age_s(),
+            stash=len(self.stash), stashed_writes=self.stashed_writes,
             policy=None if self.policy is None else type(self.policy).__name__,
             staleness_ms=0.0 if self.is_owner else self.freshness.staleness_ms(),
             syncs=dict(self.syncs),

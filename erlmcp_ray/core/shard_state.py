@@ -362,6 +362,11 @@ class ShardState:
 
     # -------------------------------------------------------------- accounting
     @property
+    def record_bytes(self) -> int:
+        """Keys and records of every entry, tombstones included: what a snapshot carries."""
+        return self._live_bytes + self._tomb_bytes
+
+    @property
     def bytes_used(self) -> int:
         """Accounted bytes of live entries: key + record + ENTRY_OVERHEAD each."""
         return self._live_bytes + self._entries * self.entry_overhead
@@ -375,6 +380,7 @@ class ShardState:
             "slot": self.slot,
             "entries": self._entries,
             "bytes": self.bytes_used,
+            "record_bytes": self.record_bytes,
             "tombstones": len(self._tombstones),
             "tombstone_bytes": self._tomb_bytes + len(self._tombstones) * self.entry_overhead,
             "seq": self.log.last_seq,

@@ -65,6 +65,9 @@ class WriteAnswer(NamedTuple):
     incarnation: str  # the owner process's id: a new one means Ray restarted it
     refused: list  # [(op index, message)]: refused under memory pressure
     rejected: tuple | list = ()  # [(op index, message)]: the op was invalid (never sent by a validating client)
+    #: True: not the owner's answer -- a copy cut off from its owner (a partition, a failover under
+    #: way) kept the writes in its stash; the supervisor's heal merges them into the owner
+    stashed: bool = False
 
 
 class ReadAnswer(NamedTuple):

@@ -40,6 +40,14 @@ def _pid(ns: str, slot: int) -> int:
     return ray.get(actor.memory.remote(), timeout=30)["pid"]
 
 
+def _dead(actor) -> bool:
+    try:
+        ray.get(actor.ping.remote(), timeout=5)
+    except ray.exceptions.RayActorError:
+        return True
+    return False
+
+
 def test_an_owner_gone_for_good_is_replaced_by_its_replica(ray_local, tmp_path):
     ns = "t_failover_gone"
     with running_system(_config(tmp_path), ns) as sysm:
@@ -49,8 +57,11 @@ def test_an_owner_gone_for_good_is_replaced_by_its_replica(ray_local, tmp_path):
                 c.put("reg", f"k{i}", i, consistency="strong")
             c.put("reg", "ev", "eventual")
             c.flush()
-            ray.kill(ray.get_actor(shard_name("reg", 0, 0), namespace=ns), no_restart=True)
+            victim = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
+            ray.kill(victim, no_restart=True)
             killed = time.monotonic()
+            # ray.kill is asynchronous: a put sent at once could still reach the old owner
+            wait_for(lambda: _dead(victim), timeout=10, interval=0.05, what="the owner's death")
             c.put("reg", "after", 1, consistency="strong")  # retried until the promoted replica takes it
             took = time.monotonic() - killed
             owner = _owner(c)

@@ -2,8 +2,9 @@
 recorded, while one fault strikes half-way; then each key's history must be linearizable (no
 acknowledged strong write lost, none seen out of order), and after a sync every copy must agree
 (``verify_state().ok``). An owner killed for good is replaced by its promoted replica (the supervisor),
-and a new copy is created in its slot; pauses and node loss are in ``test_failover.py`` and
-``test_node_loss.py``."""
+and a new copy is created in its slot; a partition cuts an owner and one client off for four seconds
+(a replica is promoted on the other side; the sides merge when it ends); pauses and node loss are in
+``test_failover.py`` and ``test_node_loss.py``, the partition's eventual side in ``test_partition.py``."""
 
 from __future__ import annotations
 
@@ -11,12 +12,11 @@ import threading
 import time
 
 import pytest
-import ray
 
 import erlmcp_ray
 from erlmcp_ray.actors.options import COORDINATOR, SUPERVISOR, shard_name
 from erlmcp_ray.errors import UnavailableError
-from erlmcp_ray.testing import check_linearizable
+from erlmcp_ray.testing import check_linearizable, kill_actor, owner_slot, partition_owner
 from tests.conftest import wait_for
 from tests.workloads import strong_history_through
 
@@ -38,7 +38,7 @@ def system(ray_local, tmp_path_factory):
 
 
 def _kill(name: str) -> None:
-    ray.kill(ray.get_actor(name, namespace=NS), no_restart=False)  # Ray restarts it
+    kill_actor(NS, name)  # Ray restarts it
 
 
 def _recovery_cut_short(client) -> None:
@@ -67,21 +67,35 @@ def _catch(errors, fn, *args):
         errors.append(exc)
 
 
+def _partition(clients) -> None:
+    """reg/0's owner and the second client are cut off from everything else for four seconds."""
+    partition_owner(NS, "reg", 0, owner_slot(clients[0], "reg", 0), cut_clients=clients[1:],
+                    main_clients=clients[:1], seconds=4.0)
+
+
 FAULTS = {
     "owner_kill": lambda c: _kill(shard_name("reg", 0, 0)),
     "replica_kill": lambda c: _kill(shard_name("reg", 1, 1)),
     "coordinator_kill": lambda c: _kill(COORDINATOR),
     "supervisor_kill_during_recovery": _recovery_cut_short,
     # last: the owner of reg/0 is slot 1 from here on
-    "owner_gone_for_good": lambda c: ray.kill(ray.get_actor(shard_name("reg", 0, 0), namespace=NS), no_restart=True),
+    "owner_gone_for_good": lambda c: kill_actor(NS, shard_name("reg", 0, 0), restart=False),
+    "partition_and_heal": _partition,
 }
+
+
+def _strike(fault: str, clients: list) -> None:
+    if fault == "partition_and_heal":
+        _partition(clients)
+    else:
+        FAULTS[fault](clients[0])
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_strong_history_stays_linearizable_through(system, fault):
     clients = [system.client() for _ in range(2)]
     try:
-        history = strong_history_through(lambda: FAULTS[fault](clients[0]), clients, threads=4, ops=40, keys=3,
+        history = strong_history_through(lambda: _strike(fault, clients), clients, threads=4, ops=40, keys=3,
                                          domain="reg", prefix=f"{fault}:")  # fresh keys: initial value None
         result = check_linearizable(history)
         assert result.ok, result.explanation

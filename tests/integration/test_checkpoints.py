@@ -10,9 +10,9 @@ import time
 import pytest
 import ray
 
-from erlmcp_ray.actors.options import shard_name
+from erlmcp_ray.actors.options import SUPERVISOR, shard_name
 from erlmcp_ray.core.checkpoint import Checkpoint
-from erlmcp_ray.errors import CheckpointNotFoundError, CorruptDataError, InvalidValueError
+from erlmcp_ray.errors import CheckpointNotFoundError, CorruptDataError, InvalidValueError, UnavailableError
 from erlmcp_ray.storage import SQLiteStore
 from tests.conftest import running_system, wait_for
 
@@ -66,6 +66,8 @@ def test_a_restored_checkpoint_is_what_every_copy_and_every_client_sees(ray_loca
 
             counts = c.recovery.restore_checkpoint(cp.id)
             assert counts["checkpoint"] == cp.id and counts["shards"] == len(cp.shards) and counts["entries"] == cp.entries
+            # only the newest checkpoint is kept hot in the object store: this one is read from the store
+            assert set(counts["sources"].values()) == {"durable store"}
             assert all(e > 1 for e in counts["epochs"].values())  # a new epoch per shard
             for i in range(50):
                 for domain in ("notes", "disk", "lru"):
@@ -102,6 +104,10 @@ def test_a_restored_checkpoint_is_what_every_copy_and_every_client_sees(ray_loca
 
 
 def test_a_tampered_shard_restores_nothing(ray_local, tmp_path):
+    """The newest checkpoint's shards are also held in the object store (owned by the supervisor):
+    a restore reads them there, checked against the same SHA-256, so a blob tampered with in the
+    durable store does not matter while the hot copy lives. Once the supervisor restarted (the hot
+    copies die with it), the restore reads the store, finds the mismatch and restores nothing."""
     ns = "t_checkpoints_corrupt"
     with running_system(_config(tmp_path), ns) as system, system.client() as c:
         for i in range(20):
@@ -116,10 +122,26 @@ def test_a_tampered_shard_restores_nothing(ray_local, tmp_path):
             store.put_blob(victim.blob, data.replace(b"\x01", b"\x02", 1))
         finally:
             store.close()
-        with pytest.raises(CorruptDataError, match=victim.blob):
-            c.recovery.restore_checkpoint(cp.id)
+        counts = c.recovery.restore_checkpoint(cp.id)  # from the hot copies: intact
+        assert set(counts["sources"].values()) == {"object store"}, counts["sources"]
+        assert [c.get("notes", f"k{i}", consistency="strong") for i in range(20)] == list(range(20))
+        for i in range(20):
+            c.put("notes", f"k{i}", -i, consistency="strong")
+        ray.kill(ray.get_actor(SUPERVISOR, namespace=ns), no_restart=False)  # Ray restarts it, hot copies gone
+        wait_for(lambda: _restore_raises(c, cp.id), timeout=60, interval=0.5, what="the restarted supervisor")
         for i in range(20):  # nothing restored, in any shard
             assert c.get("notes", f"k{i}", consistency="strong") == -i
+
+
+def _restore_raises(c, checkpoint_id: str) -> bool:
+    """True once a restore of the tampered checkpoint fails as corrupt (False while the supervisor restarts)."""
+    try:
+        c.recovery.restore_checkpoint(checkpoint_id)
+    except CorruptDataError:
+        return True
+    except UnavailableError:
+        return False
+    raise AssertionError("a tampered checkpoint was restored")
 
 
 def test_periodic_checkpoints_keep_only_the_newest(ray_local, tmp_path):
@@ -189,6 +211,7 @@ def test_checkpoints_on_redis_restore_and_refuse_a_tampered_shard(ray_local, tmp
             counts = c.recovery.restore_checkpoint(cp.id)
             assert counts["entries"] == cp.entries
             assert all(c.get(d, f"k{i}", consistency="strong") == i for i in range(30) for d in ("notes", "disk"))
+            newer = c.recovery.create_checkpoint()  # the hot copy is the newest's now: cp is read from Redis
 
             victim = next(s for s in cp.shards if s.domain == "disk")
             store = RedisStore(server.url, prefix=f"erlmcp:{ns}")
@@ -201,6 +224,7 @@ def test_checkpoints_on_redis_restore_and_refuse_a_tampered_shard(ray_local, tmp
                 c.recovery.restore_checkpoint(cp.id)
             assert c.get("disk", "k1", consistency="strong") == "changed"  # nothing restored
             c.recovery.delete_checkpoint(cp.id)
+            c.recovery.delete_checkpoint(newer.id)
             assert c.recovery.list_checkpoints() == []
         assert redis.Redis.from_url(server.url).keys("*") == []  # shutdown(purge=True) left nothing
     finally:

@@ -359,3 +359,37 @@ def test_counters_are_exact_under_concurrent_puts():
         client.flush(timeout=20)
     finally:
         client.close()
+
+
+# ------------------------------------------------------------------ flush() returned during a retry pause
+def test_flush_waits_for_a_batch_that_is_pausing_before_its_retry():
+    """A batch whose send failed left the in-flight list for its backoff pause, and ``flush()`` saw
+    nothing buffered or in flight and returned: the write had reached no one (found with the
+    partition test, where the pause repeats for as long as the owner is cut off)."""
+    fake = FakeTransport(CFG)
+    client = fake.client()
+    owner = Copy("shared", 0, 0)
+    pausing, release = threading.Event(), threading.Event()
+    real_sleep = client._wb._sleep
+
+    def held_sleep(seconds):
+        if threading.current_thread().name == "erlmcp-write-behind" and not release.is_set():
+            pausing.set()
+            release.wait(30)
+        else:
+            real_sleep(seconds)
+
+    client._wb._sleep = held_sleep
+    try:
+        fake.down(owner)
+        client.put("shared", "a", 1)
+        assert pausing.wait(10), "the write-behind never paused to retry"
+        with pytest.raises(OperationTimeoutError):
+            client.flush(timeout=0.5)  # the write is nowhere yet: flush must not say it is done
+        fake.up(owner)
+        release.set()
+        client.flush(timeout=20)
+        assert fake.owner("shared").state.get("a") is not None
+    finally:
+        release.set()
+        client.close()

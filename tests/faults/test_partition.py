@@ -1,0 +1,94 @@
+"""A network partition at the application level (real Ray, one node, the fault seam of
+``erlmcp_ray.testing.partition``): the owner and one client cut off from the rest.
+
+Promised: eventual writes are accepted on both sides; strong writes succeed on at most one side (the
+one that can still gather ``min_insync`` copies), never on the cut-off owner's; after the partition
+ends, the heal merges the sides by the CRDT join, counts the conflicts, delivers each losing version
+to subscribers as a ``MemoryConflict``, and no acknowledged write is lost."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from erlmcp_ray import MemoryConflict, MemoryUpdate
+from erlmcp_ray.actors.options import shard_name
+from erlmcp_ray.errors import OperationTimeoutError, ReplicationError, UnavailableError
+from erlmcp_ray.testing import end_partition, partition
+from tests.conftest import running_system, wait_for
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+
+def _config(tmp_path) -> dict:
+    return {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+            "distributed_memory": {"checkpoint_interval": 0, "failure_timeout_ms": 1000},
+            "persistence_selector": {"auto_select": False},
+            "domains": {"reg": {"backend": "replicated", "max_bytes": "10MB", "shards": 1,
+                                "replication_factor": 3, "min_insync": 2}},
+            "client": {"poll_timeout_s": 0.5, "call_timeout_s": 4.0}}
+
+
+def _owner(client) -> int:
+    return client.recovery.get_failover_status()["owners"].get("reg/0", {"slot": 0})["slot"]
+
+
+def test_both_sides_take_eventual_writes_and_the_heal_merges_them(ray_local, tmp_path):
+    ns = "t_partition"
+    with running_system(_config(tmp_path), ns) as sysm:
+        cut, main = sysm.client(), sysm.client()  # `cut` is on the old owner's (minority) side
+        updates, conflicts = [], []
+        main.subscribe("reg", lambda ev: (conflicts if isinstance(ev, MemoryConflict) else updates).append(ev))
+        try:
+            for i in range(5):
+                main.put("reg", f"c{i}", "before", consistency="strong")
+            main.sync()
+            partition(ns, [shard_name("reg", 0, 0), f"client:{cut.client_id}"],
+                      [shard_name("reg", 0, "[12]"), "erlmcp:supervisor", f"client:{main.client_id}"])
+            time.sleep(1.5)  # everyone has read the rule; the cut-off owner's lease ran out
+            # the cut-off side: eventual writes are taken (by the old owner, into its stash) ...
+            for i in range(20):
+                cut.put("reg", f"cut{i}", i)
+            for i in range(5):
+                cut.put("reg", f"c{i}", "cut side (earlier)")
+            cut.flush()
+            assert cut.stats()["tiers"]["writes_stashed"] >= 25
+            # ... strong ones are not
+            with pytest.raises((UnavailableError, ReplicationError, OperationTimeoutError)):
+                cut.put("reg", "strong", "cut side", consistency="strong")
+            # the main side: a replica was promoted; strong and eventual writes both work
+            wait_for(lambda: _owner(main) != 0, timeout=20, interval=0.2, what="the promotion on the main side")
+            main.put("reg", "strong", "main side", consistency="strong")
+            for i in range(5):
+                main.put("reg", f"c{i}", "main side (later)", consistency="strong")
+            for i in range(20):
+                main.put("reg", f"main{i}", i)
+            main.flush()
+            # the sides have not met: the cut side's writes are not on the main side yet
+            assert main.get("reg", "cut0", consistency="strong") is None
+            assert cut.get("reg", "cut0") == 0  # its own writes, read back on its side
+        finally:
+            end_partition(ns)
+        # The supervisor heals by itself once the sides reach each other; heal_partition() forces it.
+        result = main.recovery.heal_partition()
+        assert result["merged"] and result["nodes"] >= 1, result
+        heals = [h for h in main.recovery.get_failover_status()["history"] if h["kind"] == "heal"]
+        assert sum(h["conflicts"] for h in heals) == 5, heals
+        assert sum(h["stashed"] for h in heals) >= 25, heals
+        # no acknowledged write is lost: every one of both sides is on the owner
+        assert [main.get("reg", f"cut{i}", consistency="strong") for i in range(20)] == list(range(20))
+        assert [main.get("reg", f"main{i}", consistency="strong") for i in range(20)] == list(range(20))
+        assert main.get("reg", "strong", consistency="strong") == "main side"
+        # concurrent writes of one key: the last writer's value wins everywhere ...
+        assert {main.get("reg", f"c{i}", consistency="strong") for i in range(5)} == {"main side (later)"}
+        wait_for(lambda: cut.get("reg", "c0") == "main side (later)", timeout=10, interval=0.2,
+                 what="the cut-off client's cache to drop its losing value")
+        # ... and the losing versions reached the subscriber as conflict events
+        wait_for(lambda: len(conflicts) >= 5, timeout=10, interval=0.2, what="conflict events")
+        assert {(e.key, e.value) for e in conflicts} == {(f"c{i}", "cut side (earlier)") for i in range(5)}
+        assert all(isinstance(e, MemoryUpdate) for e in updates)
+        main.sync()
+        wait_for(lambda: main.recovery.verify_state()["ok"], timeout=30, interval=0.5, what="copies to agree")
+        cut.close()
+        main.close()
