@@ -9,6 +9,8 @@ the rule at most every ``REFRESH_S``, so a partition (and its end) reaches every
 
 Used by the fault suite and by users testing their own agents against a split cluster; costs one
 read of the key-value store per process every ``REFRESH_S`` while messages are being sent.
+``set_partition`` and ``clear_partition`` return once the change is in effect everywhere (they wait
+``REFRESH_S``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from erlmcp_ray.errors import UnavailableError
 
 __all__ = ["REFRESH_S", "FaultSeam", "clear_partition", "seam", "set_partition"]
 
-REFRESH_S = 0.5
+REFRESH_S = 0.2
 
 
 class FaultSeam:
@@ -74,12 +76,14 @@ def seam(namespace: str) -> FaultSeam:
 
 def set_partition(namespace: str, sides: Iterable[Iterable[str]]) -> PartitionRule:
     """Cut the system in ``namespace`` into ``sides`` (lists of place patterns, see
-    ``core.partition``); in effect everywhere within ``REFRESH_S``."""
+    ``core.partition``); returns once in effect everywhere."""
     rule = PartitionRule(sides)
     _ray.kv_put(partition_key(namespace), rule.encode())
+    time.sleep(REFRESH_S * 1.25)  # every process's cached rule has expired: in effect everywhere
     return rule
 
 
 def clear_partition(namespace: str) -> None:
-    """End the partition: every process reaches every other again (within ``REFRESH_S``)."""
+    """End the partition; returns once every process reaches every other again."""
     _ray.kv_del(partition_key(namespace))
+    time.sleep(REFRESH_S * 1.25)

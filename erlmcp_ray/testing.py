@@ -11,6 +11,7 @@
     HistoryRecorder()             records put/get invocations and returns from many threads
     check_linearizable(history)   per key: does some order explain every read?
     strong_history_through(fault, clients, ...)  a recorded strong workload with a fault half-way
+    keys_on_shard(prefix, n, shard, shards)      key names that all live on one shard
     lost_writes(history, final)   keys whose last acknowledged write is gone
     kill_actor, pause_copy, partition_owner, owner_slot   faults for a running system (need Ray)
     partition(namespace, *sides)  cut a running system's processes into sides (a network partition
@@ -190,11 +191,12 @@ from erlmcp_ray._testkit.history import (
     check_linearizable,
 )
 from erlmcp_ray._testkit.store_contract import check_store
-from erlmcp_ray._testkit.workload import lost_writes, strong_history_through
+from erlmcp_ray._testkit.workload import keys_on_shard, lost_writes, strong_history_through
 from erlmcp_ray.client._transport import Copy
 
 __all__ += ["Copy", "FakePending", "FakeTransport", "HistoryRecorder", "LinearizabilityResult", "Operation",
-            "check_linearizable", "check_store", "end_partition", "kill_actor", "lost_writes", "owner_slot",
+            "check_linearizable", "check_store", "end_partition", "keys_on_shard", "kill_actor", "lost_writes",
+            "owner_slot",
             "partition", "partition_owner", "pause_copy", "strong_history_through"]
 
 
@@ -202,14 +204,14 @@ def partition(namespace: str, *sides: list[str]) -> None:
     """Cut the system running in ``namespace`` into ``sides``: each a list of ``fnmatch`` patterns over
     places -- ``erlmcp:shard:{domain}:{shard}:{slot}``, ``erlmcp:supervisor``, ``erlmcp:coordinator``,
     ``client:{client.client_id}``. Messages between places on different sides fail as unreachable
-    (a place no side names reaches everyone). In effect in every process within half a second."""
+    (a place no side names reaches everyone). Returns once in effect in every process (~0.25 s)."""
     from erlmcp_ray import _faults
 
     _faults.set_partition(namespace, sides)
 
 
 def end_partition(namespace: str) -> None:
-    """Every process reaches every other again (within half a second); the supervisor then merges
+    """Every process reaches every other again (returns once it does); the supervisor then merges
     what the cut-off copies took (or call ``client.recovery.heal_partition()``)."""
     from erlmcp_ray import _faults
 

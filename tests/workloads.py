@@ -3,6 +3,6 @@
 
 from __future__ import annotations
 
-from erlmcp_ray._testkit.workload import lost_writes, strong_history_through, strong_register_history
+from erlmcp_ray._testkit.workload import keys_on_shard, lost_writes, strong_history_through, strong_register_history
 
-__all__ = ["lost_writes", "strong_history_through", "strong_register_history"]
+__all__ = ["keys_on_shard", "lost_writes", "strong_history_through", "strong_register_history"]

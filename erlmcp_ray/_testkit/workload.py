@@ -18,7 +18,16 @@ from typing import Any
 
 from erlmcp_ray._testkit.history import HistoryRecorder, Operation
 
-__all__ = ["lost_writes", "strong_history_through", "strong_register_history"]
+__all__ = ["keys_on_shard", "lost_writes", "strong_history_through", "strong_register_history"]
+
+
+def keys_on_shard(prefix: str, n: int, shard: int, shards: int) -> list[str]:
+    """``n`` key names starting with ``prefix`` that all live on ``shard`` (of ``shards``): a fault
+    struck at that shard's copies then hits every operation of the workload."""
+    from erlmcp_ray.core.routing import shard_for
+
+    names = (f"{prefix}{i}" for i in range(1_000_000))
+    return [k for k, _ in zip((k for k in names if shard_for(k, shards) == shard), range(n))]
 
 
 def strong_register_history(clients: list, *, threads: int, ops: int, keys: int, domain: str = "shared",
@@ -29,11 +38,14 @@ def strong_register_history(clients: list, *, threads: int, ops: int, keys: int,
                                   timeout=timeout)
 
 
-def strong_history_through(fault: Callable[[], Any], clients: list, *, threads: int, ops: int, keys: int,
-                           domain: str, prefix: str = "reg", timeout: float = 180.0) -> list[Operation]:
+def strong_history_through(fault: Callable[[], Any], clients: list, *, threads: int, ops: int,
+                           keys: int | list[str], domain: str, prefix: str = "reg",
+                           timeout: float = 180.0) -> list[Operation]:
     """As ``strong_register_history``, but ``fault()`` runs once half the operations are done, and an
     operation that raises is recorded as failed: a put as indefinite (it may have happened), a get as
-    definite (a read that failed changed nothing)."""
+    definite (a read that failed changed nothing). ``keys``: how many (named ``prefix`` + i), or
+    the key names (``keys_on_shard`` picks names on one shard)."""
+    names = [f"{prefix}{i}" for i in range(keys)] if isinstance(keys, int) else list(keys)
     rec = HistoryRecorder()
     values = itertools.count(1)
     done = itertools.count(1)
@@ -43,7 +55,7 @@ def strong_history_through(fault: Callable[[], Any], clients: list, *, threads: 
     def worker(p: int) -> None:
         client, r = clients[p % len(clients)], random.Random(p)
         for _ in range(ops):
-            key = f"{prefix}{r.randrange(keys)}"
+            key = names[r.randrange(len(names))]
             if r.random() < 0.5:
                 value = next(values)
                 t = rec.invoke(p, "put", key, value)

@@ -18,7 +18,7 @@ from erlmcp_ray.actors.options import COORDINATOR, SUPERVISOR, shard_name
 from erlmcp_ray.errors import UnavailableError
 from erlmcp_ray.testing import check_linearizable, kill_actor, owner_slot, partition_owner
 from tests.conftest import wait_for
-from tests.workloads import strong_history_through
+from tests.workloads import keys_on_shard, strong_history_through
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -95,8 +95,10 @@ def _strike(fault: str, clients: list) -> None:
 def test_strong_history_stays_linearizable_through(system, fault):
     clients = [system.client() for _ in range(2)]
     try:
-        history = strong_history_through(lambda: _strike(fault, clients), clients, threads=4, ops=40, keys=3,
-                                         domain="reg", prefix=f"{fault}:")  # fresh keys: initial value None
+        # fresh keys (initial value None), all on the shard the fault strikes
+        keys = keys_on_shard(f"{fault}:", 3, 1 if fault == "replica_kill" else 0, 2)
+        history = strong_history_through(lambda: _strike(fault, clients), clients, threads=4, ops=40, keys=keys,
+                                         domain="reg")
         result = check_linearizable(history)
         assert result.ok, result.explanation
         acked = sum(1 for op in history if op.kind == "put" and op.completed != float("inf"))

@@ -12,7 +12,7 @@ import erlmcp_ray
 from erlmcp_ray.actors.options import RAY_HEALTH_FOR_FAILOVER, shard_name
 from erlmcp_ray.testing import check_linearizable
 from tests.conftest import wait_for
-from tests.workloads import strong_history_through
+from tests.workloads import keys_on_shard, strong_history_through
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -75,7 +75,8 @@ def test_losing_an_owners_node_fails_over_with_no_acknowledged_write_lost(cluste
         victim = next(n for n in cluster.worker_nodes if n.node_id == victim_id)
         moved = {s for s, n in owners.items() if n == victim_id}
         history = strong_history_through(lambda: cluster.remove_node(victim, allow_graceful=False), clients,
-                                         threads=4, ops=40, keys=4, domain="reg", prefix="node:")
+                                         threads=4, ops=40, keys=keys_on_shard("node:", 4, min(moved), 2),
+                                         domain="reg")  # keys of a shard whose owner goes with the node
         result = check_linearizable(history)
         assert result.ok, result.explanation
         acked = [op for op in history if op.kind == "put" and op.completed != float("inf")]
