@@ -258,10 +258,10 @@ def test_concurrent_strong_operations_are_linearizable():
 
 
 # ------------------------------------------------------------------ bug 6: locks, sleeps, bounded waits
-def test_puts_and_reads_do_not_wait_for_a_retry_pause_of_the_write_behind():
-    """The write-behind thread's retry pause is held open by the test (its injected sleep blocks)
-    while the caller puts and reads: they must all complete during the pause. The old thread slept
-    holding the lock every put takes, so here they would wait for the release."""
+def _write_in_a_retry_pause():
+    """A client whose owner is down and whose write-behind is in the retry pause of its write of
+    ``a`` (its sleep is a seam): the pause, and every later one, lasts until the test sets ``release``.
+    Returns ``(fake, client, owner, release)``."""
     fake = FakeTransport(CFG)
     client = fake.client()
     owner = Copy("shared", 0, 0)
@@ -269,17 +269,25 @@ def test_puts_and_reads_do_not_wait_for_a_retry_pause_of_the_write_behind():
     real_sleep = client._wb._sleep
 
     def held_sleep(seconds):
-        if threading.current_thread().name == "erlmcp-write-behind":
+        if threading.current_thread().name == "erlmcp-write-behind" and not release.is_set():
             pausing.set()
-            release.wait(30)  # a retry pause that lasts until the test says so
+            release.wait(30)
         else:
             real_sleep(seconds)
 
-    client._wb._sleep = held_sleep  # WriteBehind takes its sleep as a seam
+    client._wb._sleep = held_sleep
+    fake.down(owner)
+    client.put("shared", "a", 1)
+    assert pausing.wait(10), "the write-behind never paused to retry"
+    return fake, client, owner, release
+
+
+def test_puts_and_reads_do_not_wait_for_a_retry_pause_of_the_write_behind():
+    """The write-behind thread's retry pause is held open by the test (its injected sleep blocks)
+    while the caller puts and reads: they must all complete during the pause. The old thread slept
+    holding the lock every put takes, so here they would wait for the release."""
+    fake, client, owner, release = _write_in_a_retry_pause()
     try:
-        fake.down(owner)
-        client.put("shared", "a", 1)
-        assert pausing.wait(10), "the write-behind never paused to retry"
         done = threading.Event()
 
         def caller():
@@ -366,24 +374,8 @@ def test_flush_waits_for_a_batch_that_is_pausing_before_its_retry():
     """A batch whose send failed left the in-flight list for its backoff pause, and ``flush()`` saw
     nothing buffered or in flight and returned: the write had reached no one (found with the
     partition test, where the pause repeats for as long as the owner is cut off)."""
-    fake = FakeTransport(CFG)
-    client = fake.client()
-    owner = Copy("shared", 0, 0)
-    pausing, release = threading.Event(), threading.Event()
-    real_sleep = client._wb._sleep
-
-    def held_sleep(seconds):
-        if threading.current_thread().name == "erlmcp-write-behind" and not release.is_set():
-            pausing.set()
-            release.wait(30)
-        else:
-            real_sleep(seconds)
-
-    client._wb._sleep = held_sleep
+    fake, client, owner, release = _write_in_a_retry_pause()
     try:
-        fake.down(owner)
-        client.put("shared", "a", 1)
-        assert pausing.wait(10), "the write-behind never paused to retry"
         with pytest.raises(OperationTimeoutError):
             client.flush(timeout=0.5)  # the write is nowhere yet: flush must not say it is done
         fake.up(owner)
