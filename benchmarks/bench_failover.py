@@ -42,11 +42,11 @@ from pathlib import Path
 
 import ray
 from _common import emit, git_revision  # benchmarks/_common.py
-from ray.cluster_utils import Cluster
 
 import erlmcp_ray
 from erlmcp_ray.actors.options import COORDINATOR, RAY_HEALTH_FOR_FAILOVER, SUPERVISOR, shard_name
 from erlmcp_ray.core.routing import shard_for
+from erlmcp_ray.testing import failover_cluster
 
 RAY_HEALTH = RAY_HEALTH_FOR_FAILOVER
 
@@ -106,7 +106,7 @@ def system_nodes() -> set[str]:
             if a.name in (COORDINATOR, SUPERVISOR)}
 
 
-def trial(cluster: Cluster, client, head_id: str, shards: int) -> dict:
+def trial(cluster, client, head_id: str, shards: int) -> dict:  # a ray.cluster_utils.Cluster
     # a shard whose owner is on a worker node, preferably one without a system actor (else the trial
     # measures the supervisor's restart too, and says so)
     system = system_nodes()
@@ -157,11 +157,7 @@ def trial(cluster: Cluster, client, head_id: str, shards: int) -> dict:
 
 def run_layout(name: str, domain: dict, args: argparse.Namespace, lines: list[str]) -> None:
     # too little "memory" on the head for a shard copy's bundle: copies on the workers, system actors on the head
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "memory": 256 * 1024,
-                                                            "_system_config": RAY_HEALTH})
-    for _ in range(3):
-        cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
+    cluster = failover_cluster(3)
     ray.init(address=cluster.address, namespace=NS, log_to_driver=False, logging_level="ERROR")
     tmp = tempfile.mkdtemp(prefix="erlmcp_bench_failover_")
     cfg = {"durable": {"kind": "sqlite", "data_dir": tmp},

@@ -14,6 +14,8 @@
     keys_on_shard(prefix, n, shard, shards)      key names that all live on one shard
     lost_writes(history, final)   keys whose last acknowledged write is gone
     kill_actor, pause_copy, partition_owner, owner_slot   faults for a running system (need Ray)
+    failover_cluster(workers)     a multi-node Cluster on this machine, for node-loss tests
+    wait_consistent(client)       sync, then wait until verify_state() finds every copy equal
     partition(namespace, *sides)  cut a running system's processes into sides (a network partition
                                   at the application level; needs Ray); end_partition() ends it
 
@@ -183,7 +185,14 @@ def _random_walk(factory: CacheFactory, getsizeof: Callable[[Any], int] | None,
 
 # The fake transport and the linearizability checker live in erlmcp_ray._testkit; shipped from here.
 from erlmcp_ray._testkit.fake_transport import FakePending, FakeTransport
-from erlmcp_ray._testkit.faults import kill_actor, owner_slot, partition_owner, pause_copy
+from erlmcp_ray._testkit.faults import (
+    failover_cluster,
+    kill_actor,
+    owner_slot,
+    partition_owner,
+    pause_copy,
+    wait_consistent,
+)
 from erlmcp_ray._testkit.history import (
     HistoryRecorder,
     LinearizabilityResult,
@@ -194,10 +203,27 @@ from erlmcp_ray._testkit.store_contract import check_store
 from erlmcp_ray._testkit.workload import keys_on_shard, lost_writes, strong_history_through
 from erlmcp_ray.client._transport import Copy
 
-__all__ += ["Copy", "FakePending", "FakeTransport", "HistoryRecorder", "LinearizabilityResult", "Operation",
-            "check_linearizable", "check_store", "end_partition", "keys_on_shard", "kill_actor", "lost_writes",
-            "owner_slot",
-            "partition", "partition_owner", "pause_copy", "strong_history_through"]
+__all__ += [
+    "Copy",
+    "FakePending",
+    "FakeTransport",
+    "HistoryRecorder",
+    "LinearizabilityResult",
+    "Operation",
+    "check_linearizable",
+    "check_store",
+    "end_partition",
+    "failover_cluster",
+    "keys_on_shard",
+    "kill_actor",
+    "lost_writes",
+    "owner_slot",
+    "partition",
+    "partition_owner",
+    "pause_copy",
+    "strong_history_through",
+    "wait_consistent",
+]
 
 
 def partition(namespace: str, *sides: list[str]) -> None:

@@ -9,7 +9,7 @@ import signal
 import threading
 from typing import Any
 
-__all__ = ["kill_actor", "owner_slot", "partition_owner", "pause_copy"]
+__all__ = ["failover_cluster", "kill_actor", "owner_slot", "partition_owner", "pause_copy", "wait_consistent"]
 
 
 def _handle(name: str, namespace: str) -> Any:
@@ -24,6 +24,44 @@ def kill_actor(namespace: str, name: str, *, restart: bool = True) -> None:
     import ray
 
     ray.kill(_handle(name, namespace), no_restart=not restart)
+
+
+def failover_cluster(workers: int = 3) -> Any:
+    """A ``ray.cluster_utils.Cluster`` on this machine for node-loss tests: a head whose "memory" is
+    too small for a shard copy's bundle (so every copy sits on a worker node, and the driver and the
+    system actors on the head, which must survive) with Ray's node health checks shortened
+    (``RAY_HEALTH_FOR_FAILOVER``), and ``workers`` one-CPU worker nodes; ready when it returns."""
+    from ray.cluster_utils import Cluster
+
+    from erlmcp_ray.actors.options import RAY_HEALTH_FOR_FAILOVER
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "memory": 256 * 1024,
+                                                            "_system_config": RAY_HEALTH_FOR_FAILOVER})
+    for _ in range(workers):
+        cluster.add_node(num_cpus=1)
+    cluster.wait_for_nodes()
+    return cluster
+
+
+def wait_consistent(client: Any, timeout: float = 30.0) -> dict:
+    """Anti-entropy now (``client.sync()``), then wait until ``verify_state()`` finds every copy
+    equal; its report. ``TimeoutError`` naming the shards still apart."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    report: dict = {}
+    while True:
+        try:
+            client.sync()
+            report = client.recovery.verify_state()
+            if report["ok"]:
+                return report
+        except Exception as exc:  # noqa: BLE001 - an actor restarting: ask again
+            report = {"error": f"{type(exc).__name__}: {exc}"}
+        if time.monotonic() > deadline:
+            apart = [f"{s['domain']}/{s['shard']}" for s in report.get("shards", []) if not s.get("in_sync", True)]
+            raise TimeoutError(f"copies still differ after {timeout} s: {apart or report}")
+        time.sleep(0.5)
 
 
 def owner_slot(client: Any, domain: str, shard: int) -> int:

@@ -15,7 +15,7 @@ import erlmcp_ray
 from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray.core.codec import encode_value
 from erlmcp_ray.core.wire import write_op
-from erlmcp_ray.testing import check_linearizable
+from erlmcp_ray.testing import check_linearizable, wait_consistent
 from tests.conftest import running_system, wait_for
 from tests.workloads import strong_history_through
 
@@ -139,9 +139,7 @@ def test_strong_history_stays_linearizable_through_a_pause_and_failover(ray_loca
             acked_after = [op for op in history if op.kind == "put" and op.completed != float("inf")]
             assert len(acked_after) > 20
             time.sleep(1.0)  # the woken owner adopts the topology at the next check
-            clients[0].sync()
-            wait_for(lambda: clients[0].recovery.verify_state()["ok"], timeout=30, interval=0.5,
-                     what="copies to agree")
+            wait_consistent(clients[0])
         finally:
             for c in clients:
                 c.close()

@@ -16,7 +16,7 @@ import pytest
 import erlmcp_ray
 from erlmcp_ray.actors.options import COORDINATOR, SUPERVISOR, shard_name
 from erlmcp_ray.errors import UnavailableError
-from erlmcp_ray.testing import check_linearizable, kill_actor, owner_slot, partition_owner
+from erlmcp_ray.testing import check_linearizable, kill_actor, owner_slot, partition_owner, wait_consistent
 from tests.conftest import wait_for
 from tests.workloads import keys_on_shard, strong_history_through
 
@@ -103,9 +103,7 @@ def test_strong_history_stays_linearizable_through(system, fault):
         assert result.ok, result.explanation
         acked = sum(1 for op in history if op.kind == "put" and op.completed != float("inf"))
         assert acked > 20  # the workload really ran through the fault
-        clients[0].sync()
-        wait_for(lambda: clients[0].recovery.verify_state()["ok"], timeout=30, interval=0.5,
-                 what="every copy to agree after the fault")
+        wait_consistent(clients[0])  # every copy agrees after the fault
     finally:
         for c in clients:
             c.close()

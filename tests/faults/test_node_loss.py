@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import pytest
 import ray
-from ray.cluster_utils import Cluster
 
 import erlmcp_ray
-from erlmcp_ray.actors.options import RAY_HEALTH_FOR_FAILOVER, shard_name
-from erlmcp_ray.testing import check_linearizable
+from erlmcp_ray.actors.options import shard_name
+from erlmcp_ray.testing import check_linearizable, failover_cluster
 from tests.conftest import wait_for
 from tests.workloads import keys_on_shard, strong_history_through
 
@@ -25,11 +24,7 @@ def cluster():
         ray.shutdown()
     # The head offers too little "memory" for a shard copy's bundle: every copy sits on a worker node,
     # the driver and the system actors on the head (which must survive).
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "memory": 256 * 1024,
-                                                      "_system_config": RAY_HEALTH_FOR_FAILOVER})
-    for _ in range(3):
-        c.add_node(num_cpus=1)
-    c.wait_for_nodes()
+    c = failover_cluster(3)
     ray.init(address=c.address, namespace=NS, log_to_driver=False, logging_level="ERROR")
     yield c
     ray.shutdown()
