@@ -90,6 +90,8 @@ class Failover:
         raw = _ray.kv_get(failover_key(namespace))
         self.history: list[dict] = json.loads(raw) if raw else []
         self.rounds = 0
+        #: stashed keys lost with a copy that restarted before the heal (seen by this incarnation)
+        self.stash_lost = 0
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
@@ -167,8 +169,20 @@ class Failover:
                 log.debug("health check of %s failed: %s", copy, exc)
                 continue
             self._died.discard(copy)
+            before = self.facts.get(copy)
+            if before and before.get("stash") and before["incarnation"] != facts["incarnation"]:
+                self._stash_lost(copy, before["stash"])
             self.facts[copy] = facts
             self.detector.answered(copy, facts["node_id"])
+
+    def _stash_lost(self, copy: tuple, keys: int) -> None:
+        """A copy restarted while it held a stash this supervisor had seen: those writes are gone
+        (a stash lives in its copy's memory). Counted, logged and kept in the history."""
+        self.stash_lost += keys
+        log.error("%s/%s slot %s restarted holding %d stashed keys not yet merged: those writes are lost", *copy,
+                  keys)
+        self._record({"domain": copy[0], "shard": copy[1], "kind": "stash_lost", "slot": copy[2], "keys": keys,
+                      "at": time.time()})
 
     def _restart(self, copy: tuple) -> None:
         """A one-copy shard's actor that does not answer: kill it so that Ray restarts it -- only after
@@ -353,6 +367,8 @@ class Failover:
     def report(self) -> dict:
         layout = self._layout()
         return {"failure_timeout_s": self.timeout_s, "lease_s": self.lease_s, "rounds": self.rounds,
+                "stash_lost": self.stash_lost,
+                "stashed": {f"{d}/{s}/{slot}": f["stash"] for (d, s, slot), f in self.facts.items() if f.get("stash")},
                 "owners": {f"{d}/{s}": {"slot": slot, "epoch": ep} for (d, s), (slot, ep) in layout.owners.items()},
                 "history": list(self.history),
                 "silent": {f"{d}/{s}/{slot}": round(self.detector.silence_s((d, s, slot)), 3)

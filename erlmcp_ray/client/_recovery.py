@@ -84,8 +84,11 @@ class Recovery:
 
     def get_failover_status(self) -> dict[str, Any]:
         """Health checks and failovers: ``failure_timeout_s``, ``lease_s``, the shards whose owner
-        moved (``owners``: ``"domain/shard" -> {slot, epoch}``), the last promotions, restarts and
-        replacements (``history``), and the copies silent for more than two check periods."""
+        moved (``owners``: ``"domain/shard" -> {slot, epoch}``), the last promotions, restarts,
+        replacements, heals and stashes lost (``history``, each a dict with ``kind``), the copies
+        silent for more than two check periods, the copies holding a stash not yet merged
+        (``stashed``: ``"domain/shard/slot" -> keys``) and ``stash_lost`` (keys lost with a copy that
+        restarted before the heal, as far as this supervisor saw them)."""
         return self._read("failover_status")
 
     def heal_partition(self) -> dict[str, Any]:

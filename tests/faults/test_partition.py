@@ -15,7 +15,7 @@ import pytest
 from erlmcp_ray import MemoryConflict, MemoryUpdate
 from erlmcp_ray.actors.options import shard_name
 from erlmcp_ray.errors import OperationTimeoutError, ReplicationError, UnavailableError
-from erlmcp_ray.testing import end_partition, partition
+from erlmcp_ray.testing import end_partition, kill_actor, partition
 from tests.conftest import running_system, wait_for
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -92,3 +92,33 @@ def test_both_sides_take_eventual_writes_and_the_heal_merges_them(ray_local, tmp
         wait_for(lambda: main.recovery.verify_state()["ok"], timeout=30, interval=0.5, what="copies to agree")
         cut.close()
         main.close()
+
+
+def test_a_stash_lost_with_its_copy_is_counted(ray_local, tmp_path):
+    """Eventual writes stashed on a replica (its owner cut off from the client) are in that replica's
+    memory only until the heal: if it restarts first, they are gone -- and the supervisor, which saw
+    the stash in its health checks, says so (``stash_lost``, a ``stash_lost`` history record)."""
+    ns = "t_partition_stash_lost"
+    cfg = _config(tmp_path)
+    cfg["distributed_memory"]["failure_timeout_ms"] = 20000  # no failover meanwhile: the stash stays put
+    with running_system(cfg, ns) as sysm:
+        c = sysm.client()
+        try:
+            c.put("reg", "x", 0, consistency="strong")
+            # the owner alone on one side: the client and the supervisor cannot reach it (no heal either)
+            partition(ns, [shard_name("reg", 0, 0)],
+                      [f"client:{c.client_id}", shard_name("reg", 0, "[12]"), "erlmcp:supervisor"])
+            for i in range(10):
+                c.put("reg", f"s{i}", i)
+            c.flush()
+            assert c.stats()["tiers"]["writes_stashed"] == 10
+            status = lambda: c.recovery.get_failover_status()  # noqa: E731
+            wait_for(lambda: sum(status()["stashed"].values()) == 10, timeout=30, interval=0.5,
+                     what="the supervisor to see the stash")
+            holder = next(k for k in status()["stashed"])
+            kill_actor(ns, shard_name(*holder.split("/")[:2], holder.split("/")[2]))  # Ray restarts it
+            wait_for(lambda: status()["stash_lost"] == 10, timeout=30, interval=0.5, what="the loss to be counted")
+            assert any(h["kind"] == "stash_lost" and h["keys"] == 10 for h in status()["history"])
+        finally:
+            end_partition(ns)
+            c.close()
