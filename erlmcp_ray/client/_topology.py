@@ -16,8 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from erlmcp_ray.client._settings import DomainRoute
-from erlmcp_ray.client._transport import Copy, Transport
-from erlmcp_ray.errors import UnavailableError
+from erlmcp_ray.client._transport import Copy, OwnerMoved, Transport
 
 __all__ = ["Topology"]
 
@@ -26,7 +25,7 @@ log = logging.getLogger(__name__)
 
 class Topology:
     def __init__(self, routes: dict[str, DomainRoute], transport: Transport, refresh: Callable[[], None], *,
-                 min_interval_s: float = 0.1, check_s: float = 0.25,
+                 min_interval_s: float = 0.1, check_s: float = 0.1,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._routes, self._transport, self._refresh = routes, transport, refresh
         self._min_interval_s, self._clock = min_interval_s, clock
@@ -66,7 +65,7 @@ class Topology:
             self.refresh()
             now_owner = self.owner(target.domain, target.shard)
             if now_owner != target:
-                raise UnavailableError(f"{label}: slot {target.slot} is no longer the owner (slot {now_owner.slot} is)")
+                raise OwnerMoved(f"{label}: slot {target.slot} is no longer the owner (slot {now_owner.slot} is)")
 
     def refresh(self) -> None:
         """Fetch the layout again (at most every ``min_interval_s``)."""

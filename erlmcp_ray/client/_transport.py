@@ -23,7 +23,12 @@ from typing import Any, NamedTuple, Protocol
 
 from erlmcp_ray.errors import OperationTimeoutError, UnavailableError
 
-__all__ = ["COORDINATOR", "SUPERVISOR", "Copy", "RayTransport", "Retry", "Transport"]
+__all__ = ["COORDINATOR", "SUPERVISOR", "Copy", "OwnerMoved", "RayTransport", "Retry", "Transport"]
+
+
+class OwnerMoved(UnavailableError):
+    """The call's target is no longer its shard's owner and the client knows the new one (a
+    failover): ``Retry`` tries again at once, without a backoff pause."""
 
 
 class Copy(NamedTuple):
@@ -93,6 +98,8 @@ class Retry:
             except UnavailableError as exc:
                 if on_unavailable is not None:
                     on_unavailable()
+                if isinstance(exc, OwnerMoved) and retry and self._clock() < deadline:
+                    continue  # the new owner is known: no reason to wait
                 attempt += 1
                 pause = self.pause(attempt)
                 if not retry or isinstance(exc, OperationTimeoutError) or self._clock() + pause > deadline:

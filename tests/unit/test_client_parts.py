@@ -190,3 +190,26 @@ def test_entries_expire_after_max_age_even_without_an_invalidation():
     cache.store_pending("d", "mine", b"v")
     c.advance(60_000)
     assert cache.lookup("d", "mine") is not None  # our own unacknowledged write is never too old
+
+
+def test_retry_backs_off_while_unavailable_but_not_once_the_new_owner_is_known():
+    from erlmcp_ray.client._transport import OwnerMoved, Retry
+    from erlmcp_ray.errors import UnavailableError
+
+    pauses, now = [], [0.0]
+
+    def sleep(s):
+        pauses.append(s)
+        now[0] += s
+
+    retry = Retry(5.0, sleep=sleep, clock=lambda: now[0])
+    errors = iter([UnavailableError("down"), UnavailableError("down"), OwnerMoved("slot 1 owns it now")])
+
+    def call():
+        err = next(errors, None)
+        if err is not None:
+            raise err
+        return "ok"
+
+    assert retry.run(call) == "ok"
+    assert len(pauses) == 2  # two backoff pauses for the outage, none after the failover was learnt
