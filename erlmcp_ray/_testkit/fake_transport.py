@@ -106,6 +106,9 @@ class FakeTransport:
     def alive_nodes(self) -> list[dict]:
         return [{"NodeID": "fake-node", "NodeManagerAddress": "127.0.0.1", "Alive": True}]
 
+    def node_id(self) -> str:
+        return "fake-node"
+
     def stored_layout(self) -> bytes | None:
         return None  # no KV store in-process: the coordinator's answer is the only source
 
@@ -217,7 +220,9 @@ class FakeTransport:
             raise RemoteError(f"the fake transport has no shard method {method!r}")
 
     def _supervisor(self, method: str) -> Any:
-        """In-process shards never migrate: the report says what the config says."""
+        """In-process shards never migrate: the report says what the config says; nor fail over."""
+        if method == "failover_status":
+            return {"owners": {}, "history": [], "stash_lost": 0, "stashed": {}, "silent": {}}
         if method != "strategies":
             raise RemoteError(f"the fake transport runs no persistence selector (asked {method!r})")
         cfg = self.config
@@ -244,7 +249,9 @@ class FakeTransport:
                 self._changed.notify_all()
                 return gone
             if method == "poll":
-                client_id, since, domains, value_domains, timeout_s = args
+                client_id, since, domains, value_domains, timeout_s, *report = args
+                if report and report[0] is not None:
+                    log.report(client_id, report[0])
                 if domains is None and not log.knows(client_id):
                     return PollAnswer(log.epoch, log.last_seq, True, [])
                 deadline = time.monotonic() + min(timeout_s, 0.2)
@@ -278,4 +285,6 @@ class FakeTransport:
                     self._changed.wait(remaining)
             if method == "unsubscribe":
                 return log.remove_subscription(args[0])
+            if method == "client_reports":
+                return log.client_reports()
             raise RemoteError(f"the fake transport has no coordinator method {method!r}")

@@ -186,13 +186,17 @@ class CoordinatorActor:
 
     # ------------------------------------------------------------------ polls
     async def poll(
-        self, client_id: str, since_seq: int, domains: list[str], value_domains: list[str], timeout_s: float
+        self, client_id: str, since_seq: int, domains: list[str], value_domains: list[str], timeout_s: float,
+        report: dict | None = None,
     ) -> tuple:
         """``(epoch, last_seq, gap, messages)`` for this client, waiting up to ``timeout_s`` for news.
+        ``report``: the client's counters, kept for ``client_reports`` (telemetry).
 
         See ``PollResult`` for what the fields mean and how the client resumes.
         """
         self._forget_lapsed_clients()
+        if report is not None:
+            self._log.report(client_id, report)
         if domains is None and not self._log.knows(client_id):
             # A client we forgot (its lease lapsed) or never met (we restarted): it may have
             # missed messages, so it gets a gap, drops its caches and registers again.
@@ -339,6 +343,10 @@ class CoordinatorActor:
 
     async def client_info(self) -> dict:
         return self._log.client_info()
+
+    async def client_reports(self) -> dict:
+        """Each live client's counters (cache hits per tier, misses, evictions, backlog, its node)."""
+        return self._log.client_reports()
 
     async def ping(self) -> int:
         return self._log.epoch

@@ -35,9 +35,13 @@ class Coherence:
     def __init__(self, *, transport: Transport, settings: ClientSettings, cache: LocalCache, counters: Counters,
                  client_id: str, domains: list[str], poll_hook: Callable[[list], list] | None = None,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
-                 layout: int = 0, on_layout: Callable[[int], None] | None = None) -> None:
+                 layout: int = 0, on_layout: Callable[[int], None] | None = None,
+                 report: Callable[[], dict | None] | None = None) -> None:
         """``layout``: the generation of the layout the client routes by; ``on_layout(generation)``
-        is called (on this part's thread) when a poll announces another one."""
+        is called (on this part's thread) when a poll announces another one. ``report()``: this
+        client's counters for the coordinator (``erlmcp_ray.telemetry`` reads every client's there),
+        sent with a poll when it returns a dict."""
+        self._report = report
         self._transport, self._settings, self._cache = transport, settings, cache
         self.layout, self._on_layout = layout, on_layout
         self._counters, self._client_id, self._domains = counters, client_id, list(domains)
@@ -87,7 +91,9 @@ class Coherence:
             try:
                 # Domains travel with register_client, not with every poll: a poll sent just
                 # before a subscribe() must not overwrite the registration it made.
+                report = self._report() if self._report is not None else None
                 answer = self._transport.call(COORDINATOR, "poll", self._client_id, self.since, None, None, timeout,
+                                              report,
                                               timeout=timeout + self._settings.call_timeout_s)
             except ErlmcpRayError as exc:
                 if self._closed:

@@ -66,6 +66,15 @@ class CacheCoordinator:
         self._settings, self._client_id, self._next_seq = settings, client_id, next_seq
         self._check_open = check_open
 
+    # ------------------------------------------------------------- clients
+    def client_reports(self) -> dict[str, dict[str, Any]]:
+        """Every live client's counters, as each last sent them with a poll (at most a second old):
+        ``{client_id: {node, l0_hits, l1_hits, misses, evictions, l0_size, l1_size, l1_bytes,
+        buffered, in_flight_batches, write_errors, writes_stashed}}``."""
+        self._check_open()
+        return self._retry.run(lambda: self._transport.call(COORDINATOR, "client_reports",
+                                                            timeout=self._settings.call_timeout_s))
+
     # ------------------------------------------------------------- protocols
     def invalidate(self, domain: str, key: str, *, timeout: float | None = None) -> InvalidationResult:
         """Drop ``key`` from every client's cache (and, for source caches, from the shards); wait for acks."""

@@ -72,10 +72,12 @@ class MemoryClient:
         self.namespace = namespace
         self.config = config
         self.client_id = uuid.uuid4().hex
+        self._reported_at = float("-inf")
         s = self.settings = settings or ClientSettings.from_config(config)
         self._transport = transport or RayTransport(namespace)
         if isinstance(self._transport, RayTransport):
             self._transport.place = f"client:{self.client_id}"  # this client, to the fault seam
+        self._node_id = self._transport.node_id()
         self._retry = Retry(s.call_timeout_s)
         self._timeout = s.call_timeout_s
         self._layout = layout or Layout()
@@ -105,7 +107,7 @@ class MemoryClient:
         self._coherence = Coherence(transport=self._transport, settings=s, cache=self._cache,
                                     counters=self._counters, client_id=self.client_id, domains=list(self._routes),
                                     poll_hook=poll_hook, layout=self._layout.generation,
-                                    on_layout=self._refresh_layout)
+                                    on_layout=self._refresh_layout, report=self._report)
         self.coordinator = CacheCoordinator(
             domain=self._domain, routes=self._routes, cache=self._cache, transport=self._transport,
             retry=self._retry, write_behind=self._wb, coherence=self._coherence, settings=s,
@@ -329,6 +331,23 @@ class MemoryClient:
                           "lease_ok": self._coherence.usable()},
         }
 
+    def _report(self) -> dict[str, Any] | None:
+        """This client's counters for the coordinator, at most every ``_REPORT_S`` (``telemetry``)."""
+        now = time.monotonic()
+        if now - self._reported_at < _REPORT_S:
+            return None
+        self._reported_at = now
+        return self._report_now()
+
+    def _report_now(self) -> dict[str, Any]:
+        cache = self._cache.stats()
+        buffered, inflight = self._wb.sizes()
+        return {"node": self._node_id, "l0_hits": cache["l0_hits"], "l1_hits": cache["l1_hits"],
+                "misses": cache["misses"], "evictions": cache["evictions"], "l0_size": cache["l0_size"],
+                "l1_size": cache["l1_size"], "l1_bytes": cache["l1_bytes"], "buffered": buffered,
+                "in_flight_batches": inflight, "write_errors": self._counters["write_errors"],
+                "writes_stashed": self._counters["writes_stashed"]}
+
     def sync(self, domains: str | list[str] = "all", timeout: float | None = None) -> dict[str, Any]:
         """Anti-entropy now (spec ``sync(all)``): this client's buffered writes are flushed, then every
         owner of ``domains`` replicates and flushes at once; returns when its replicas and the
@@ -422,6 +441,8 @@ class MemoryClient:
 
 
 _MISS = object()
+#: a client's counters go to the coordinator with a poll at most this often
+_REPORT_S = 1.0
 
 
 async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:

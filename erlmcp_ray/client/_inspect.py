@@ -41,6 +41,7 @@ class Inspector:
                     "published_seq": owner["published_seq"], "syncs": owner["syncs"],
                     "replicas": [{"slot": c["slot"], "seq_lag": owner["seq"] - (owner["replicas"].get(c["slot"], {})
                                   .get("acked_seq") or 0), "staleness_ms": c["staleness_ms"],
+                                  "rtt_ms": owner["replicas"].get(c["slot"], {}).get("rtt_ms", 0.0),
                                   "node_id": c["node_id"]} for c in copies],
                 })
             out[d.name] = shards

@@ -68,6 +68,9 @@ class Transport(Protocol):
     def alive_nodes(self) -> list[dict]:
         """The cluster's alive nodes: ``{"NodeID", "NodeManagerAddress"}`` each."""
 
+    def node_id(self) -> str:
+        """The Ray node this process runs on."""
+
     def stored_layout(self) -> bytes | None:
         """The running layout as the supervisor stored it (when the coordinator cannot say), or None."""
 
@@ -168,6 +171,11 @@ class RayTransport:
         import ray
 
         return [n for n in ray.nodes() if n.get("Alive")]
+
+    def node_id(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
 
     def stored_layout(self) -> bytes | None:
         from erlmcp_ray.core.layout import layout_key

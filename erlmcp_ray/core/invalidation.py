@@ -84,6 +84,8 @@ class _Client:
     value_domains: frozenset[str]
     expires_at: float
     acked_seq: int = 0
+    #: the client's own counters, as it last sent them with a poll (``erlmcp_ray.telemetry``)
+    report: dict | None = None
 
     @property
     def receives(self) -> frozenset[str]:
@@ -276,6 +278,16 @@ class InvalidationLog:
         for cid in gone:
             del self._clients[cid]
         return gone
+
+    def report(self, client_id: str, report: dict) -> None:
+        """Keep the counters a registered client sent with its poll (an unknown client's are dropped)."""
+        client = self._clients.get(client_id)
+        if client is not None:
+            client.report = report
+
+    def client_reports(self) -> dict[str, dict]:
+        """Each registered client's last report: the clients that went away are gone with their leases."""
+        return {cid: c.report for cid, c in self._clients.items() if c.report is not None}
 
     def client_info(self, now: float | None = None) -> dict[str, dict[str, Any]]:
         now = self._clock() if now is None else now

@@ -1,0 +1,78 @@
+"""Telemetry on a real Ray: a client in another process (a Ray actor) reaches the driver's exporter
+through the coordinator, and a Prometheus scrape of the endpoint returns the spec's names."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+
+import pytest
+import ray
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+import erlmcp_ray
+from erlmcp_ray.telemetry import SPEC_INSTRUMENTS, Telemetry, prometheus_endpoint
+from tests.conftest import running_system, wait_for
+
+pytestmark = [pytest.mark.ray]
+
+NS = "t_telemetry"
+
+
+@ray.remote(num_cpus=0)
+class Agent:
+    def __init__(self, namespace: str) -> None:
+        self.client = erlmcp_ray.connect(namespace)
+
+    def work(self, n: int) -> dict:
+        for i in range(n):
+            self.client.get("notes", f"k{i}")  # misses, then cached
+            self.client.get("notes", f"k{i}")
+        return {"client": self.client.client_id, **self.client.stats()["cache"]}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_metrics_of_a_client_in_another_process_reach_this_exporter_and_prometheus(ray_local, tmp_path):
+    cfg = {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+           "distributed_memory": {"checkpoint_interval": 0},
+           "persistence_selector": {"auto_select": False},
+           "domains": {"notes": {"backend": "replicated", "max_bytes": "10MB", "shards": 2}},
+           "client": {"poll_timeout_s": 0.5}}
+    with running_system(cfg, NS) as sysm, sysm.client() as c:
+        for i in range(20):
+            c.put("notes", f"k{i}", i, consistency="strong")
+        agent = Agent.remote(NS)
+        seen = ray.get(agent.work.remote(20), timeout=120)
+        assert seen["misses"] >= 20 and seen["hits"] >= 20
+        wait_for(lambda: c.coordinator.client_reports().get(seen["client"], {}).get("misses", 0) >= 20, timeout=20,
+                 what="the agent's counters at the coordinator")
+        reader = InMemoryMetricReader()
+        Telemetry(c, MeterProvider(metric_readers=[reader]), refresh_s=0.0)
+        points = {m.name: [(p.value, dict(p.attributes)) for p in m.data.data_points]
+                  for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+        assert set(SPEC_INSTRUMENTS) <= set(points)
+        agent_misses = [v for v, a in points["erlmcp.cache.misses"] if a["client"] == seen["client"]]
+        assert agent_misses and agent_misses[0] >= 20
+        agent_node = next(a["node"] for _v, a in points["erlmcp.cache.misses"] if a["client"] == seen["client"])
+        assert agent_node == ray.get_runtime_context().get_node_id()  # one node here
+        assert [v for v, a in points["erlmcp.memory.used"] if a.get("domain") == "notes"][0] > 0
+
+        port = _free_port()
+        provider, server = prometheus_endpoint(port, addr="127.0.0.1")
+        try:
+            Telemetry(c, provider, refresh_s=0.0)
+            text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=30).read().decode()  # noqa: S310
+        finally:
+            server.shutdown()
+        for name in ("erlmcp_cache_hits", "erlmcp_cache_misses", "erlmcp_memory_used", "erlmcp_memory_limit",
+                     "erlmcp_memory_usage_ratio", "erlmcp_cache_hit_rate", "erlmcp_cache_evictions",
+                     "erlmcp_sync_duration", "erlmcp_sync_bytes", "erlmcp_sync_errors"):
+            assert name in text, name
+        assert f'client="{seen["client"]}"' in text
+        ray.kill(agent)
