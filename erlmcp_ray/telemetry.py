@@ -186,7 +186,7 @@ class Telemetry:
             add("erlmcp.failovers", kinds.get(kind, 0), kind=kind)
 
 
-def prometheus_endpoint(port: int, addr: str = "0.0.0.0") -> Any:  # noqa: S104 - a scrape endpoint
+def prometheus_endpoint(port: int, addr: str = "0.0.0.0") -> Any:
     """A ``MeterProvider`` whose metrics ``http://addr:port/metrics`` serves in Prometheus' text format
     (``opentelemetry-exporter-prometheus`` on ``prometheus_client``'s registry); pass it to
     ``Telemetry``. Returns ``(provider, server)``; ``server.shutdown()`` stops the endpoint."""
