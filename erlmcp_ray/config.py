@@ -46,7 +46,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -550,18 +550,29 @@ class ClientConfig(_Model):
 
 
 class AlertRule(_Model):
-    """Spec "Alerting": act when ``metric`` crosses ``threshold`` over ``window`` ms."""
+    """Spec "Alerting": act when ``metric`` has been past ``threshold`` for the whole ``window`` ms
+    (``core.alerts`` evaluates it)."""
 
     metric: str = Field(min_length=1, description="Metric name, e.g. memory_usage or cache_hit_rate.")
     threshold: float = Field(description="Value at which the rule fires.")
-    window: Millis = Field(description="Milliseconds the metric is observed over.")
+    window: Millis = Field(description="Milliseconds the metric must stay past the threshold before it fires.")
     action: str = Field(min_length=1, description="What to do, e.g. trigger_eviction or alert_operator.")
+    comparison: Literal["above", "below"] | None = Field(
+        None, description="Fire when the metric is above or below the threshold; default: below for a "
+                          "*hit_rate metric, above for the others.")
+    cooldown: int = Field(0, ge=0, description="Milliseconds after a firing during which the rule does not fire again.")
+
+    @property
+    def direction(self) -> str:
+        if self.comparison is not None:
+            return self.comparison
+        return "below" if self.metric.endswith("hit_rate") else "above"
 
 
 def _default_alerts() -> tuple[AlertRule, ...]:
     return (
-        AlertRule(metric="memory_usage", threshold=0.90, window=60_000, action="trigger_eviction"),
-        AlertRule(metric="cache_hit_rate", threshold=0.50, window=300_000, action="alert_operator"),
+        AlertRule(metric="memory_usage", threshold=0.90, window=60_000, action="trigger_eviction", comparison="above"),
+        AlertRule(metric="cache_hit_rate", threshold=0.50, window=300_000, action="alert_operator", comparison="below"),
     )
 
 

@@ -72,8 +72,8 @@ def test_defaults_are_the_spec_numbers():
     assert cfg.durable.kind is DurableKind.SQLITE and cfg.durable.redis_url is None
     assert cfg.client.l0_entries == 256 and cfg.client.l1_max_bytes == 64 * MiB
     assert cfg.alerts == (
-        AlertRule(metric="memory_usage", threshold=0.90, window=60_000, action="trigger_eviction"),
-        AlertRule(metric="cache_hit_rate", threshold=0.50, window=300_000, action="alert_operator"),
+        AlertRule(metric="memory_usage", threshold=0.90, window=60_000, action="trigger_eviction", comparison="above"),
+        AlertRule(metric="cache_hit_rate", threshold=0.50, window=300_000, action="alert_operator", comparison="below"),
     )
     assert cfg == MemoryConfig() == MemoryConfig.load({})
 
