@@ -660,6 +660,18 @@ class ShardActor:
         return {"expired_purged": purged, "accounted_bytes_freed": freed, "objects_collected": collected,
                 "rss_bytes_freed": rss - psutil.Process().memory_info().rss}
 
+    def evict(self, ratio: float) -> dict:
+        """Owner: evict in the domain's policy order until this shard uses at most ``ratio`` of its
+        limit (the ``trigger_eviction`` alert action); the evictions replicate as deletes."""
+        self._ready()
+        with self._lock:
+            self._copy.check_owner()
+            evicted = self._copy.evict_to_ratio(ratio)
+            out = {"evicted": evicted, "evictable": self._copy.policy is not None,
+                   "bytes": self._copy.state.bytes_used}
+        self._wake.set()
+        return out
+
     def compact(self) -> dict:
         """Shrink this copy's structures (see ShardState.compact) and collect; what that freed."""
         rss = psutil.Process().memory_info().rss

@@ -41,6 +41,7 @@ from dataclasses import replace
 from typing import Any
 
 from erlmcp_ray import _ray
+from erlmcp_ray.actors._alerts import Alerts
 from erlmcp_ray.actors._checkpoints import Checkpoints
 from erlmcp_ray.actors._failover import Failover
 from erlmcp_ray.actors._recovery import RecoveryRunner
@@ -99,6 +100,9 @@ class SupervisorActor:
         self._failover = Failover(self._cfg, namespace, layout=lambda: self._layout, running=self._running,
                                   set_owner=self._set_owner, restarted=_ray.was_restarted())
         threading.Thread(target=self._failover.run, args=(self._stop,), name="erlmcp-health", daemon=True).start()
+        self._alerts = Alerts(self._cfg, namespace, self._running)
+        if self._cfg.memory_monitoring.enabled and self._cfg.alerts:
+            threading.Thread(target=self._alerts.run, args=(self._stop,), name="erlmcp-alerts", daemon=True).start()
         if self._cfg.distributed_memory.checkpoint_interval and self._checkpoints.enabled:
             threading.Thread(target=self._checkpoint_loop, name="erlmcp-checkpoints", daemon=True).start()
 
@@ -136,6 +140,10 @@ class SupervisorActor:
     def failover_status(self) -> dict:
         """Health checks and failovers: the topology's moved owners, recent promotions, silent copies."""
         return self._failover.report()
+
+    def alerts(self, since: int = 0) -> dict:
+        """Alert events after ``since``, what fires now, counts (see ``actors/_alerts.py``)."""
+        return self._alerts.since(since)
 
     def heal_partition(self) -> dict:
         """Merge every stash (eventual writes taken by copies cut off from their owner) into its

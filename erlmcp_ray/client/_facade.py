@@ -12,6 +12,7 @@ import asyncio
 import functools
 import itertools
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -35,12 +36,14 @@ from erlmcp_ray.client._transport import COORDINATOR, SUPERVISOR, RayTransport, 
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
 from erlmcp_ray.core import record as R
+from erlmcp_ray.core.alerts import AlertEvent
 from erlmcp_ray.core.codec import decode_value, encode_value
 from erlmcp_ray.core.entry import Entry, Subscription, Version
 from erlmcp_ray.core.layout import Layout
 from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.core.wire import write_op
 from erlmcp_ray.errors import (
+    ErlmcpRayError,
     InvalidValueError,
     UnavailableError,
     UnknownDomainError,
@@ -367,6 +370,40 @@ class MemoryClient:
         # Idempotent: retried while the supervisor is unavailable (Ray restarting it).
         return Retry(timeout).run(lambda: self._transport.call(SUPERVISOR, "sync", names, timeout, timeout=timeout + 5.0),
                                   on_unavailable=lambda: self._transport.forget(SUPERVISOR))
+
+    def alerts(self, since: int = 0) -> dict[str, Any]:
+        """The supervisor's alert rules at work: ``events`` after ``since`` (each a dict of
+        ``AlertEvent``'s fields; ``last`` is where to resume), ``active`` (what fires now), counts."""
+        return self._retry.run(lambda: self._transport.call(SUPERVISOR, "alerts", since, timeout=self._timeout),
+                               on_unavailable=lambda: self._transport.forget(SUPERVISOR))
+
+    def subscribe_alerts(self, target: Callable[[AlertEvent], Any], *, interval_s: float = 1.0) -> Subscription:
+        """Call ``target(event)`` with every ``AlertEvent`` (firing or resolved) from now on, on a
+        thread of this client that asks the supervisor every ``interval_s``."""
+        if not callable(target):
+            raise InvalidValueError(f"subscribe_alerts: target must be callable, got {type(target).__name__}",
+                                    where="target")
+        self._check_open()
+        stop = threading.Event()
+        since = self.alerts().get("last", 0)
+
+        def run() -> None:
+            nonlocal since
+            while not stop.wait(interval_s) and not self._closed:
+                try:
+                    answer = self.alerts(since)
+                except ErlmcpRayError as exc:
+                    log.debug("alerts unavailable: %s", exc)
+                    continue
+                since = answer["last"]
+                for event in answer["events"]:
+                    try:
+                        target(AlertEvent(**event))
+                    except Exception:
+                        log.exception("alert subscriber failed on %s", event)
+
+        threading.Thread(target=run, name="erlmcp-alerts", daemon=True).start()
+        return Subscription(stop.set, f"alerts-{uuid.uuid4().hex[:8]}")
 
     def sync_status(self) -> dict[str, Any]:
         """Per domain and shard: each copy's seq, staleness and sync counters."""

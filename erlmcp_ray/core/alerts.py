@@ -34,6 +34,7 @@ class AlertEvent:
     threshold: float
     action: str
     at: float  # wall-clock seconds
+    result: Any = None  # what the action did (firing events, as the supervisor reports them)
 
     def to_dict(self) -> dict[str, Any]:
         return {"rule": self.rule, "metric": self.metric, "subject": self.subject, "state": self.state,

@@ -527,6 +527,16 @@ class ShardCopy:
         # Sizing each op against the limit is only needed while growth is being refused.
         self._refusing = self.pressure.would_refuse(self.subject, 1)
 
+    def evict_to_ratio(self, ratio: float) -> int:
+        """An operator's (or an alert's) eviction: evict in the policy's order until the shard uses at
+        most ``ratio`` of its byte limit; how many entries went (0 for a domain without a policy)."""
+        if self.policy is None or self.settings.max_bytes is None:
+            return 0
+        before = self.evictions
+        self._evict_to(int(self.settings.max_bytes * ratio), None)
+        self._observe_pressure()
+        return self.evictions - before
+
     def _evict_to(self, target_bytes: int, target_entries: int | None) -> None:
         """Evict, in the policy's order, until the shard is under the targets."""
         state, policy = self.state, self.policy
