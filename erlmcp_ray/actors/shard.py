@@ -641,10 +641,12 @@ class ShardActor:
         """This copy's data and its process's memory, for ``get_cluster_memory``."""
         proc = psutil.Process()
         state = self._copy.state
+        vm = psutil.virtual_memory()
         with self._lock:
             return {"domain": self.domain, "shard": self.shard, "slot": self.slot,
                     "node_id": ray.get_runtime_context().get_node_id(), "pid": proc.pid,
-                    "rss": proc.memory_info().rss, "node_memory_total": psutil.virtual_memory().total,
+                    "rss": proc.memory_info().rss, "node_memory_total": vm.total,
+                    "node_memory_used": vm.total - vm.available,
                     "bytes": state.bytes_used, "entries": len(state), "tombstones": state.tombstone_count}
 
     def force_gc(self) -> dict:

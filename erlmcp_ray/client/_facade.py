@@ -76,6 +76,7 @@ class MemoryClient:
         self.config = config
         self.client_id = uuid.uuid4().hex
         self._reported_at = float("-inf")
+        self._l2: tuple[float, int | None] = (float("-inf"), None)
         s = self.settings = settings or ClientSettings.from_config(config)
         self._transport = transport or RayTransport(namespace)
         if isinstance(self._transport, RayTransport):
@@ -323,9 +324,12 @@ class MemoryClient:
 
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
+        """This client's numbers: ``cache`` (the spec's cache stats: hits, misses, hit_rate, evictions,
+        l1_size, l2_size -- the entries the shards hold, read at most every 5 s, None while they
+        cannot be reached), ``tiers`` (counters), ``write_behind``, ``latency_ms``, ``coherence``."""
         buffered, inflight = self._wb.sizes()
         return {
-            "cache": {**self._cache.stats(), "l2_size": None},
+            "cache": {**self._cache.stats(), "l2_size": self._l2_size()},
             "tiers": self.counters,
             "write_behind": {"buffered": buffered, "in_flight_batches": inflight,
                              "group_commit_batches": self._group.batches, "group_commit_ops": self._group.ops},
@@ -333,6 +337,18 @@ class MemoryClient:
             "coherence": {"since": self._coherence.since, "epoch": self._coherence.epoch,
                           "lease_ok": self._coherence.usable()},
         }
+
+    def _l2_size(self) -> int | None:
+        now = time.monotonic()
+        at, size = self._l2
+        if now - at >= _L2_REFRESH_S:
+            try:
+                size = self._inspector.l2_entries()
+            except ErlmcpRayError as exc:
+                log.debug("l2_size: the shards did not answer: %s", exc)
+                size = None
+            self._l2 = (now, size)
+        return size
 
     def _report(self) -> dict[str, Any] | None:
         """This client's counters for the coordinator, at most every ``_REPORT_S`` (``telemetry``)."""
@@ -480,6 +496,8 @@ class MemoryClient:
 _MISS = object()
 #: a client's counters go to the coordinator with a poll at most this often
 _REPORT_S = 1.0
+#: stats()["cache"]["l2_size"] is read from the shards at most this often
+_L2_REFRESH_S = 5.0
 
 
 async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:

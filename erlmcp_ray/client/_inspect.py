@@ -36,9 +36,13 @@ class Inspector:
             for shard in range(d.shards):
                 copies = self._gather([Copy(d.name, shard, slot) for slot in range(d.copies)], "stats")
                 owner = copies.pop(d.owner(shard))
+                syncs = owner["syncs"]
                 shards.append({
                     "shard": shard, "seq": owner["seq"], "replicated_seq": owner["replicated_seq"],
-                    "published_seq": owner["published_seq"], "syncs": owner["syncs"],
+                    "published_seq": owner["published_seq"], "syncs": syncs,
+                    # the spec's sync stats, by its names
+                    "syncs_completed": syncs["completed"], "syncs_failed": syncs["failed"],
+                    "bytes_synced": syncs["bytes"], "last_sync_time": syncs["last_sync_time"],
                     "replicas": [{"slot": c["slot"], "seq_lag": owner["seq"] - (owner["replicas"].get(c["slot"], {})
                                   .get("acked_seq") or 0), "staleness_ms": c["staleness_ms"],
                                   "rtt_ms": owner["replicas"].get(c["slot"], {}).get("rtt_ms", 0.0),
@@ -70,30 +74,45 @@ class Inspector:
         return {"backend": report["backend"], "backend_selected_by": report["selected_by"],
                 "durable": report["durable"], "migrations": report["migrations"]}
 
+    def l2_entries(self) -> int:
+        """Entries the shards hold (the L2 tier), each shard counted once (at its owner)."""
+        owners = [Copy(d.name, s, d.owner(s)) for d in self._routes.values() for s in range(d.shards)]
+        return sum(st["entries"] for st in self._gather(owners, "stats"))
+
     def _all_copies(self, method: str) -> list[dict]:
         return self._gather([Copy(d.name, shard, slot) for d in self._routes.values()
                              for shard in range(d.shards) for slot in range(d.copies)], method)
 
     def get_cluster_memory(self) -> dict[str, Any]:
         """The spec's cluster memory: nodes, total bytes, and per node the copies it holds and the
-        memory of our actors there (RSS), against the per-node limits and their pressure level."""
+        memory of our actors there (RSS), against the per-node limits and their pressure level.
+
+        Each node also carries the spec's memory stats: ``total`` (the node's RAM), ``processes``
+        (resident memory of this system's shard processes there), ``ets`` (the accounted bytes of the
+        shard data they hold: what ETS tables hold in erlmcp), ``system`` (the node's memory in use by
+        everything else: the OS, Ray, other processes) and ``used_percent`` (all memory in use over
+        ``total``, in %)."""
         limits = self.config.limits
 
         def blank(node_id: str, address: Any) -> dict[str, Any]:
             return {"node_id": node_id, "address": address, "memory_total": 0, "processes": 0, "actors": 0,
-                    "bytes": 0, "entries": 0, "copies": []}
+                    "bytes": 0, "entries": 0, "copies": [], "memory_used": 0}
 
         per_node = {n["NodeID"]: blank(n["NodeID"], n.get("NodeManagerAddress"))
                     for n in self._transport.alive_nodes()}
         for m in self._all_copies("memory"):
             node = per_node.setdefault(m["node_id"], blank(m["node_id"], None))
             node["memory_total"] = m["node_memory_total"]
+            node["memory_used"] = m.get("node_memory_used", 0)
             node["processes"] += m["rss"]
             node["actors"] += 1
             node["bytes"] += m["bytes"]
             node["entries"] += m["entries"]
             node["copies"].append((m["domain"], m["shard"], m["slot"], m["bytes"]))
         for node in per_node.values():
+            total, used = node["memory_total"], node.pop("memory_used")
+            node.update(total=total, ets=node["bytes"], system=max(0, used - node["processes"]),
+                        used_percent=100.0 * used / total if total else 0.0)
             ratio = max(node["bytes"] / limits.max_bytes, node["entries"] / limits.max_entries)
             node.update(limit_bytes=limits.max_bytes, max_entries=limits.max_entries, used_ratio=ratio,
                         pressure=str(level_for(ratio)), warn=ratio >= limits.warn_percent)

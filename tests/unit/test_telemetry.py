@@ -87,3 +87,18 @@ def test_instruments_carry_the_spec_units(system):
     assert units["erlmcp.cache.hits"] == "{hit}" and units["erlmcp.memory.used"] == "By"
     assert units["erlmcp.cache.hit_rate"] == "1"
     assert "erlmcp.memory.limit" not in units  # cluster=False: this client's own numbers only
+
+
+def test_the_spec_stats_shapes_are_real_numbers(system):
+    _fake, (c, _other) = system
+    for i in range(30):
+        c.put("shared", f"k{i}", i, consistency="strong")
+    cache = c.stats()["cache"]
+    assert {"hits", "misses", "hit_rate", "evictions", "l1_size", "l2_size"} <= set(cache)
+    assert cache["l2_size"] == 30  # entries in the shards, each shard counted once
+    shard = c.sync_status()["shared"][0]
+    assert {"syncs_completed", "syncs_failed", "bytes_synced", "last_sync_time"} <= set(shard)
+    assert shard["syncs_completed"] >= 1 and shard["bytes_synced"] > 0 and shard["last_sync_time"] is not None
+    node = c.get_cluster_memory()["node_data"][0]
+    assert {"total", "processes", "system", "ets", "used_percent"} <= set(node)
+    assert node["ets"] == node["bytes"] > 0
