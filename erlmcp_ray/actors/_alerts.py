@@ -7,10 +7,18 @@ Every ``memory_monitoring.check_interval`` the supervisor samples two metrics an
   (from the counters each client sends the coordinator); a client that read nothing in between
   gives no sample (an idle client is not a bad one).
 
+The memory monitor (spec ``erlmcp_memory_monitor``, ``memory_monitoring.*``) is two more rules on the
+same engine, per node, with a window of one check interval (so two checks in a row):
+``node_memory_usage`` -- the shard data a node holds over ``limits.max_bytes`` -- past
+``memory_threshold``, and ``node_binary_bytes`` -- the bytes of encoded values (records: this port's
+binaries) a node holds -- past ``binary_threshold``. With ``auto_gc`` their action collects garbage
+on that node's shard copies (``force_gc_node``), else it only warns (``alert_operator``).
+
 A rule's action runs when it fires: ``alert_operator`` (a log line; the event is the alert),
 ``trigger_eviction`` (the domain's owners evict in their policy order down to 90 % of the rule's
 threshold; a domain without an eviction policy is only reported), ``force_gc`` (every shard copy
-purges expired entries and collects garbage). Events -- firing and resolved -- are kept (the newest
+purges expired entries and collects garbage), ``force_gc_node`` (the copies on the node the event
+names). Events -- firing and resolved -- are kept (the newest
 1,000, numbered) for ``client.subscribe_alerts``; ``alerts()`` reports them with what fires now.
 """
 
@@ -24,14 +32,14 @@ from typing import Any
 
 from erlmcp_ray import _ray
 from erlmcp_ray.actors.options import COORDINATOR, owner_name, shard_name
-from erlmcp_ray.config import MemoryConfig
+from erlmcp_ray.config import AlertRule, MemoryConfig
 from erlmcp_ray.core.alerts import AlertEngine, AlertEvent
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ACTIONS", "Alerts"]
 
-ACTIONS = ("alert_operator", "trigger_eviction", "force_gc")
+ACTIONS = ("alert_operator", "trigger_eviction", "force_gc", "force_gc_node")
 _KEPT = 1000
 
 
@@ -39,8 +47,16 @@ class Alerts:
     def __init__(self, config: MemoryConfig, namespace: str, running: Callable[[], MemoryConfig], *,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._cfg, self.namespace, self._running = config, namespace, running
-        self.engine = AlertEngine(config.alerts, clock=clock)
-        self.interval_s = config.memory_monitoring.check_interval / 1000.0
+        mm = config.memory_monitoring
+        monitor = []
+        if mm.enabled:
+            action = "force_gc_node" if mm.auto_gc else "alert_operator"
+            monitor = [AlertRule(metric="node_memory_usage", threshold=mm.memory_threshold, window=mm.check_interval,
+                                 action=action, comparison="above"),
+                       AlertRule(metric="node_binary_bytes", threshold=mm.binary_threshold, window=mm.check_interval,
+                                 action=action, comparison="above")]
+        self.engine = AlertEngine([*config.alerts, *monitor], clock=clock)
+        self.interval_s = mm.check_interval / 1000.0
         self._lock = threading.Lock()
         self._events: list[tuple[int, dict]] = []
         self._seq = 0
@@ -67,6 +83,15 @@ class Alerts:
                           for s in range(running.domain(domain).shards)]
                 stats = _ray.get([o.stats.remote() for o in owners], timeout=30, what=f"the shards of {domain}")
                 out[("memory_usage", domain)] = sum(s["bytes"] for s in stats) / running.domain(domain).max_bytes
+        if metrics & {"node_memory_usage", "node_binary_bytes"}:
+            per_node: dict[str, list[int]] = {}
+            for m in self._all_copies("memory"):
+                node = per_node.setdefault(m["node_id"], [0, 0])
+                node[0] += m["bytes"]
+                node[1] += m.get("record_bytes", m["bytes"])
+            for node_id, (used, records) in per_node.items():
+                out[("node_memory_usage", node_id)] = used / self._cfg.limits.max_bytes
+                out[("node_binary_bytes", node_id)] = records
         if "cache_hit_rate" in metrics:
             coordinator = _ray.get_actor(COORDINATOR, self.namespace)
             reports = _ray.get(coordinator.client_reports.remote(), timeout=30, what="client reports")
@@ -103,6 +128,8 @@ class Alerts:
                 return self._evict(event.subject, event.threshold * 0.9)
             if event.action == "force_gc":
                 return self._force_gc()
+            if event.action == "force_gc_node":
+                return self._force_gc(node=event.subject)
             if event.action not in ACTIONS:
                 return {"error": f"unknown action {event.action!r} (known: {', '.join(ACTIONS)})"}
             return None  # alert_operator: the log line and the event are the action
@@ -118,12 +145,23 @@ class Alerts:
         answers = _ray.get([o.evict.remote(ratio) for o in owners], timeout=60, what=f"evicting {domain}")
         return {"evicted": sum(a["evicted"] for a in answers), "evictable": all(a["evictable"] for a in answers)}
 
-    def _force_gc(self) -> dict:
+    def _handles(self) -> list[Any]:
         running = self._running()
-        handles = [_ray.get_actor(shard_name(d, s, slot), self.namespace) for d in running.domains
-                   for s in range(running.domain(d).shards) for slot in range(running.replication_factor_for(d))]
+        return [_ray.get_actor(shard_name(d, s, slot), self.namespace) for d in running.domains
+                for s in range(running.domain(d).shards) for slot in range(running.replication_factor_for(d))]
+
+    def _all_copies(self, method: str) -> list[dict]:
+        handles = self._handles()
+        return _ray.get([getattr(h, method).remote() for h in handles], timeout=60, what=f"{method} of every copy")
+
+    def _force_gc(self, node: str | None = None) -> dict:
+        handles = self._handles()
+        if node is not None:
+            where = _ray.get([h.memory.remote() for h in handles], timeout=60, what="where the copies are")
+            handles = [h for h, m in zip(handles, where) if m["node_id"] == node]
         answers = _ray.get([h.force_gc.remote() for h in handles], timeout=60, what="force_gc")
-        return {"copies": len(answers), "expired_purged": sum(a["expired_purged"] for a in answers)}
+        return {"copies": len(answers), "expired_purged": sum(a["expired_purged"] for a in answers),
+                "rss_bytes_freed": sum(a["rss_bytes_freed"] for a in answers)}
 
     # ------------------------------------------------------------------ reading
     def since(self, seq: int = 0) -> dict[str, Any]:

@@ -646,7 +646,7 @@ class ShardActor:
             return {"domain": self.domain, "shard": self.shard, "slot": self.slot,
                     "node_id": ray.get_runtime_context().get_node_id(), "pid": proc.pid,
                     "rss": proc.memory_info().rss, "node_memory_total": vm.total,
-                    "node_memory_used": vm.total - vm.available,
+                    "node_memory_used": vm.total - vm.available, "record_bytes": state.record_bytes,
                     "bytes": state.bytes_used, "entries": len(state), "tombstones": state.tombstone_count}
 
     def force_gc(self) -> dict:

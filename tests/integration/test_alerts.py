@@ -41,3 +41,28 @@ def test_a_memory_rule_fires_evicts_and_resolves(ray_local, tmp_path):
         status = c.alerts()
         assert status["fired"] == 1 and status["resolved"] == 1 and status["active"] == []
         sub.cancel()
+
+
+def test_the_memory_monitor_collects_garbage_on_a_node_past_its_thresholds(ray_local, tmp_path):
+    ns = "t_alerts_monitor"
+    cfg = {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+           "distributed_memory": {"checkpoint_interval": 0},
+           "persistence_selector": {"auto_select": False},
+           "limits": {"max_bytes": "1MB"},
+           "memory_monitoring": {"check_interval": 200, "memory_threshold": 0.05, "binary_threshold": "64KB",
+                                 "auto_gc": True},
+           "alerts": [],
+           "domains": {"notes": {"backend": "replicated", "max_bytes": "10MB", "shards": 1}}}
+    with running_system(cfg, ns) as sysm, sysm.client() as c:
+        for i in range(200):  # ~100 KB of records on the (one) node: past 5 % of 1 MB and past 64 KB
+            c.put("notes", f"k{i}", "y" * 400, consistency="strong")
+
+        def fired() -> set:
+            return {(e["metric"], e["action"]) for e in c.alerts()["events"] if e["state"] == "firing"}
+
+        wait_for(lambda: fired() >= {("node_memory_usage", "force_gc_node"), ("node_binary_bytes", "force_gc_node")},
+                 timeout=30, interval=0.3, what="the memory monitor's two rules")
+        event = next(e for e in c.alerts()["events"] if e["metric"] == "node_memory_usage")
+        assert event["subject"] == c.get_cluster_memory()["node_data"][0]["node_id"]
+        assert event["result"]["copies"] >= 2  # every shard copy on the node collected garbage
+        assert event["value"] > 0.05
