@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
+import time
+from collections.abc import Callable
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -29,3 +32,15 @@ def emit(lines: list[str], out: os.PathLike | None) -> None:
     if out:
         with open(out, "w") as f:
             f.write(text)
+
+
+def per_op_median_us(fn: Callable[[], object], batches: int = 200, per_batch: int = 500) -> tuple[float, float]:
+    """Median and p99 (µs per op) over batches; one op is too short for the timer alone."""
+    samples = []
+    for _ in range(batches):
+        t0 = time.perf_counter_ns()
+        for _ in range(per_batch):
+            fn()
+        samples.append((time.perf_counter_ns() - t0) / per_batch / 1000)
+    samples.sort()
+    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]

@@ -9,27 +9,16 @@ from __future__ import annotations
 import argparse
 import gc
 import platform
-import statistics
 import sys
 import time
 import tracemalloc
+
+from _common import per_op_median_us
 
 from erlmcp_ray.core.codec import decode_value, encode_value
 from erlmcp_ray.core.shard_state import ENTRY_OVERHEAD, ShardState
 
 SMALL = {"model": "gpt-4", "tokens": 1500, "agent": "agent-7", "tags": ["plan", "tool"], "score": 0.93}
-
-
-def per_op_median_us(fn, batches: int = 200, per_batch: int = 500) -> tuple[float, float]:
-    """Median and p99 (µs per op) over batches; one op is too short for the timer alone."""
-    samples = []
-    for _ in range(batches):
-        t0 = time.perf_counter_ns()
-        for _ in range(per_batch):
-            fn()
-        samples.append((time.perf_counter_ns() - t0) / per_batch / 1000)
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
 
 
 def bench_codec() -> tuple[float, float]:

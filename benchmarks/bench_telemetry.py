@@ -22,18 +22,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import emit, git_revision
-
-
-def per_op(fn, batches: int = 400, per_batch: int = 500) -> tuple[float, float]:
-    samples = []
-    for _ in range(batches):
-        t0 = time.perf_counter_ns()
-        for _ in range(per_batch):
-            fn()
-        samples.append((time.perf_counter_ns() - t0) / per_batch / 1000)
-    samples.sort()
-    return statistics.median(samples), samples[int(len(samples) * 0.99) - 1]
+from _common import emit, git_revision, per_op_median_us
 
 
 def main() -> None:
@@ -99,8 +88,8 @@ def main() -> None:
                     exporter, export_interval_millis=args.interval_ms)])
                 telemetry = Telemetry(client, provider, refresh_s=0.1)
                 time.sleep(0.3)
-            results[mode]["l0"].append(per_op(l0_get))
-            results[mode]["put"].append(per_op(eventual_put, batches=100))
+            results[mode]["l0"].append(per_op_median_us(l0_get, batches=400))
+            results[mode]["put"].append(per_op_median_us(eventual_put, batches=100))
             client.flush(timeout=120)
             if telemetry is not None:
                 telemetry.close()
