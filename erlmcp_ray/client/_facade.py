@@ -325,8 +325,8 @@ class MemoryClient:
     # ------------------------------------------------------------------ stats
     def stats(self) -> dict[str, Any]:
         """This client's numbers: ``cache`` (the spec's cache stats: hits, misses, hit_rate, evictions,
-        l1_size, l2_size -- the entries the shards hold, read at most every 5 s, None while they
-        cannot be reached), ``tiers`` (counters), ``write_behind``, ``latency_ms``, ``coherence``."""
+        l1_size, l2_size -- the entries the shards hold, read at most every 5 s and waited for at
+        most 2 s, None when they did not all answer), ``tiers`` (counters), ``write_behind``, ``latency_ms``, ``coherence``."""
         buffered, inflight = self._wb.sizes()
         return {
             "cache": {**self._cache.stats(), "l2_size": self._l2_size()},
@@ -343,7 +343,8 @@ class MemoryClient:
         at, size = self._l2
         if now - at >= _L2_REFRESH_S:
             try:
-                size = self._inspector.l2_entries()
+                # bounded: stats() must not hang on a paused or restarting owner
+                size = self._inspector.l2_entries(timeout=_L2_TIMEOUT_S)
             except ErlmcpRayError as exc:
                 log.debug("l2_size: the shards did not answer: %s", exc)
                 size = None
@@ -498,6 +499,7 @@ _MISS = object()
 _REPORT_S = 1.0
 #: stats()["cache"]["l2_size"] is read from the shards at most this often
 _L2_REFRESH_S = 5.0
+_L2_TIMEOUT_S = 2.0
 
 
 async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:

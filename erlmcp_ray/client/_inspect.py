@@ -6,6 +6,7 @@ Each asks every shard copy concerned (one call each, in parallel) and sums the a
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -23,10 +24,11 @@ class Inspector:
         self._transport, self._routes, self.config = transport, routes, config
         self._domain, self._check_open, self._timeout = domain, check_open, timeout_s
 
-    def _gather(self, targets: list[Copy], method: str) -> list[Any]:
+    def _gather(self, targets: list[Copy], method: str, timeout: float | None = None) -> list[Any]:
         self._check_open()
         pending = [self._transport.submit(t, method) for t in targets]
-        return [self._transport.result(p, self._timeout, method) for p in pending]
+        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        return [self._transport.result(p, max(0.001, deadline - time.monotonic()), method) for p in pending]
 
     def sync_status(self) -> dict[str, Any]:
         """Per domain and shard: each copy's seq, staleness and sync counters."""
@@ -74,10 +76,11 @@ class Inspector:
         return {"backend": report["backend"], "backend_selected_by": report["selected_by"],
                 "durable": report["durable"], "migrations": report["migrations"]}
 
-    def l2_entries(self) -> int:
-        """Entries the shards hold (the L2 tier), each shard counted once (at its owner)."""
+    def l2_entries(self, timeout: float) -> int:
+        """Entries the shards hold (the L2 tier), each shard counted once (at its owner); every owner
+        must answer within ``timeout`` s in all."""
         owners = [Copy(d.name, s, d.owner(s)) for d in self._routes.values() for s in range(d.shards)]
-        return sum(st["entries"] for st in self._gather(owners, "stats"))
+        return sum(st["entries"] for st in self._gather(owners, "stats", timeout))
 
     def _all_copies(self, method: str) -> list[dict]:
         return self._gather([Copy(d.name, shard, slot) for d in self._routes.values()

@@ -76,3 +76,28 @@ def test_metrics_of_a_client_in_another_process_reach_this_exporter_and_promethe
             assert name in text, name
         assert f'client="{seen["client"]}"' in text
         ray.kill(agent)
+
+
+def test_stats_does_not_wait_long_for_a_paused_owner(ray_local, tmp_path):
+    """``stats()["cache"]["l2_size"]`` asks the shards: an owner that does not answer (here paused
+    with SIGSTOP) must not hold ``stats()`` up -- it gives up after 2 s and says None."""
+    import time
+
+    from erlmcp_ray.testing import pause_copy
+
+    ns = "t_telemetry_paused"
+    cfg = {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+           "distributed_memory": {"checkpoint_interval": 0, "failure_timeout_ms": 60000},
+           "persistence_selector": {"auto_select": False},
+           "domains": {"notes": {"backend": "memory", "max_bytes": "10MB", "shards": 1}}}
+    with running_system(cfg, ns) as sysm, sysm.client() as c:
+        c.put("notes", "k", 1, consistency="strong")
+        assert c.stats()["cache"]["l2_size"] >= 1
+        timer = pause_copy(ns, "notes", 0, 0, 6.0)
+        try:
+            c._l2 = (float("-inf"), None)  # due for a refresh
+            t0 = time.monotonic()
+            assert c.stats()["cache"]["l2_size"] is None
+            assert time.monotonic() - t0 < 4
+        finally:
+            timer.join()

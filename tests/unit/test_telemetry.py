@@ -102,3 +102,4 @@ def test_the_spec_stats_shapes_are_real_numbers(system):
     node = c.get_cluster_memory()["node_data"][0]
     assert {"total", "processes", "system", "ets", "used_percent"} <= set(node)
     assert node["ets"] == node["bytes"] > 0
+
