@@ -61,6 +61,7 @@ class Alerts:
         self._events: list[tuple[int, dict]] = []
         self._seq = 0
         self._last_reads: dict[str, tuple[int, int]] = {}  # client -> (hits, misses) at the last sample
+        self._on_node: dict[str, list[Any]] = {}  # node id -> handles of the copies there, at the last sample
         self.evaluations = 0
         self.errors = 0
 
@@ -78,14 +79,21 @@ class Alerts:
         running = self._running()
         metrics = {rule.metric for rule in self.engine.rules}
         if "memory_usage" in metrics:
-            for domain in running.domains:
-                owners = [_ray.get_actor(owner_name(self.namespace, domain, s), self.namespace)
-                          for s in range(running.domain(domain).shards)]
-                stats = _ray.get([o.stats.remote() for o in owners], timeout=30, what=f"the shards of {domain}")
-                out[("memory_usage", domain)] = sum(s["bytes"] for s in stats) / running.domain(domain).max_bytes
+            owners = [(d, _ray.get_actor(owner_name(self.namespace, d, s), self.namespace))
+                      for d in running.domains for s in range(running.domain(d).shards)]
+            stats = _ray.get([o.stats.remote() for _d, o in owners], timeout=30, what="the shard owners")
+            used: dict[str, int] = dict.fromkeys(running.domains, 0)
+            for (domain, _o), st in zip(owners, stats):
+                used[domain] += st["bytes"]
+            for domain, n in used.items():
+                out[("memory_usage", domain)] = n / running.domain(domain).max_bytes
         if metrics & {"node_memory_usage", "node_binary_bytes"}:
             per_node: dict[str, list[int]] = {}
-            for m in self._all_copies("memory"):
+            handles = self._handles()
+            memory = _ray.get([h.memory.remote() for h in handles], timeout=60, what="memory of every copy")
+            self._on_node = {}
+            for h, m in zip(handles, memory):
+                self._on_node.setdefault(m["node_id"], []).append(h)
                 node = per_node.setdefault(m["node_id"], [0, 0])
                 node[0] += m["bytes"]
                 node[1] += m.get("record_bytes", m["bytes"])
@@ -150,15 +158,9 @@ class Alerts:
         return [_ray.get_actor(shard_name(d, s, slot), self.namespace) for d in running.domains
                 for s in range(running.domain(d).shards) for slot in range(running.replication_factor_for(d))]
 
-    def _all_copies(self, method: str) -> list[dict]:
-        handles = self._handles()
-        return _ray.get([getattr(h, method).remote() for h in handles], timeout=60, what=f"{method} of every copy")
-
     def _force_gc(self, node: str | None = None) -> dict:
-        handles = self._handles()
-        if node is not None:
-            where = _ray.get([h.memory.remote() for h in handles], timeout=60, what="where the copies are")
-            handles = [h for h, m in zip(handles, where) if m["node_id"] == node]
+        # a node's copies: where the sample that fired saw them
+        handles = self._handles() if node is None else self._on_node.get(node, [])
         answers = _ray.get([h.force_gc.remote() for h in handles], timeout=60, what="force_gc")
         return {"copies": len(answers), "expired_purged": sum(a["expired_purged"] for a in answers),
                 "rss_bytes_freed": sum(a["rss_bytes_freed"] for a in answers)}

@@ -126,20 +126,22 @@ class RayTransport:
         self.namespace = namespace
         self._names = {COORDINATOR: COORDINATOR_NAME, SUPERVISOR: SUPERVISOR_NAME}
         self._shard_name = shard_name
-        self._handles: dict[Any, Any] = {}
+        self._handles: dict[Any, tuple[Any, str]] = {}
         self._lock = threading.Lock()  # guards the dict only; lookups happen outside it
         self.place = place
         self._seam = _faults.seam(namespace)
 
     def _handle(self, target: Any) -> Any:
-        name = self._names[target] if type(target) is str else self._shard_name(*target)
-        self._seam.check(self.place, name)
-        h = self._handles.get(target)
-        if h is None:
-            h = self._ray.get_actor(name, self.namespace)
+        entry = self._handles.get(target)  # (handle, actor name): no name built per call
+        if entry is None:
+            name = self._names[target] if type(target) is str else self._shard_name(*target)
+            self._seam.check(self.place, name)
+            entry = (self._ray.get_actor(name, self.namespace), name)
             with self._lock:
-                self._handles[target] = h
-        return h
+                self._handles[target] = entry
+        else:
+            self._seam.check(self.place, entry[1])
+        return entry[0]
 
     def forget(self, target: Any) -> None:
         with self._lock:
