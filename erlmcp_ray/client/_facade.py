@@ -391,6 +391,9 @@ class MemoryClient:
     def alerts(self, since: int = 0) -> dict[str, Any]:
         """The supervisor's alert rules at work: ``events`` after ``since`` (each a dict of
         ``AlertEvent``'s fields; ``last`` is where to resume), ``active`` (what fires now), counts."""
+        if type(since) is not int or since < 0:
+            raise InvalidValueError(f"alerts: since must be an int >= 0 (an event number), got {since!r}",
+                                    where="since")
         return self._retry.run(lambda: self._transport.call(SUPERVISOR, "alerts", since, timeout=self._timeout),
                                on_unavailable=lambda: self._transport.forget(SUPERVISOR))
 
@@ -400,6 +403,9 @@ class MemoryClient:
         if not callable(target):
             raise InvalidValueError(f"subscribe_alerts: target must be callable, got {type(target).__name__}",
                                     where="target")
+        interval_s = _validate.timeout(interval_s, "interval_s", allow_none=False)
+        if interval_s == 0:
+            raise InvalidValueError("subscribe_alerts: interval_s must be > 0 seconds, got 0", where="interval_s")
         self._check_open()
         stop = threading.Event()
         since = self.alerts().get("last", 0)

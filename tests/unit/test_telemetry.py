@@ -103,3 +103,15 @@ def test_the_spec_stats_shapes_are_real_numbers(system):
     assert {"total", "processes", "system", "ets", "used_percent"} <= set(node)
     assert node["ets"] == node["bytes"] > 0
 
+
+
+def test_alert_calls_refuse_bad_input_at_the_call_site(system):
+    from erlmcp_ray.errors import InvalidValueError
+
+    _fake, (c, _other) = system
+    for bad in (-1, 0, float("nan"), float("inf"), "1"):
+        with pytest.raises(InvalidValueError, match="interval_s"):
+            c.subscribe_alerts(print, interval_s=bad)
+    for bad in (-1, 1.5, "0", None, True):
+        with pytest.raises(InvalidValueError, match="since"):
+            c.alerts(bad)
