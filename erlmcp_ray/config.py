@@ -549,14 +549,55 @@ class ClientConfig(_Model):
     poll_timeout_s: PositiveFloat = Field(1.0, description="Seconds one invalidation long-poll waits.")
 
 
+#: what an alert rule can watch (the supervisor samples each every memory_monitoring.check_interval):
+#: per domain, per client, per node (see ``actors/_alerts.py``)
+ALERT_METRICS = ("memory_usage", "cache_hit_rate", "node_usage", "node_memory_usage", "node_binary_bytes")
+#: what a firing rule can do, besides calling ``"package.module:function"`` with the AlertEvent
+ALERT_ACTIONS = ("alert_operator", "trigger_eviction", "force_gc", "force_gc_node")
+
+
+def resolve_action(action: str) -> Any:
+    """The callable a ``"package.module:function"`` alert action names (imported now)."""
+    import importlib
+
+    module, _, name = action.partition(":")
+    try:
+        target: Any = importlib.import_module(module)
+        for part in name.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"alert action {action!r} cannot be imported: {exc}") from None
+    if not callable(target):
+        raise ValueError(f"alert action {action!r} is not callable")  # noqa: TRY004 - pydantic wants ValueError
+    return target
+
+
+def _alert_metric(value: object) -> object:
+    if isinstance(value, str) and value not in ALERT_METRICS:
+        raise ValueError(f"unknown metric {value!r}; known: {', '.join(ALERT_METRICS)}")
+    return value
+
+
+def _alert_action(value: object) -> object:
+    if isinstance(value, str) and value not in ALERT_ACTIONS:
+        if ":" not in value:
+            raise ValueError(f"unknown action {value!r}; use one of {', '.join(ALERT_ACTIONS)} "
+                             f"or 'package.module:function' (called with the AlertEvent)")
+        resolve_action(value)
+    return value
+
+
 class AlertRule(_Model):
     """Spec "Alerting": act when ``metric`` has been past ``threshold`` for the whole ``window`` ms
     (``core.alerts`` evaluates it)."""
 
-    metric: str = Field(min_length=1, description="Metric name, e.g. memory_usage or cache_hit_rate.")
+    metric: Annotated[str, BeforeValidator(_alert_metric)] = Field(
+        min_length=1, description=f"What to watch: one of {', '.join(ALERT_METRICS)}.")
     threshold: float = Field(description="Value at which the rule fires.")
     window: Millis = Field(description="Milliseconds the metric must stay past the threshold before it fires.")
-    action: str = Field(min_length=1, description="What to do, e.g. trigger_eviction or alert_operator.")
+    action: Annotated[str, BeforeValidator(_alert_action)] = Field(
+        min_length=1, description=f"What to do when it fires: one of {', '.join(ALERT_ACTIONS)}, or "
+                                  "'package.module:function', called in the supervisor with the AlertEvent.")
     comparison: Literal["above", "below"] | None = Field(
         None, description="Fire when the metric is above or below the threshold; default: below for a "
                           "*hit_rate metric, above for the others.")

@@ -674,6 +674,28 @@ class ShardActor:
         self._wake.set()
         return out
 
+    def evict_amount(self, nbytes: int, entries: int = 0) -> dict:
+        """Owner: evict at least ``nbytes`` bytes and ``entries`` entries in the domain's policy order
+        (a node over its limits asks for this shard's share, see ``core.node_limits``)."""
+        self._ready()
+        with self._lock:
+            self._copy.check_owner()
+            evicted = self._copy.evict_amount(nbytes, entries)
+            out = {"evicted": evicted, "bytes": self._copy.state.bytes_used}
+        self._wake.set()
+        return out
+
+    def set_node_refusal(self, reason: str | None) -> bool:
+        """Refuse growing writes because a node holding a copy of this shard is over its limits
+        (``reason``), or accept them again (None). Whether that changed anything."""
+        self._ready()
+        with self._lock:
+            changed = self._copy.set_node_refusal(reason)
+        if changed:
+            log.warning("%s/%s/%s: %s", self.domain, self.shard, self.slot,
+                        reason or "node limits: growing writes accepted again")
+        return changed
+
     def compact(self) -> dict:
         """Shrink this copy's structures (see ShardState.compact) and collect; what that freed."""
         rss = psutil.Process().memory_info().rss

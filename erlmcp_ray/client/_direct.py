@@ -149,4 +149,5 @@ class DirectWrites:
         return acked, waiting
 
     def pressure_error(self, domain: str, message: str) -> MemoryPressureError:
-        return MemoryPressureError(message, domain=domain, limit=f"max_bytes={self._routes[domain].max_bytes}")
+        limit = "limits (a node's)" if message.startswith("node ") else f"max_bytes={self._routes[domain].max_bytes}"
+        return MemoryPressureError(message, domain=domain, limit=limit)

@@ -126,6 +126,8 @@ class ShardCopy:
         self.refused = 0
         self.rejected = 0
         self._refusing = False
+        #: why a node over its limits refuses this shard's growing writes (None: it does not)
+        self.node_refusal: str | None = None
         self.pressure_changes: list[tuple] = []
         self.syncs = {"completed": 0, "failed": 0, "bytes": 0, "last_sync_time": None}
         #: operations served (the persistence selector's read ratio); from 0 in each incarnation
@@ -500,10 +502,15 @@ class ShardCopy:
         old = self._entry_size(key)
         # the new record's size, closely enough: value + key + version metadata + tags
         new = _klen(key) + len(data) + 32 + sum(len(t) + 1 for t in tags) + self.state.entry_overhead
+        if self.node_refusal is not None and new > old:
+            return True
         return self.pressure.would_refuse(self.subject, new - old) if self.subject in self.pressure else False
 
     def _refusal(self, key: str) -> str:
         self.refused += 1
+        if self.node_refusal is not None and not (self.subject in self.pressure
+                                                  and self.pressure.would_refuse(self.subject, 1)):
+            return f"{self.node_refusal}; reads, deletes and shrinking writes still work (key {key!r})"
         snap = self.pressure.snapshot().get(self.subject, {})
         return (f"domain {self.domain!r} (shard {self.shard}) is at critical memory pressure: "
                 f"{snap.get('used_bytes', 0)} of its {snap.get('limit_bytes', 0)}-byte limit for this shard "
@@ -511,8 +518,28 @@ class ShardCopy:
                 f"under {round((DEFAULT_THRESHOLDS.critical - DEFAULT_THRESHOLDS.hysteresis) * 100)} %; "
                 f"reads, deletes and shrinking writes still work (key {key!r})")
 
+    def set_node_refusal(self, reason: str | None) -> bool:
+        """Refuse growing writes for ``reason`` (a node over its limits, see ``core.node_limits``), or
+        accept them again (None); whether that changed anything."""
+        changed = reason != self.node_refusal
+        self.node_refusal = reason
+        self._refusing = self.node_refusal is not None or (
+            self.subject in self.pressure and self.pressure.would_refuse(self.subject, 1))
+        return changed
+
+    def evict_amount(self, nbytes: int, entries: int = 0) -> int:
+        """Evict, in the policy's order, at least ``nbytes`` bytes and ``entries`` entries (a node over
+        its limits asks each evictable shard for its share); how many entries went."""
+        if self.policy is None:
+            return 0
+        before = self.evictions
+        self._evict_to(max(0, self.state.bytes_used - nbytes), max(0, len(self.state) - entries))
+        self._observe_pressure()
+        return self.evictions - before
+
     def _observe_pressure(self) -> None:
         if self.subject not in self.pressure:
+            self._refusing = self.node_refusal is not None
             return
         for effect in self.pressure.handle(self.subject, self.state.bytes_used, len(self.state)):
             if isinstance(effect, CollectGarbage):
@@ -525,7 +552,7 @@ class ShardCopy:
             elif isinstance(effect, (Warn, RefuseGrowth, AllowGrowth)):
                 self.effects.append(effect)  # log lines, written by the actor
         # Sizing each op against the limit is only needed while growth is being refused.
-        self._refusing = self.pressure.would_refuse(self.subject, 1)
+        self._refusing = self.pressure.would_refuse(self.subject, 1) or self.node_refusal is not None
 
     def evict_to_ratio(self, ratio: float) -> int:
         """An operator's (or an alert's) eviction: evict in the policy's order until the shard uses at
@@ -672,6 +699,7 @@ class ShardCopy:
             domain=self.domain, shard=self.shard, slot=self.slot, role="owner" if self.is_owner else "replica",
             epoch=self.epoch, replicated_seq=self.replicated_seq, published_seq=self.published_seq,
             evictions=self.evictions, refused_writes=self.refused, rejected_ops=self.rejected,
+            node_refusal=self.node_refusal,
             reads=self.reads, writes=self.writes, copies=self.copies, incarnation=self.incarnation,
             pressure=self.pressure.snapshot().get(self.subject), pressure_changes=list(self.pressure_changes),
             owner_slot=self.owner_slot, promotions=self.promotions, sync_age_s=self.sync_age_s(),

@@ -4,6 +4,8 @@ subscriber gets both events."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from erlmcp_ray.core.alerts import AlertEvent
@@ -66,3 +68,77 @@ def test_the_memory_monitor_collects_garbage_on_a_node_past_its_thresholds(ray_l
         assert event["subject"] == c.get_cluster_memory()["node_data"][0]["node_id"]
         assert event["result"]["copies"] >= 2  # every shard copy on the node collected garbage
         assert event["value"] > 0.05
+
+
+def test_node_limits_evict_the_evictable_and_then_refuse_the_rest_until_deletes(ray_local, tmp_path):
+    """limits.max_bytes bounds what one node holds across domains: past 80 % its evictable domain
+    sheds data, and when that cannot bring it down, growing writes to the other domain are refused
+    (MemoryPressureError naming the node) until deletes bring it below 85 %."""
+    from erlmcp_ray.errors import MemoryPressureError
+
+    ns = "t_alerts_node_limits"
+    cfg = {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+           "distributed_memory": {"checkpoint_interval": 0},
+           "persistence_selector": {"auto_select": False},
+           "limits": {"max_bytes": "200KB", "warn_percent": 0.5},
+           "memory_monitoring": {"check_interval": 200, "memory_threshold": 1.0, "binary_threshold": "1GB"},
+           "alerts": [],
+           "domains": {"lru": {"backend": "memory", "max_bytes": "10MB", "eviction": "lru", "shards": 1},
+                       "reg": {"backend": "memory", "max_bytes": "10MB", "shards": 1}}}
+    limit = 200 * 1000
+    with running_system(cfg, ns) as sysm, sysm.client() as c:
+        def node() -> dict:
+            return c.get_cluster_memory()["node_data"][0]
+
+        for i in range(300):  # ~ 300 x 700 B: past 90 % of the node's 200 KB, all of it evictable
+            c.put("lru", f"k{i:04d}", "x" * 600, consistency="strong")
+        wait_for(lambda: c.alerts()["node_evictions"] > 0, timeout=30, interval=0.2, what="the node to evict")
+        wait_for(lambda: node()["bytes"] <= 0.8 * limit, timeout=30, interval=0.2, what="the node under 80 %")
+        assert c.get("lru", "k0000", consistency="strong") is None  # least recently used went first
+        warned = [e for e in c.alerts()["events"] if e["metric"] == "node_usage"]
+        assert warned and warned[0]["state"] == "firing" and warned[0]["threshold"] == 0.5
+
+        for i in range(300):
+            c.delete("lru", f"k{i:04d}", consistency="strong")
+        written = 0
+        with pytest.raises(MemoryPressureError, match="node .* of its limits"):
+            for i in range(2000):  # nothing evictable: the node refuses once past 90 %
+                c.put("reg", f"r{i:04d}", "y" * 600, consistency="strong")
+                written += 1
+                if i % 20 == 19:
+                    time.sleep(0.25)  # a check between two bursts of ~7 % of the limit
+        assert 0.9 * limit < node()["bytes"] < 1.3 * limit, (written, node())
+        c.put("reg", "r0000", "short", consistency="strong")  # a shrinking write still goes through
+        assert c.get("reg", "r0000", consistency="strong") == "short"
+        for i in range(1, written // 2):
+            c.delete("reg", f"r{i:04d}", consistency="strong")
+        wait_for(lambda: _accepts(c), timeout=30, interval=0.3, what="growth accepted again below 85 %")
+        assert c.alerts()["nodes"][node()["node_id"]]["refused"] == []
+
+
+def _accepts(c) -> bool:
+    from erlmcp_ray.errors import MemoryPressureError
+
+    try:
+        c.put("reg", "again", "z" * 100, consistency="strong")
+    except MemoryPressureError:
+        return False
+    return True
+
+
+def test_a_user_callable_action_is_called_with_the_event_in_the_supervisor(ray_local, tmp_path):
+    ns = "t_alerts_callable"
+    cfg = {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+           "distributed_memory": {"checkpoint_interval": 0},
+           "persistence_selector": {"auto_select": False},
+           "memory_monitoring": {"check_interval": 200},
+           # builtins:repr stands for a user's function: its return value becomes the event's result
+           "alerts": [{"metric": "memory_usage", "threshold": 0.01, "window": 200, "action": "builtins:repr"}],
+           "domains": {"notes": {"backend": "memory", "max_bytes": "64KB", "shards": 1}}}
+    with running_system(cfg, ns) as sysm, sysm.client() as c:
+        for i in range(50):
+            c.put("notes", f"k{i}", "v" * 64, consistency="strong")
+        wait_for(lambda: any(e["state"] == "firing" for e in c.alerts()["events"]), timeout=30, interval=0.2,
+                 what="the rule to fire")
+        [event] = [e for e in c.alerts()["events"] if e["state"] == "firing"]
+        assert event["result"].startswith("AlertEvent(") and "'notes'" in event["result"]

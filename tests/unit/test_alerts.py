@@ -42,7 +42,7 @@ def test_a_rule_fires_only_after_the_metric_stayed_past_the_threshold_for_the_wh
 
 def test_a_firing_rule_resolves_and_each_subject_is_tracked_alone():
     clock = Clock()
-    eng = _engine(AlertRule(metric="memory_usage", threshold=0.9, window=1000, action="x"), clock=clock)
+    eng = _engine(AlertRule(metric="memory_usage", threshold=0.9, window=1000, action="alert_operator"), clock=clock)
     eng.observe({("memory_usage", "a"): 0.95, ("memory_usage", "b"): 0.5})
     clock.t += 1
     fired = eng.observe({("memory_usage", "a"): 0.95, ("memory_usage", "b"): 0.5})
@@ -55,7 +55,7 @@ def test_a_firing_rule_resolves_and_each_subject_is_tracked_alone():
 
 def test_the_cooldown_holds_back_a_second_firing():
     clock = Clock()
-    eng = _engine(AlertRule(metric="memory_usage", threshold=0.9, window=1000, action="x", cooldown=60_000),
+    eng = _engine(AlertRule(metric="memory_usage", threshold=0.9, window=1000, action="alert_operator", cooldown=60_000),
                   clock=clock)
     high, low = {("memory_usage", "a"): 0.95}, {("memory_usage", "a"): 0.5}
     eng.observe(high)
@@ -80,14 +80,16 @@ def test_the_spec_default_rules_watch_memory_going_up_and_hit_rate_going_down():
     assert [(e.metric, e.action) for e in eng.observe(samples)] == [("memory_usage", "trigger_eviction")]
     clock.t += 240
     assert [(e.metric, e.action) for e in eng.observe(samples)] == [("cache_hit_rate", "alert_operator")]
-    # a user rule on a hit rate defaults to "below" too, and can be turned round
-    assert AlertRule(metric="l1_hit_rate", threshold=0.5, window=1, action="x").direction == "below"
-    assert AlertRule(metric="l1_hit_rate", threshold=0.5, window=1, action="x", comparison="above").direction == "above"
+    # a user rule on the hit rate defaults to "below" too, and can be turned round
+    assert AlertRule(metric="cache_hit_rate", threshold=0.5, window=1, action="alert_operator").direction == "below"
+    assert AlertRule(metric="cache_hit_rate", threshold=0.5, window=1, action="alert_operator",
+                     comparison="above").direction == "above"
+    assert AlertRule(metric="node_usage", threshold=0.5, window=1, action="alert_operator").direction == "above"
 
 
 def test_a_subject_that_stops_reporting_resolves():
     clock = Clock()
-    eng = _engine(AlertRule(metric="cache_hit_rate", threshold=0.5, window=1000, action="x"), clock=clock)
+    eng = _engine(AlertRule(metric="cache_hit_rate", threshold=0.5, window=1000, action="alert_operator"), clock=clock)
     eng.observe({("cache_hit_rate", "c1"): 0.1})
     clock.t += 1
     assert [e.state for e in eng.observe({("cache_hit_rate", "c1"): 0.1})] == ["firing"]

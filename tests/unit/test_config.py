@@ -324,7 +324,7 @@ def test_to_dict_round_trips_and_is_json():
                 "ephemeral": {"default_ttl": 30},
             },
             "durable": {"kind": "none", "data_dir": "/tmp/x"},
-            "alerts": [{"metric": "memory_usage", "threshold": 0.8, "window": 1000, "action": "evict"}],
+            "alerts": [{"metric": "memory_usage", "threshold": 0.8, "window": 1000, "action": "trigger_eviction"}],
         }
     )
     data = cfg.to_dict()
@@ -419,7 +419,15 @@ def test_enum_values_are_lower_case_strings():
         ({"durable": {"redis_url": "redis://h"}}, "durable.redis_url"),
         ({"durable": {"kind": "redis", "redis_url": "http://h"}}, "durable.redis_url"),
         ({"memory_monitoring": {"memory_threshold": 1.5}}, "memory_monitoring.memory_threshold"),
-        ({"alerts": [{"metric": "x", "threshold": 1, "window": 0, "action": "y"}]}, "alerts.0.window"),
+        ({"alerts": [{"metric": "memory_usage", "threshold": 1, "window": 0, "action": "alert_operator"}]},
+         "alerts.0.window"),
+        ({"alerts": [{"metric": "disk_usage", "threshold": 1, "window": 1, "action": "alert_operator"}]},
+         "alerts.0.metric"),
+        ({"alerts": [{"metric": "memory_usage", "threshold": 1, "window": 1, "action": "page"}]}, "alerts.0.action"),
+        ({"alerts": [{"metric": "memory_usage", "threshold": 1, "window": 1, "action": "no_such_module:f"}]},
+         "alerts.0.action"),
+        ({"alerts": [{"metric": "memory_usage", "threshold": 1, "window": 1, "action": "json:__version__"}]},
+         "alerts.0.action"),
         ({"memory_limit": {"bogus": 1}}, "limits.bogus"),
         ({"memory_limit": 5}, "memory_limit"),
         ({"memory_limit": {"domain_limits": {"nope": {"max_bytes": 1}}}}, "memory_limit.domain_limits.nope"),
