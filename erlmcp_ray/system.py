@@ -44,7 +44,7 @@ from erlmcp_ray.actors.supervisor import SupervisorActor, history_key
 from erlmcp_ray.client import MemoryClient, connect_client, release_shared
 from erlmcp_ray.config import Backend, DurableKind, DurableMode, MemoryConfig
 from erlmcp_ray.core.layout import LAYOUT_BLOB, Layout, layout_key
-from erlmcp_ray.errors import ConfigError, UnavailableError
+from erlmcp_ray.errors import ConfigError, InvalidValueError, UnavailableError
 from erlmcp_ray.storage import open_store
 
 __all__ = ["MemorySystem", "connect", "shutdown", "start"]
@@ -59,12 +59,25 @@ class MemorySystem:
     def __init__(self, namespace: str, config: MemoryConfig) -> None:
         self.namespace = namespace
         self.config = config
+        #: ``erlmcp_ray.telemetry.Telemetry`` on the ``meter_provider`` given to ``start`` (None: none given)
+        self.telemetry: Any = None
+        self._telemetry_client: MemoryClient | None = None
+
+    def _observe(self, meter_provider: Any) -> None:
+        from erlmcp_ray.telemetry import Telemetry
+
+        self._telemetry_client = self.client()
+        self.telemetry = Telemetry(self._telemetry_client, meter_provider)
 
     def client(self) -> MemoryClient:
         """A new client (its own caches and threads)."""
         return connect(self.namespace)
 
     def shutdown(self, *, purge: bool = False) -> None:
+        if self.telemetry is not None:
+            self.telemetry.close()
+            self._telemetry_client.close()  # type: ignore[union-attr]
+            self.telemetry = None
         shutdown(self.namespace, purge=purge)
 
     def __repr__(self) -> str:
@@ -95,8 +108,21 @@ def _check_ray_oom_headroom(cfg: MemoryConfig) -> None:
                     cfg.limits.max_bytes, total, threshold * 100)
 
 
-def start(config: Any = None, *, namespace: str = "erlmcp", address: str | None = None) -> MemorySystem:
-    """Start the memory system (or return the one running in ``namespace``)."""
+def start(config: Any = None, *, namespace: str = "erlmcp", address: str | None = None,
+          meter_provider: Any = None) -> MemorySystem:
+    """Start the memory system (or return the one running in ``namespace``). With an OpenTelemetry
+    ``meter_provider``, the system's instruments report to it (``MemorySystem.telemetry``, a
+    ``Telemetry`` on a client of its own); without, metrics cost nothing."""
+    if meter_provider is not None and not hasattr(meter_provider, "get_meter"):
+        raise InvalidValueError(f"an OpenTelemetry MeterProvider is needed, got "
+                                f"{type(meter_provider).__name__}", where="meter_provider")
+    system = _start(config, namespace, address)
+    if meter_provider is not None:
+        system._observe(meter_provider)
+    return system
+
+
+def _start(config: Any, namespace: str, address: str | None) -> MemorySystem:
     cfg = MemoryConfig.load(config)
     _ensure_ray(namespace, address)
     _check_ray_oom_headroom(cfg)

@@ -35,6 +35,15 @@ replica is behind its owner), ``erlmcp.replica.staleness`` (ms), ``erlmcp.write_
 (client: buffered writes), ``erlmcp.write_behind.errors`` (client), ``erlmcp.failovers`` (kind:
 promotion, restart, replacement, heal, stash_lost), ``erlmcp.clients`` (live clients).
 
+Three ways out: ``prometheus_endpoint(port)`` (a scrape endpoint), ``otlp_provider(endpoint)`` (push
+to an OpenTelemetry collector over OTLP/HTTP) -- both give the ``MeterProvider`` to pass -- and
+``RayMetrics(telemetry)``, which records the same snapshot in Ray's metrics system (Ray's
+Prometheus and dashboard).
+
+Alerts and node limits: ``erlmcp.alerts`` (metric, action, state: firing/resolved),
+``erlmcp.alerts.active`` (metric), ``erlmcp.node.usage_ratio`` (node: what its shard copies hold
+over ``limits``).
+
 A counter read from a process that restarted (a shard, a client) starts again from 0, which
 OpenTelemetry's cumulative counters treat as a reset. In Prometheus' spelling the names take
 underscores and counters a ``_total`` suffix (``erlmcp_cache_hits_total``); ``prometheus_endpoint``
@@ -44,12 +53,13 @@ serves them over HTTP.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["SPEC_INSTRUMENTS", "Telemetry", "prometheus_endpoint"]
+__all__ = ["SPEC_INSTRUMENTS", "RayMetrics", "Telemetry", "otlp_provider", "prometheus_endpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +85,13 @@ _OPERATOR_INSTRUMENTS: dict[str, tuple[str, str, str]] = {
     "erlmcp.write_behind.errors": ("counter", "{error}", "eventual writes a client reported failed"),
     "erlmcp.failovers": ("counter", "{event}", "failover events of the supervisor, by kind"),
     "erlmcp.clients": ("gauge", "{client}", "clients registered with the coordinator"),
+    "erlmcp.alerts": ("counter", "{event}", "alert events of the supervisor's rules, by metric, action and state"),
+    "erlmcp.alerts.active": ("gauge", "{alert}", "subjects a rule fires for now, by metric"),
+    "erlmcp.node.usage_ratio": ("gauge", "1", "what a node's shard copies hold over the node limits"),
 }
+
+#: every instrument's attribute keys (Ray's metrics want them declared)
+ATTRIBUTE_KEYS = ("domain", "tier", "client", "node", "shard", "replica", "kind", "metric", "action", "state")
 
 
 class Telemetry:
@@ -126,6 +142,8 @@ class Telemetry:
         out: dict[str, list[tuple[float, dict]]] = {}
 
         def add(name: str, value: float, **attrs: Any) -> None:
+            if not math.isfinite(value):
+                return  # e.g. the staleness of a replica that never synced: no value to give
             out.setdefault(name, []).append((value, {k: v for k, v in attrs.items() if v is not None}))
 
         c = self._client
@@ -184,6 +202,110 @@ class Telemetry:
             kinds[h["kind"]] = kinds.get(h["kind"], 0) + 1
         for kind in ("promotion", "restart", "replacement", "heal", "stash_lost"):
             add("erlmcp.failovers", kinds.get(kind, 0), kind=kind)
+        alerts = c.alerts(since=2**62)  # counts and state, no events
+        counts: dict[tuple[str, str], list[int]] = {}
+        for rule in alerts["rules"]:
+            n = counts.setdefault((rule["metric"], rule["action"]), [0, 0])
+            n[0], n[1] = n[0] + rule["fired"], n[1] + rule["resolved"]
+        for (metric, action), (fired, resolved) in counts.items():
+            add("erlmcp.alerts", fired, metric=metric, action=action, state="firing")
+            add("erlmcp.alerts", resolved, metric=metric, action=action, state="resolved")
+        active: dict[str, int] = dict.fromkeys((m for m, _a in counts), 0)
+        for a in alerts["active"]:
+            active[a["metric"]] = active.get(a["metric"], 0) + 1
+        for metric, n in active.items():
+            add("erlmcp.alerts.active", n, metric=metric)
+        for node, state in alerts["nodes"].items():
+            add("erlmcp.node.usage_ratio", state["ratio"], node=node)
+
+
+class RayMetrics:
+    """The same instruments in Ray's own metrics system (``ray.util.metrics``), so they show where
+    Ray's metrics do: each node's metrics agent serves them to Prometheus and the Ray dashboard's
+    Grafana panels, as ``ray_erlmcp_memory_used`` (counters also as ``..._total``).
+
+        bridge = RayMetrics(telemetry, interval_s=5.0)   # pushes a snapshot every interval_s
+        ...
+        bridge.close()
+
+    Ray's metrics are pushed, not observed: a thread of this process sets each gauge and adds each
+    counter's increase since the last push (a counter that went back -- a restarted shard or
+    client -- adds its new value). Ray exports what a process recorded every few seconds
+    (``metrics_report_interval_ms``, 10 s by default). Needs ``ray.init`` first."""
+
+    def __init__(self, telemetry: Telemetry, interval_s: float = 5.0, *, start: bool = True) -> None:
+        from ray.util import metrics as ray_metrics
+
+        if not (isinstance(interval_s, (int, float)) and interval_s > 0):
+            raise ValueError(f"interval_s must be a number > 0, got {interval_s!r}")
+        self._telemetry, self.interval_s = telemetry, float(interval_s)
+        self._metrics: dict[str, Any] = {}
+        self._last: dict[tuple[str, tuple], float] = {}
+        self.pushes = 0
+        self.errors = 0
+        for name, (kind, unit, description) in {**SPEC_INSTRUMENTS, **_OPERATOR_INSTRUMENTS}.items():
+            make = ray_metrics.Gauge if kind == "gauge" else ray_metrics.Counter
+            metric = make(name.replace(".", "_"), description=f"{description} ({unit})", tag_keys=ATTRIBUTE_KEYS)
+            self._metrics[name] = metric.set_default_tags(dict.fromkeys(ATTRIBUTE_KEYS, ""))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="erlmcp-ray-metrics", daemon=True)
+            self._thread.start()
+
+    def push(self) -> int:
+        """Record one snapshot now; how many values were recorded."""
+        n = 0
+        for name, values in self._telemetry.snapshot().items():
+            metric = self._metrics.get(name)
+            if metric is None:
+                continue
+            is_gauge = SPEC_INSTRUMENTS.get(name, _OPERATOR_INSTRUMENTS.get(name, ("gauge",)))[0] == "gauge"
+            for value, attrs in values:
+                tags = {k: str(v) for k, v in attrs.items()}
+                if is_gauge:
+                    metric.set(float(value), tags=tags)
+                else:
+                    key = (name, tuple(sorted(tags.items())))
+                    last = self._last.get(key, 0.0)
+                    increase = value - last if value >= last else value
+                    self._last[key] = value
+                    if increase > 0:
+                        metric.inc(float(increase), tags=tags)
+                n += 1
+        self.pushes += 1
+        return n
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.push()
+            except Exception as exc:  # noqa: BLE001 - the next push tries again
+                self.errors += 1
+                log.warning("telemetry: Ray metrics not recorded: %s", exc)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=self.interval_s + 5)
+
+
+def otlp_provider(endpoint: str = "http://localhost:4318/v1/metrics", interval_s: float = 10.0,
+                  headers: dict[str, str] | None = None) -> Any:
+    """A ``MeterProvider`` that sends its metrics to an OpenTelemetry collector (or any OTLP/HTTP
+    receiver) at ``endpoint`` every ``interval_s``; pass it to ``Telemetry``. ``provider.shutdown()``
+    sends what is left and stops."""
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+    if not (isinstance(interval_s, (int, float)) and interval_s > 0):
+        raise ValueError(f"interval_s must be a number > 0, got {interval_s!r}")
+    if not isinstance(endpoint, str) or not endpoint.startswith(("http://", "https://")):
+        raise ValueError(f"endpoint must be an http(s) URL, got {endpoint!r}")
+    reader = PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=endpoint, headers=headers),
+                                           export_interval_millis=interval_s * 1000)
+    return MeterProvider(metric_readers=[reader])
 
 
 def prometheus_endpoint(port: int, addr: str = "0.0.0.0") -> Any:

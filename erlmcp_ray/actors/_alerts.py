@@ -240,7 +240,8 @@ class Alerts:
             last = self._seq
         return {"events": events, "last": last, "active": self.engine.active(), "fired": self.engine.fired,
                 "resolved": self.engine.resolved, "evaluations": self.evaluations,
-                "interval_s": self.interval_s, "rules": [r.model_dump() for r in self.engine.rules],
+                "interval_s": self.interval_s, "rules": [{**r.model_dump(), "fired": f, "resolved": rs}
+                          for r, (f, rs) in zip(self.engine.rules, self.engine.counts)],
                 "nodes": self.budget.snapshot() if self.budget is not None else {},
                 "node_evictions": self.node_evictions}
 

@@ -56,6 +56,8 @@ class AlertEngine:
         self._tracks: dict[tuple[int, str], _Track] = {}
         self.fired = 0
         self.resolved = 0
+        #: per rule (index): [firings, resolutions]
+        self.counts: list[list[int]] = [[0, 0] for _ in self.rules]
 
     def observe(self, samples: dict[tuple[str, str], float]) -> list[AlertEvent]:
         """``samples``: ``{(metric, subject): value}`` now; the events this produces."""
@@ -86,8 +88,10 @@ class AlertEngine:
     def _event(self, i: int, rule: Any, subject: str, state: str, value: float | None) -> AlertEvent:
         if state == "firing":
             self.fired += 1
+            self.counts[i][0] += 1
         else:
             self.resolved += 1
+            self.counts[i][1] += 1
         return AlertEvent(i, rule.metric, subject, state, value, rule.threshold, rule.action, self._wall())
 
     def active(self) -> list[dict[str, Any]]:

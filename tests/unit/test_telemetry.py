@@ -74,6 +74,7 @@ def test_every_spec_instrument_reports_what_the_stats_calls_say(system):
     assert _value(points, "erlmcp.sync.bytes", domain="shared") == sum(s["syncs"]["bytes"] for s in status) > 0
     assert _value(points, "erlmcp.sync.errors", domain="shared") == 0
     assert {a["replica"] for _, a in points["erlmcp.sync.duration"]} == {1}
+    assert telemetry.errors == 0
     telemetry.close()
     assert _points(reader).get("erlmcp.cache.hits", []) == []  # closed: observes nothing
 
