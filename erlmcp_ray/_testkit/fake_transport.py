@@ -224,8 +224,8 @@ class FakeTransport:
         if method == "failover_status":
             return {"owners": {}, "history": [], "stash_lost": 0, "stashed": {}, "silent": {}}
         if method == "alerts":  # no supervisor thread here: no rule is evaluated
-            return {"events": [], "last": 0, "active": [], "fired": 0, "resolved": 0, "evaluations": 0,
-                    "interval_s": None, "rules": [], "nodes": {}, "node_evictions": 0}
+            return {"events": [], "last": 0, "incarnation": "fake", "active": [], "fired": 0, "resolved": 0,
+                    "evaluations": 0, "interval_s": None, "rules": [], "nodes": {}, "node_evictions": 0}
         if method != "strategies":
             raise RemoteError(f"the fake transport runs no persistence selector (asked {method!r})")
         cfg = self.config

@@ -42,6 +42,7 @@ import dataclasses
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +82,9 @@ class Alerts:
         self._lock = threading.Lock()
         self._events: list[tuple[int, dict]] = []
         self._seq = 0
+        #: events are numbered per incarnation: a restarted supervisor starts again from 1, and a
+        #: reader that sees a new incarnation reads it from the start
+        self.incarnation = uuid.uuid4().hex
         self._last_reads: dict[str, tuple[int, int]] = {}  # client -> (hits, misses) at the last sample
         self._on_node: dict[str, list[Any]] = {}  # node id -> handles of the copies there, at the last sample
         self._usage: dict[str, list[CopyUsage]] = {}  # node id -> its copies, at the last sample
@@ -238,7 +242,7 @@ class Alerts:
         with self._lock:
             events = [e for s, e in self._events if s > seq]
             last = self._seq
-        return {"events": events, "last": last, "active": self.engine.active(), "fired": self.engine.fired,
+        return {"events": events, "last": last, "incarnation": self.incarnation, "active": self.engine.active(), "fired": self.engine.fired,
                 "resolved": self.engine.resolved, "evaluations": self.evaluations,
                 "interval_s": self.interval_s, "rules": [{**r.model_dump(), "fired": f, "resolved": rs}
                           for r, (f, rs) in zip(self.engine.rules, self.engine.counts)],

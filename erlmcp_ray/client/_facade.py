@@ -390,7 +390,9 @@ class MemoryClient:
 
     def alerts(self, since: int = 0) -> dict[str, Any]:
         """The supervisor's alert rules at work: ``events`` after ``since`` (each a dict of
-        ``AlertEvent``'s fields; ``last`` is where to resume), ``active`` (what fires now), counts."""
+        ``AlertEvent``'s fields; ``last`` is where to resume, within ``incarnation``: a restarted
+        supervisor numbers from 1 again and evaluates its windows afresh), ``active`` (what fires
+        now), counts, and ``nodes`` (the node limits as the last memory check saw them)."""
         if type(since) is not int or since < 0:
             raise InvalidValueError(f"alerts: since must be an int >= 0 (an event number), got {since!r}",
                                     where="since")
@@ -408,17 +410,20 @@ class MemoryClient:
             raise InvalidValueError("subscribe_alerts: interval_s must be > 0 seconds, got 0", where="interval_s")
         self._check_open()
         stop = threading.Event()
-        since = self.alerts().get("last", 0)
+        first = self.alerts()
+        since, incarnation = first.get("last", 0), first.get("incarnation")
 
         def run() -> None:
-            nonlocal since
+            nonlocal since, incarnation
             while not stop.wait(interval_s) and not self._closed:
                 try:
                     answer = self.alerts(since)
+                    if answer.get("incarnation") != incarnation:  # a restarted supervisor numbers from 1
+                        answer = self.alerts(0)
                 except ErlmcpRayError as exc:
                     log.debug("alerts unavailable: %s", exc)
                     continue
-                since = answer["last"]
+                since, incarnation = answer["last"], answer.get("incarnation")
                 for event in answer["events"]:
                     try:
                         target(AlertEvent(**event))

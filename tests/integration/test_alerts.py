@@ -142,3 +142,31 @@ def test_a_user_callable_action_is_called_with_the_event_in_the_supervisor(ray_l
                  what="the rule to fire")
         [event] = [e for e in c.alerts()["events"] if e["state"] == "firing"]
         assert event["result"].startswith("AlertEvent(") and "'notes'" in event["result"]
+
+
+def test_a_subscriber_keeps_getting_events_after_the_supervisor_restarts(ray_local, tmp_path):
+    """A restarted supervisor numbers its events from 1 again: a subscriber that had read up to
+    event N must not skip the new incarnation's first N events (the rule firing again after its
+    window, evaluated afresh)."""
+    from erlmcp_ray.actors.options import SUPERVISOR
+    from erlmcp_ray.testing import kill_actor
+
+    ns = "t_alerts_restart"
+    cfg = {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+           "distributed_memory": {"checkpoint_interval": 0},
+           "persistence_selector": {"auto_select": False},
+           "memory_monitoring": {"enabled": False, "check_interval": 200},
+           "alerts": [{"metric": "memory_usage", "threshold": 0.001, "window": 400, "action": "alert_operator"}],
+           "domains": {"notes": {"backend": "memory", "max_bytes": "1MB", "shards": 1}}}
+    with running_system(cfg, ns) as sysm, sysm.client() as c:
+        events: list[AlertEvent] = []
+        sub = c.subscribe_alerts(events.append, interval_s=0.1)
+        for i in range(20):
+            c.put("notes", f"k{i}", "v" * 100, consistency="strong")
+        wait_for(lambda: [e.state for e in events] == ["firing"], timeout=30, interval=0.1, what="the first firing")
+        first = c.alerts()["incarnation"]
+        kill_actor(ns, SUPERVISOR)
+        wait_for(lambda: len(events) >= 2, timeout=60, interval=0.2, what="the restarted supervisor's firing")
+        assert [(e.state, e.metric, e.subject) for e in events] == [("firing", "memory_usage", "notes")] * 2
+        assert c.alerts()["incarnation"] != first
+        sub.cancel()
