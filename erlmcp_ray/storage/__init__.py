@@ -34,5 +34,6 @@ def open_store(config: DurableConfig, namespace: str) -> DurableStore | None:
         return None
     if config.kind is DurableKind.REDIS:
         return RedisStore(config.redis_url, prefix=f"erlmcp:{namespace}")
+    # "~" is the home of the process opening the store (each node's own, for a shard actor)
     path = Path(config.path) if config.path else Path(config.data_dir or default_data_dir()) / f"{namespace}.db"
-    return SQLiteStore(path)
+    return SQLiteStore(path.expanduser())

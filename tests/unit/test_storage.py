@@ -59,12 +59,16 @@ def test_redis_store_meets_the_contract(redis_server):
     check_store(factory, reopen)
 
 
-def test_open_store_follows_the_config(tmp_path, redis_server):
+def test_open_store_follows_the_config(tmp_path, redis_server, monkeypatch):
     s = open_store(DurableConfig(kind="sqlite", data_dir=str(tmp_path)), "ns1")
     assert isinstance(s, SQLiteStore) and s.path == tmp_path / "ns1.db"
     s.close()
     s = open_store(DurableConfig(kind="sqlite", path=str(tmp_path / "x" / "f.db")), "ns1")
     assert s.path == tmp_path / "x" / "f.db"
+    s.close()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # "~" is the opening process's home, not a directory "~"
+    s = open_store(DurableConfig(kind="sqlite", data_dir="~/data"), "ns1")
+    assert s.path == tmp_path / "home" / "data" / "ns1.db"
     s.close()
     r = open_store(DurableConfig(kind="redis", redis_url=redis_server.url), "ns2")
     r.write_batch("d", 0, 1, [("k", _rec(b"\x01"))])
