@@ -163,8 +163,11 @@ class WriteBehind:
             self._buffer.add(domain, shard, op)
             self.buffered_puts += 1
             self._cache.store_pending(domain, op[0], op[1], k)
-            if len(self._buffer) == self._settings.write_behind_max_batch:
-                self._wake.notify()  # once, as it fills: the thread sends at once
+            n = len(self._buffer)
+            if n == 1 or n == self._settings.write_behind_max_batch:
+                # the first write wakes an idle thread (which then waits one interval for the writes
+                # right behind it); a full buffer, once, makes it send at once
+                self._wake.notify()
 
     def peek(self, domain: str, shard: int, key: str) -> WriteOp | None:
         """Our write of ``key`` not yet handed to its owner, if any."""
@@ -266,8 +269,9 @@ class WriteBehind:
                 if not self._buffer and not self._inflight and not self._flush_now:
                     if self._closed:
                         return
-                    self._wake.wait(timeout=0.05)
-                elif not self._flush_now and len(self._buffer) < max_batch and not self._closed:
+                    self._wake.wait(timeout=0.05)  # idle: the first write wakes us
+                if ((self._buffer or self._inflight) and not self._flush_now and len(self._buffer) < max_batch
+                        and not self._closed):
                     self._wake.wait(timeout=interval)
                 self._flush_now = False
             self._send_buffered(max_batch)
