@@ -60,6 +60,105 @@ def demo(agents: int, rounds: int, ops: int, namespace: str) -> None:
 
 
 
+_ADDRESS = click.option("--address", default="auto", show_default=True,
+                        help="the Ray cluster (auto: RAY_ADDRESS, else the cluster started on this machine)")
+_NAMESPACE = click.option("--namespace", default="erlmcp", show_default=True, help="the memory system's namespace")
+
+
+def _attach_ray(address: str, namespace: str) -> None:
+    """Attach this process to the Ray cluster at ADDRESS (exit 3, one line, when there is none)."""
+    import logging
+
+    import ray
+
+    from erlmcp_ray.system import use_ray_token_if_present
+
+    use_ray_token_if_present()
+    try:
+        ray.init(address=address, namespace=namespace, logging_level=logging.ERROR, log_to_driver=False)
+    except (ConnectionError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        click.echo(f"no Ray cluster reachable at {address!r} ({first}); start one with `ray start --head` "
+                   f"or `ray up cluster.yaml`, or pass --address", err=True)
+        sys.exit(3)
+
+
+@main.command("start")
+@_ADDRESS
+@_NAMESPACE
+@click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
+              help="the memory system's configuration (.toml/.yaml); default: the spec's defaults")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a summary")
+def start(address: str, namespace: str, config_path: str | None, as_json: bool) -> None:
+    """Start the memory system on a running Ray cluster. Its actors are detached: they keep running
+    after this command returns, until `erlmcp-ray stop`. Starting it again with the same
+    configuration is a no-op.
+
+    Exit codes: 0 running, 1 it could not start, 2 bad configuration (or a different one already
+    running in NAMESPACE), 3 no Ray cluster reachable at ADDRESS."""
+    import time
+
+    import erlmcp_ray
+    from erlmcp_ray.errors import ErlmcpRayError
+
+    try:
+        cfg = MemoryConfig.load(config_path)
+    except ConfigError as exc:
+        click.echo(f"invalid configuration: {exc}", err=True)
+        sys.exit(2)
+    _attach_ray(address, namespace)
+    t0 = time.monotonic()
+    try:
+        system = erlmcp_ray.start(cfg if config_path is not None else None, namespace=namespace, address=address)
+    except ConfigError as exc:
+        click.echo(f"not started: {exc}", err=True)
+        sys.exit(2)
+    except ErlmcpRayError as exc:
+        click.echo(f"not started: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    seconds = time.monotonic() - t0
+    domains = {name: {"backend": system.config.backend_for(name).value, "shards": d.shards,
+                      "copies": system.config.replication_factor_for(name), "max_bytes": d.max_bytes}
+               for name, d in system.config.domains.items()}
+    if as_json:
+        click.echo(json.dumps({"namespace": namespace, "seconds": round(seconds, 3), "domains": domains},
+                              indent=2, sort_keys=True))
+    else:
+        copies = sum(d["shards"] * d["copies"] for d in domains.values())
+        click.echo(f"memory system running in namespace {namespace!r}: {len(domains)} domains, {copies} shard "
+                   f"copies ({seconds:.1f} s); `erlmcp-ray status --namespace {namespace}` shows it")
+
+
+@main.command("stop")
+@_ADDRESS
+@_NAMESPACE
+@click.option("--purge", is_flag=True, help="also delete what durable domains and checkpoints stored")
+def stop(address: str, namespace: str, purge: bool) -> None:
+    """Stop the memory system in NAMESPACE (its actors). What durable domains and checkpoints
+    stored stays for the next `erlmcp-ray start` unless --purge; data held only in memory is gone.
+
+    Exit codes: 0 stopped (or nothing was running), 1 it could not be stopped, 3 no Ray cluster
+    reachable at ADDRESS."""
+    import erlmcp_ray
+    from erlmcp_ray import _ray
+    from erlmcp_ray.actors.options import COORDINATOR
+    from erlmcp_ray.errors import ErlmcpRayError, UnavailableError
+
+    _attach_ray(address, namespace)
+    try:
+        _ray.get_actor(COORDINATOR, namespace)
+    except UnavailableError:
+        click.echo(f"no memory system running in namespace {namespace!r}: nothing to stop")
+        return
+    try:
+        erlmcp_ray.shutdown(namespace, purge=purge)
+    except ErlmcpRayError as exc:
+        click.echo(f"stop failed: {type(exc).__name__}: {exc}", err=True)
+        sys.exit(1)
+    click.echo(f"memory system in namespace {namespace!r} stopped" + (" and its stored data purged" if purge else
+                                                                      " (stored data kept; --purge deletes it)"))
+
+
 @main.command("status")
 @click.option("--address", default="auto", show_default=True, help="the Ray cluster running the memory system")
 @click.option("--namespace", default="erlmcp", show_default=True, help="the memory system's namespace")

@@ -84,11 +84,35 @@ class MemorySystem:
         return f"MemorySystem(namespace={self.namespace!r}, domains={list(self.config.domains)})"
 
 
+def use_ray_token_if_present() -> bool:
+    """Before attaching to an existing cluster: Ray >= 2.60 starts clusters with token
+    authentication when the starting machine holds a token, but a process attaching to one
+    presents the token only with ``RAY_AUTH_MODE=token``. Set that when it is unset and a token is
+    there (``RAY_AUTH_TOKEN``, ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token``); a cluster without
+    authentication accepts such a process too. Whether the token will be presented."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    if mode is not None:
+        return mode.lower() == "token"
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(path):
+        os.environ["RAY_AUTH_MODE"] = "token"
+        try:  # Ray read its config when imported: make this process see the mode now (as ray start does)
+            from ray._raylet import Config
+
+            Config.initialize("")
+        except (ImportError, AttributeError):  # a Ray without it reads the variable at init
+            pass
+        return True
+    return False
+
+
 def _ensure_ray(namespace: str, address: str | None) -> None:
     if ray.is_initialized():
         return
     # address=None means a Ray of our own on this machine ("local"), never
     # whatever cluster happens to be reachable.
+    if address not in (None, "local"):
+        use_ray_token_if_present()
     ray.init(address="local" if address is None else address, namespace=namespace,
              include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
 
@@ -206,6 +230,8 @@ def connect(namespace: str = "erlmcp", *, address: str | None = None, poll_hook:
         if address is None:
             raise UnavailableError("Ray is not initialised in this process: call erlmcp_ray.start(), "
                                    "ray.init(address=...), or pass address= to connect()")
+        if address != "local":
+            use_ray_token_if_present()
         ray.init(address=address, namespace=namespace, logging_level=logging.WARNING, log_to_driver=False)
     return connect_client(namespace, poll_hook=poll_hook)
 
