@@ -441,6 +441,17 @@ class MemoryClient:
         """Entries, bytes, limit, shards and copies of ``domain`` (owner copies are counted once)."""
         return self._inspector.get_domain_stats(domain)
 
+    def keys(self, domain: str, pattern: str = "*", *, tag: str | None = None) -> list[str]:
+        """The keys of ``domain`` matching the glob ``pattern`` (``*``, ``?``, ``[...]``), or carrying
+        ``tag``, sorted: what the shard owners hold once this client's buffered writes reached them
+        (it flushes first). One call per shard; for an operator or a notebook, not a hot path."""
+        if not isinstance(pattern, str) or not pattern:
+            raise InvalidValueError(f"keys: pattern must be a non-empty glob str, got {pattern!r}", where="pattern")
+        if tag is not None and (not isinstance(tag, str) or not tag):
+            raise InvalidValueError(f"keys: tag must be a non-empty str, got {tag!r}", where="tag")
+        self.flush()
+        return self._inspector.keys(domain, pattern, tag)
+
     def get_cluster_memory(self) -> dict[str, Any]:
         """The spec's cluster memory: nodes, total bytes, and per node the copies it holds and the
         memory of our actors there (RSS), against the per-node limits and their pressure level."""

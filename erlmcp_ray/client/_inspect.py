@@ -24,9 +24,9 @@ class Inspector:
         self._transport, self._routes, self.config = transport, routes, config
         self._domain, self._check_open, self._timeout = domain, check_open, timeout_s
 
-    def _gather(self, targets: list[Copy], method: str, timeout: float | None = None) -> list[Any]:
+    def _gather(self, targets: list[Copy], method: str, timeout: float | None = None, args: tuple = ()) -> list[Any]:
         self._check_open()
-        pending = [self._transport.submit(t, method) for t in targets]
+        pending = [self._transport.submit(t, method, *args) for t in targets]
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
         return [self._transport.result(p, max(0.001, deadline - time.monotonic()), method) for p in pending]
 
@@ -75,6 +75,14 @@ class Inspector:
         report = self._transport.call(SUPERVISOR, "strategies", timeout=self._timeout)["domains"][domain]
         return {"backend": report["backend"], "backend_selected_by": report["selected_by"],
                 "durable": report["durable"], "migrations": report["migrations"]}
+
+    def keys(self, domain: str, pattern: str = "*", tag: str | None = None) -> list[str]:
+        """The live keys of ``domain`` matching the glob ``pattern`` (or carrying ``tag``), as its
+        shard owners hold them, sorted."""
+        d = self._domain(domain)
+        answers = self._gather([Copy(d.name, s, d.owner(s)) for s in range(d.shards)], "find",
+                               args=(tag, None if tag is not None else pattern))
+        return sorted(k for keys in answers for k in keys)
 
     def l2_entries(self, timeout: float) -> int:
         """Entries the shards hold (the L2 tier), each shard counted once (at its owner); every owner
