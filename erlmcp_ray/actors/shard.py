@@ -212,14 +212,13 @@ class ShardActor:
         for effect in effects:
             self._act(effect)
         if self._store is not None and self._settings.durable_mode == "write_through":
-            try:
-                # This call's keys only: a backlog of other changes (a migration's first copy of the
-                # shard, expiries) goes from the replication thread and must not hold this write up.
-                self.flush_durable(keys=[op[0] for op in ops])
-            except Exception:
-                with self._lock:  # not acknowledged: a retry with the same seq must write it again
-                    self._copy.forget_answer(client_id, request_seq)
-                raise
+            # This call's keys only: a backlog of other changes (a migration's first copy of the
+            # shard, expiries) goes from the replication thread and must not hold this write up.
+            # When the store refuses, the write stays applied (readers may see it: it is
+            # indeterminate until acknowledged) and its keys stay dirty; the caller's retry (same
+            # request seq) gets the first answer again -- the write is not applied twice -- and
+            # is acknowledged once this flush succeeds.
+            self.flush_durable(keys=[op[0] for op in ops])
         if chained:
             self._strong_dirty = True
         else:
@@ -368,7 +367,8 @@ class ShardActor:
         heartbeat_s = self._settings.heartbeat_ms / 1000.0
         linger_s = self._settings.linger_ms / 1000.0
         lazy_s = self._settings.strong_publish_delay_ms / 1000.0
-        last_round = last_flush = 0.0
+        last_round = 0.0
+        last_flush = time.monotonic()  # the first write_behind flush one flush_s after the start, as every later one
         flush_pause = self._settings.flush_s
         while not self._stopping.is_set():
             # The store can come and go (set_layout): the tick follows it.

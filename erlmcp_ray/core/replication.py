@@ -37,10 +37,6 @@ class IdempotencyTable:
         if len(self._answers) > self._capacity:
             self._answers.popitem(last=False)
 
-    def forget(self, client_id: str, seq: int) -> None:
-        """Forget an answer that must not be given again (its write did not become durable)."""
-        self._answers.pop((client_id, seq), None)
-
     def __len__(self) -> int:
         return len(self._answers)
 

@@ -342,10 +342,6 @@ class ShardCopy:
         self._resend_everything()
         return len(ops)
 
-    def forget_answer(self, client_id: str, request_seq: int) -> None:
-        """The answer to this request did not become durable: a retry must apply it again."""
-        self._dedup.forget(client_id, request_seq)
-
     def recover(self, snapshot: dict) -> None:
         """A restarted copy starts empty: take a peer's state, and rebuild what the policy tracks
         (its access history is lost)."""

@@ -61,3 +61,50 @@ def test_a_redis_outage_loses_no_acknowledged_write(ray_local, tmp_path):
         server.kill()
         for s in restarted:
             s.kill()
+
+
+def test_a_write_retried_through_an_outage_takes_effect_once(ray_local, tmp_path):
+    """A write-through write the store refused is already in the owner's memory (readers see it, as
+    an indeterminate write may be seen); the caller's retry must not apply it a second time. Else:
+    A writes "a" (refused, retried), a reader sees "a", B writes "b" (refused, retried), a reader sees
+    "b", the store comes back, A's retry applies "a" again and a reader sees "a" after "b" -- no single
+    point for A explains that (it did before: the owner forgot its answer and applied the retry anew)."""
+    import threading
+
+    server = RedisServer(tmp_path, appendfsync="always").start()
+    cfg = {"durable": {"kind": "redis", "redis_url": server.url, "flush_ms": 50},
+           "distributed_memory": {"checkpoint_interval": 0},
+           "persistence_selector": {"auto_select": False},
+           "domains": {"kept": {"backend": "disk", "max_bytes": "10MB", "shards": 1, "durable": "write_through"}},
+           "client": {"poll_timeout_s": 0.5, "call_timeout_s": 30.0}}
+    restarted: list[RedisServer] = []
+    try:
+        with running_system(cfg, "t_redis_retry_once") as sysm:
+            a, b, reader = sysm.client(), sysm.client(), sysm.client()
+            try:
+                a.put("kept", "k", "v0", consistency="strong")
+                server.kill()
+                writers = [threading.Thread(target=a.put, args=("kept", "k", "a"), kwargs={"consistency": "strong"}),
+                           threading.Thread(target=b.put, args=("kept", "k", "b"), kwargs={"consistency": "strong"})]
+                writers[0].start()
+                wait_for(lambda: reader.get("kept", "k", consistency="strong") == "a", timeout=20,
+                         what="A's write in the owner's memory")
+                first = reader.get_entry("kept", "k", consistency="strong").version
+                time.sleep(1.5)  # A retries meanwhile
+                assert reader.get_entry("kept", "k", consistency="strong").version == first, "A applied twice"
+                writers[1].start()
+                wait_for(lambda: reader.get("kept", "k", consistency="strong") == "b", timeout=20,
+                         what="B's write in the owner's memory")
+                time.sleep(1.0)  # both retrying
+                restarted.append(RedisServer(tmp_path, port=server.port, appendfsync="always").start())
+                for w in writers:
+                    w.join(timeout=60)
+                assert not any(w.is_alive() for w in writers)
+                assert reader.get("kept", "k", consistency="strong") == "b"  # "a" was seen before "b"
+            finally:
+                for c in (a, b, reader):
+                    c.close()
+    finally:
+        server.kill()
+        for s in restarted:
+            s.kill()
