@@ -11,10 +11,21 @@ from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.errors import ConfigError
 
 
+def debug() -> bool:
+    """Whether --debug was given to the running command: errors then show their traceback."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("debug_flag"))
+
+
 @click.group()
 @click.version_option(package_name="erlmcp_ray")
-def main() -> None:
-    """erlmcp_ray: cross-agent memory for AI agents on Ray."""
+@click.option("--debug", "debug_flag", is_flag=True, help="show the traceback of an error")
+def main(debug_flag: bool) -> None:
+    """erlmcp_ray: cross-agent memory for AI agents on Ray.
+
+    Commands against a running system take --address (default auto) and --namespace (default
+    erlmcp); read commands take --json. Exit codes: 0 done, 1 the operation failed, 2 bad usage or
+    configuration, 3 no Ray cluster or no memory system reachable."""
 
 
 @main.group()
@@ -273,6 +284,14 @@ def _print_recovery(out: dict) -> None:
         v = out["verify"]
         click.echo("verify: ok" if v["ok"] else f"verify: NOT ok: {json.dumps(v, default=str)[:2000]}")
 
+
+def _register() -> None:
+    from erlmcp_ray import _cli_ops
+
+    _cli_ops.register(main)
+
+
+_register()
 
 if __name__ == "__main__":  # pragma: no cover
     main()
