@@ -237,11 +237,11 @@ def recover(mode: str, address: str, namespace: str, domain: str | None, node_id
         elif heal:
             out["heal"] = client.recovery.heal_partition()
         elif domain is not None:
-            out["recovery"] = client.recovery.recover_domain(domain, node_id)
+            out["recovery"] = _with_progress(lambda: client.recovery.recover_domain(domain, node_id), client)
         elif node_id is not None:
-            out["recovery"] = client.recovery.recover_node(node_id)
+            out["recovery"] = _with_progress(lambda: client.recovery.recover_node(node_id), client)
         else:
-            out["recovery"] = client.recovery.trigger_recovery(mode)
+            out["recovery"] = _with_progress(lambda: client.recovery.trigger_recovery(mode), client)
         if verify and not status_only:
             out["verify"] = client.recovery.verify_state()
     except ErlmcpRayError as exc:
@@ -256,6 +256,36 @@ def recover(mode: str, address: str, namespace: str, domain: str | None, node_id
     failed = (out.get("recovery", {}).get("status") not in (None, "completed")
               or not out.get("heal", {"merged": True})["merged"] or not out.get("verify", {"ok": True})["ok"])
     sys.exit(1 if failed else 0)
+
+
+def _with_progress(run, client):  # run()'s result, a progress bar on stderr following get_recovery_status
+    import threading
+
+    done: dict = {}
+
+    def target() -> None:
+        try:
+            done["value"] = run()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            done["error"] = exc
+
+    worker = threading.Thread(target=target, name="erlmcp-cli-recovery", daemon=True)
+    worker.start()
+    with click.progressbar(length=100, label="recovery", file=sys.stderr) as bar:
+        shown = 0
+        while worker.is_alive():
+            worker.join(0.3)
+            try:
+                now = int(client.recovery.get_recovery_status().get("progress") or 0)
+            except Exception:  # noqa: BLE001, S112 - the bar only: the recovery's own result decides
+                continue
+            if now > shown:
+                bar.update(now - shown)
+                shown = now
+        bar.update(100 - shown)
+    if "error" in done:
+        raise done["error"]
+    return done["value"]
 
 
 def _connect(address: str, namespace: str):  # a MemoryClient (imports Ray only when called)
