@@ -1,0 +1,155 @@
+"""The direct data plane's protocol (erlmcp_ray.direct): the handshake proves both sides know the
+secret, requests are answered by id, and nothing a peer sends -- random bytes, truncated or
+oversized values, wrong shapes, a wrong secret -- raises out of the server side: the connection is
+closed and the reason counted. Then the same over real sockets: a server keeps serving its other
+connections while one is flooded with garbage."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from erlmcp_ray.direct import (
+    ClientHandshake,
+    DirectConnection,
+    DirectServer,
+    ProtocolError,
+    RemoteCallError,
+    ServerConnection,
+)
+from erlmcp_ray.direct._protocol import REQUEST, RESPONSE, pack, unpacker
+
+SECRET = b"s" * 32
+
+
+def handler(method: str, args: list):
+    if method == "echo":
+        return args
+    if method == "boom":
+        raise KeyError("no such key")
+    raise ValueError(f"unknown method {method}")
+
+
+def _connected(max_frame: int = 1 << 20) -> ServerConnection:
+    server = ServerConnection(SECRET, handler, os.urandom(32), max_frame=max_frame)
+    client = ClientHandshake(SECRET, os.urandom(32))
+    u = unpacker()
+    u.feed(server.hello())
+    out, close = server.receive(client.answer(next(u)))
+    assert not close
+    u.feed(out)
+    client.check(next(u))
+    assert server.authenticated
+    return server
+
+
+def _replies(data: bytes) -> list:
+    u = unpacker()
+    u.feed(data)
+    return list(u)
+
+
+def test_requests_are_answered_by_id_and_handler_errors_come_back_without_closing():
+    server = _connected()
+    out, close = server.receive(pack([REQUEST, 7, "echo", [1, "a"]]) + pack([REQUEST, 8, "boom", []]))
+    assert not close
+    assert _replies(out) == [[RESPONSE, 7, True, [1, "a"]], [RESPONSE, 8, False, ["KeyError", "'no such key'"]]]
+    out, close = server.receive(pack([REQUEST, 9, "echo", [b"\x00" * 10]])[:5])  # half a frame: waits
+    assert (out, close) == (b"", False)
+
+
+def test_a_wrong_secret_is_refused_on_both_sides():
+    server = ServerConnection(SECRET, handler, os.urandom(32))
+    impostor = ClientHandshake(b"x" * 32, os.urandom(32))
+    u = unpacker()
+    u.feed(server.hello())
+    out, close = server.receive(impostor.answer(next(u)))
+    assert close and out == b"" and server.closed_for == "bad_secret" and not server.authenticated
+    # and a client refuses a server that does not know the secret
+    fake = ServerConnection(b"y" * 32, handler, os.urandom(32))
+    honest = ClientHandshake(SECRET, os.urandom(32))
+    u = unpacker()
+    u.feed(fake.hello())
+    out, _ = fake.receive(honest.answer(next(u)))  # the fake refuses the proof: closes, sends nothing
+    with pytest.raises(ProtocolError):
+        honest.check(["ok", b"\x00" * 32])
+
+
+def test_a_request_before_the_handshake_closes_the_connection():
+    server = ServerConnection(SECRET, handler, os.urandom(32))
+    _out, close = server.receive(pack([REQUEST, 1, "echo", []]))
+    assert close and server.closed_for == "unauthenticated" and server.requests == 0
+
+
+@pytest.mark.parametrize(("frame", "reason"), [
+    (pack([REQUEST, "1", "echo", []]), "bad_request"),
+    (pack([REQUEST, 1, 5, []]), "bad_request"),
+    (pack({"not": "a list"}), "bad_request"),
+    (b"\xc1", "malformed"),  # a byte msgpack never uses
+    (pack([REQUEST, 1, "echo", ["x" * 2_000_000]]), "oversized"),
+])
+def test_bad_frames_close_with_their_reason(frame, reason):
+    server = _connected(max_frame=1 << 20)
+    _out, close = server.receive(frame)
+    assert close and server.closed_for == reason, (server.closed_for, reason)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=8), st.booleans())
+def test_fuzz_nothing_a_peer_sends_raises(chunks, authenticate):
+    server = _connected() if authenticate else ServerConnection(SECRET, handler, os.urandom(32))
+    for chunk in chunks:
+        _out, close = server.receive(chunk)
+        if close:
+            assert server.closed_for is not None
+            break
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.text(max_size=8) | st.binary(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+                    max_leaves=12))
+def test_fuzz_valid_msgpack_of_any_shape_is_answered_or_closes(value):
+    server = _connected()
+    out, close = server.receive(msgpack.packb(value, use_bin_type=True))
+    assert close or _replies(out)
+
+
+def test_over_sockets_a_flooded_connection_is_closed_and_the_others_go_on():
+    server = DirectServer(SECRET, handler)
+    try:
+        good = DirectConnection(server.address, SECRET)
+        assert good.call("echo", 1, "two") == [1, "two"]
+        with pytest.raises(RemoteCallError, match="KeyError"):
+            good.call("boom")
+        # many callers, many requests in flight on one connection
+        results: list = []
+
+        def caller(n: int) -> None:
+            results.extend(good.call("echo", n, i) == [n, i] for i in range(50))
+
+        threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 400 and all(results)
+        with pytest.raises(ProtocolError):  # the wrong secret: refused
+            DirectConnection(server.address, b"z" * 32)
+        flood = socket.create_connection(server.address)
+        flood.recv(1024)  # the hello
+        try:
+            flood.sendall(os.urandom(256 * 1024))
+        except OSError:
+            pass  # already closed on us: fine
+        flood.close()
+        assert good.call("echo", "still here") == ["still here"]
+        assert sum(server.closed.values()) >= 1
+    finally:
+        server.close()
