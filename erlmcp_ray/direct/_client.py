@@ -1,5 +1,6 @@
 """A client connection of the direct protocol: opened and authenticated at once, safe across
-threads, several requests in flight (request ids), answers dispatched by one reader thread."""
+threads, several requests in flight (request ids), answers read by whichever caller waits (no
+reader thread: see ``DirectConnection``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import itertools
 import os
 import socket
 import threading
+import time
 from concurrent.futures import Future
 from typing import Any
 
@@ -32,6 +34,12 @@ class RemoteCallError(Exception):
 
 
 class DirectConnection:
+    """One authenticated connection. ``call`` sends a request and waits for its answer; ``call_async``
+    sends and returns a future that ``result`` waits for. There is no reader thread: a waiting
+    caller reads the socket itself (the *leader*), handing every other caller's answer to its future;
+    the others wait until their answer arrives or the leader leaves (leader/follower), so a lone
+    caller reads its own answer without a thread switch."""
+
     def __init__(self, address: tuple[str, int], secret: bytes, *, timeout: float = 10.0,
                  max_frame: int = MAX_FRAME) -> None:
         self._sock = socket.create_connection(address, timeout=timeout)
@@ -49,14 +57,12 @@ class DirectConnection:
         except (ProtocolError, OSError):
             self._sock.close()
             raise
-        self._sock.settimeout(None)
         self._ids = itertools.count(1)
         self._pending: dict[int, Future] = {}
-        self._lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._leading = False
         self._send_lock = threading.Lock()
         self.broken: BaseException | None = None
-        self._reader = threading.Thread(target=self._read_loop, name="erlmcp-direct-reader", daemon=True)
-        self._reader.start()
 
     def _send(self, data: bytes) -> None:
         self._sock.sendall(data)
@@ -73,8 +79,9 @@ class DirectConnection:
                 return message
 
     def call_async(self, method: str, *args: Any) -> Future:
+        """Send the request; its answer's future (``result`` waits for it)."""
         future: Future = Future()
-        with self._lock:
+        with self._cond:
             if self.broken is not None:
                 raise ConnectionError(f"connection broken: {self.broken}")
             rid = next(self._ids)
@@ -88,7 +95,57 @@ class DirectConnection:
         return future
 
     def call(self, method: str, *args: Any, timeout: float = 30.0) -> Any:
-        return self.call_async(method, *args).result(timeout=timeout)
+        return self.result(self.call_async(method, *args), timeout)
+
+    def result(self, future: Future, timeout: float = 30.0) -> Any:
+        """The answer of ``future`` (raises its error; ``TimeoutError`` after ``timeout`` s)."""
+        deadline = time.monotonic() + timeout
+        while not future.done():
+            with self._cond:
+                while not future.done() and self._leading:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise TimeoutError(f"no answer within {timeout} s")
+                    self._cond.wait(remaining)
+                if future.done():
+                    break
+                self._leading = True
+            try:
+                self._lead(future, deadline, timeout)
+            finally:
+                with self._cond:
+                    self._leading = False
+                    self._cond.notify_all()
+        return future.result()
+
+    def _lead(self, future: Future, deadline: float, timeout: float) -> None:
+        try:
+            while not future.done():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no answer within {timeout} s")
+                self._sock.settimeout(remaining)
+                try:
+                    message = self._next()
+                except TimeoutError:  # socket.timeout: nothing arrived (a partial value stays buffered)
+                    raise TimeoutError(f"no answer within {timeout} s") from None
+                if not (isinstance(message, list) and len(message) == 4 and message[0] == RESPONSE):
+                    raise ProtocolError("bad_response", str(message)[:80])
+                _kind, rid, ok, value = message
+                with self._cond:
+                    waiting = self._pending.pop(rid, None)
+                if waiting is not None:
+                    if ok:
+                        waiting.set_result(value)
+                    else:
+                        waiting.set_exception(RemoteCallError(*value))
+                    if waiting is not future:
+                        with self._cond:
+                            self._cond.notify_all()
+        except TimeoutError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every waiting call learns it
+            self._fail(exc)
 
     def close(self) -> None:
         try:
@@ -97,28 +154,12 @@ class DirectConnection:
             pass
         self._sock.close()
 
-    def _read_loop(self) -> None:
-        try:
-            while True:
-                message = self._next()
-                if not (isinstance(message, list) and len(message) == 4 and message[0] == RESPONSE):
-                    raise ProtocolError("bad_response", str(message)[:80])
-                _kind, rid, ok, value = message
-                with self._lock:
-                    future = self._pending.pop(rid, None)
-                if future is not None:
-                    if ok:
-                        future.set_result(value)
-                    else:
-                        future.set_exception(RemoteCallError(*value))
-        except BaseException as exc:  # noqa: BLE001 - every waiting call learns it
-            self._fail(exc)
-
     def _fail(self, exc: BaseException) -> None:
-        with self._lock:
+        with self._cond:
             if self.broken is None:
                 self.broken = exc
             pending, self._pending = self._pending, {}
+            self._cond.notify_all()
         for future in pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(f"connection broken: {exc}"))

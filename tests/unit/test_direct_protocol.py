@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 
 import msgpack
 import pytest
@@ -31,6 +32,9 @@ SECRET = b"s" * 32
 def handler(method: str, args: list):
     if method == "echo":
         return args
+    if method == "sleep":
+        time.sleep(args[0])
+        return "slept"
     if method == "boom":
         raise KeyError("no such key")
     raise ValueError(f"unknown method {method}")
@@ -151,5 +155,11 @@ def test_over_sockets_a_flooded_connection_is_closed_and_the_others_go_on():
         flood.close()
         assert good.call("echo", "still here") == ["still here"]
         assert sum(server.closed.values()) >= 1
+        # a call that times out leaves the connection usable; its late answer is dropped
+        with pytest.raises(TimeoutError):
+            good.call("sleep", 0.3, timeout=0.1)
+        assert good.call("echo", "after") == ["after"]
+        pending = [good.call_async("echo", i) for i in range(20)]
+        assert [good.result(f, 10) for f in reversed(pending)] == [[i] for i in reversed(range(20))]
     finally:
         server.close()
