@@ -19,7 +19,6 @@ import argparse
 import array
 import datetime
 import functools
-import gzip
 import lzma
 import math
 import os
@@ -32,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from erlmcp_ray.eviction import POLICIES, TinyLFUCache, make_cache, simulate
+from erlmcp_ray.explore import load_trace
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_TRACES = REPO.parent / "shared" / "traces"
@@ -65,8 +65,7 @@ def load(traces: str, name: str) -> list[int]:
         if sys.byteorder == "little":
             data.byteswap()  # big-endian on disk
         return data.tolist()
-    with gzip.open(folder / f"{name}.trace.gz", "rt") as f:
-        return [int(tok) for tok in f.read().split() if tok != "*"]
+    return load_trace(name, folder)  # a LIRS trace: one key per line
 
 
 def build(name: str, size: int):

@@ -18,10 +18,8 @@ from typing import Any
 
 import click
 
-ADDRESS = click.option("--address", default="auto", show_default=True,
-                       help="the Ray cluster (auto: RAY_ADDRESS, else the cluster started on this machine)")
-NAMESPACE = click.option("--namespace", default="erlmcp", show_default=True, help="the memory system's namespace")
-JSON = click.option("--json", "as_json", is_flag=True, help="print JSON")
+from erlmcp_ray._cli_common import ADDRESS, JSON, NAMESPACE, connect_or_exit, debug
+
 CONSISTENCY = click.option("--consistency", type=click.Choice(["eventual", "bounded_stale", "strong"]),
                            default="strong", show_default=True)
 
@@ -47,10 +45,9 @@ def _plain(value: Any) -> Any:
 @contextmanager
 def client_of(address: str, namespace: str) -> Iterator[Any]:
     """A client of the running system; exit 3 when there is none, 1 on a system error."""
-    from erlmcp_ray.cli import _connect_or_exit, debug
     from erlmcp_ray.errors import ErlmcpRayError
 
-    client = _connect_or_exit(address, namespace)
+    client = connect_or_exit(address, namespace)
     try:
         yield client
     except ErlmcpRayError as exc:

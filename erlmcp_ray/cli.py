@@ -7,14 +7,10 @@ import sys
 
 import click
 
+from erlmcp_ray import _cli_ops
+from erlmcp_ray._cli_common import ADDRESS, NAMESPACE, attach_ray_or_exit, connect_or_exit
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.errors import ConfigError
-
-
-def debug() -> bool:
-    """Whether --debug was given to the running command: errors then show their traceback."""
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx is not None and ctx.find_root().params.get("debug_flag"))
 
 
 @click.group()
@@ -71,32 +67,9 @@ def demo(agents: int, rounds: int, ops: int, namespace: str) -> None:
 
 
 
-_ADDRESS = click.option("--address", default="auto", show_default=True,
-                        help="the Ray cluster (auto: RAY_ADDRESS, else the cluster started on this machine)")
-_NAMESPACE = click.option("--namespace", default="erlmcp", show_default=True, help="the memory system's namespace")
-
-
-def _attach_ray(address: str, namespace: str) -> None:
-    """Attach this process to the Ray cluster at ADDRESS (exit 3, one line, when there is none)."""
-    import logging
-
-    import ray
-
-    from erlmcp_ray.system import use_ray_token_if_present
-
-    use_ray_token_if_present()
-    try:
-        ray.init(address=address, namespace=namespace, logging_level=logging.ERROR, log_to_driver=False)
-    except (ConnectionError, RuntimeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        click.echo(f"no Ray cluster reachable at {address!r} ({first}); start one with `ray start --head` "
-                   f"or `ray up cluster.yaml`, or pass --address", err=True)
-        sys.exit(3)
-
-
 @main.command("start")
-@_ADDRESS
-@_NAMESPACE
+@ADDRESS
+@NAMESPACE
 @click.option("--config", "config_path", default=None, type=click.Path(dir_okay=False),
               help="the memory system's configuration (.toml/.yaml); default: the spec's defaults")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a summary")
@@ -117,7 +90,7 @@ def start(address: str, namespace: str, config_path: str | None, as_json: bool) 
     except ConfigError as exc:
         click.echo(f"invalid configuration: {exc}", err=True)
         sys.exit(2)
-    _attach_ray(address, namespace)
+    attach_ray_or_exit(address, namespace)
     t0 = time.monotonic()
     try:
         system = erlmcp_ray.start(cfg if config_path is not None else None, namespace=namespace, address=address)
@@ -141,8 +114,8 @@ def start(address: str, namespace: str, config_path: str | None, as_json: bool) 
 
 
 @main.command("stop")
-@_ADDRESS
-@_NAMESPACE
+@ADDRESS
+@NAMESPACE
 @click.option("--purge", is_flag=True, help="also delete what durable domains and checkpoints stored")
 def stop(address: str, namespace: str, purge: bool) -> None:
     """Stop the memory system in NAMESPACE (its actors). What durable domains and checkpoints
@@ -155,7 +128,7 @@ def stop(address: str, namespace: str, purge: bool) -> None:
     from erlmcp_ray.actors.options import COORDINATOR
     from erlmcp_ray.errors import ErlmcpRayError, UnavailableError
 
-    _attach_ray(address, namespace)
+    attach_ray_or_exit(address, namespace)
     try:
         _ray.get_actor(COORDINATOR, namespace)
     except UnavailableError:
@@ -171,8 +144,8 @@ def stop(address: str, namespace: str, purge: bool) -> None:
 
 
 @main.command("status")
-@click.option("--address", default="auto", show_default=True, help="the Ray cluster running the memory system")
-@click.option("--namespace", default="erlmcp", show_default=True, help="the memory system's namespace")
+@ADDRESS
+@NAMESPACE
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of tables")
 def status(address: str, namespace: str, as_json: bool) -> None:
     """Domains (entries, bytes against limits, pressure, shards x copies and where they sit, replica
@@ -184,7 +157,7 @@ def status(address: str, namespace: str, as_json: bool) -> None:
     from erlmcp_ray import status as status_mod
     from erlmcp_ray.errors import ErlmcpRayError
 
-    client = _connect_or_exit(address, namespace)
+    client = connect_or_exit(address, namespace)
     try:
         snapshot = status_mod.collect(client)
     except ErlmcpRayError as exc:
@@ -196,23 +169,13 @@ def status(address: str, namespace: str, as_json: bool) -> None:
                else status_mod.render(snapshot))
 
 
-def _connect_or_exit(address: str, namespace: str):  # a MemoryClient, or exit 3 naming what is missing
-    from erlmcp_ray.errors import UnavailableError
-
-    try:
-        return _connect(address, namespace)
-    except (UnavailableError, ConnectionError) as exc:
-        click.echo(f"no memory system reachable in namespace {namespace!r} at {address!r}: {exc}", err=True)
-        sys.exit(3)
-
-
 _RECOVERY_MODES = ("auto", "full", "delta", "peer", "snapshot")
 
 
 @main.command("recover")
 @click.argument("mode", required=False, default="auto", type=click.Choice(_RECOVERY_MODES))
-@click.option("--address", default="auto", show_default=True, help="the Ray cluster running the memory system")
-@click.option("--namespace", default="erlmcp", show_default=True, help="the memory system's namespace")
+@ADDRESS
+@NAMESPACE
 @click.option("--domain", "domain", default=None, help="recover this domain only (spec recover_domain)")
 @click.option("--node", "node_id", default=None, help="recover the shards with a copy on this Ray node "
               "(spec recover_node; with --domain: that domain's)")
@@ -229,7 +192,7 @@ def recover(mode: str, address: str, namespace: str, domain: str | None, node_id
     3 no memory system reachable at ADDRESS/NAMESPACE."""
     from erlmcp_ray.errors import ErlmcpRayError
 
-    client = _connect_or_exit(address, namespace)
+    client = connect_or_exit(address, namespace)
     out: dict = {}
     try:
         if status_only:
@@ -288,12 +251,6 @@ def _with_progress(run, client):  # run()'s result, a progress bar on stderr fol
     return done["value"]
 
 
-def _connect(address: str, namespace: str):  # a MemoryClient (imports Ray only when called)
-    import erlmcp_ray
-
-    return erlmcp_ray.connect(namespace, address=address)
-
-
 def _print_recovery(out: dict) -> None:
     if "status" in out:
         s = out["status"]
@@ -315,13 +272,7 @@ def _print_recovery(out: dict) -> None:
         click.echo("verify: ok" if v["ok"] else f"verify: NOT ok: {json.dumps(v, default=str)[:2000]}")
 
 
-def _register() -> None:
-    from erlmcp_ray import _cli_ops
-
-    _cli_ops.register(main)
-
-
-_register()
+_cli_ops.register(main)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

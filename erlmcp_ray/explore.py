@@ -41,7 +41,7 @@ def _pd() -> Any:
 
 def domains(client: Any) -> Any:
     """One row per domain (index: domain)."""
-    rows = _status.collect(client)["domains"]
+    rows = _status.domains(client)
     frame = _pd().DataFrame([{k: v for k, v in r.items() if k != "placement"} for r in rows])
     return frame.set_index("domain")
 
@@ -49,22 +49,12 @@ def domains(client: Any) -> Any:
 def nodes(client: Any) -> Any:
     """One row per Ray node (index: node_id): copies, bytes and entries held, their ratio to the
     node limits, pressure, refused shards, the node's RAM in use and our processes' memory."""
-    rows = _status.collect(client)["nodes"]
-    return _pd().DataFrame(rows).set_index("node_id")
+    return _pd().DataFrame(_status.nodes(client)).set_index("node_id")
 
 
 def topology(client: Any) -> Any:
     """One row per shard copy: domain, shard, slot, whether it is the owner, its node, its bytes."""
-    memory = client.get_cluster_memory()
-    owners = client.recovery.get_failover_status()["owners"]
-    rows = []
-    for node in memory["node_data"]:
-        for domain, shard, slot, nbytes in node["copies"]:
-            owner_slot = owners.get(f"{domain}/{shard}", {}).get("slot", 0)
-            rows.append({"domain": domain, "shard": shard, "slot": slot, "owner": slot == owner_slot,
-                         "node_id": node["node_id"], "bytes": nbytes})
-    frame = _pd().DataFrame(rows, columns=["domain", "shard", "slot", "owner", "node_id", "bytes"])
-    return frame.sort_values(["domain", "shard", "slot"]).reset_index(drop=True)
+    return _pd().DataFrame(_status.copies(client), columns=["domain", "shard", "slot", "owner", "node_id", "bytes"])
 
 
 def replica_lag(client: Any) -> Any:

@@ -18,32 +18,54 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["collect", "render"]
+__all__ = ["clients", "collect", "copies", "domains", "nodes", "render"]
 
 _EVENTS_SHOWN = 10
 
 
 def collect(client: Any) -> dict[str, Any]:
+    """Everything ``erlmcp-ray status`` shows, each system call made once."""
     memory = client.get_cluster_memory()
-    sync = client.sync_status()
     alerts = client.alerts()
-    where: dict[tuple[str, int, int], str] = {}
-    for node in memory["node_data"]:
-        for domain, shard, slot, _bytes in node["copies"]:
-            where[(domain, shard, slot)] = node["node_id"]
+    return {
+        "namespace": client.namespace,
+        "domains": domains(client, memory=memory),
+        "nodes": nodes(client, memory=memory, alerts=alerts),
+        "clients": clients(client),
+        "alerts": {"active": alerts["active"], "fired": alerts["fired"], "resolved": alerts["resolved"],
+                   "evaluations": alerts["evaluations"], "node_evictions": alerts.get("node_evictions", 0),
+                   "recent": alerts["events"][-_EVENTS_SHOWN:]},
+    }
+
+
+def _owner_slot(owners: dict, domain: str, shard: int) -> int:
+    return owners.get(f"{domain}/{shard}", {}).get("slot", 0)  # ``owners`` names only the shards whose owner moved
+
+
+def copies(client: Any, memory: dict | None = None, owners: dict | None = None) -> list[dict[str, Any]]:
+    """One row per shard copy the nodes report: domain, shard, slot, owner?, node_id, bytes (sorted)."""
+    memory = client.get_cluster_memory() if memory is None else memory
+    owners = client.recovery.get_failover_status()["owners"] if owners is None else owners
+    rows = [{"domain": domain, "shard": shard, "slot": slot, "owner": slot == _owner_slot(owners, domain, shard),
+             "node_id": node["node_id"], "bytes": nbytes}
+            for node in memory["node_data"] for domain, shard, slot, nbytes in node["copies"]]
+    return sorted(rows, key=lambda r: (r["domain"], r["shard"], r["slot"]))
+
+
+def domains(client: Any, memory: dict | None = None) -> list[dict[str, Any]]:
+    """Per domain: usage against its limit, pressure, shards x copies, the worst replica lag and
+    staleness, evictions, refused writes, and where each copy sits (``placement``)."""
+    sync = client.sync_status()
     owners = client.recovery.get_failover_status()["owners"]
-    domains = []
+    where = {(r["domain"], r["shard"], r["slot"]): r["node_id"] for r in copies(client, memory, owners)}
+    out = []
     for name in client.config.domains:
         d = client.get_domain_stats(name)
-        shards = sync.get(name, [])
-        replicas = [r for s in shards for r in s["replicas"]]
-        placement = {}
-        for shard in range(d["shards"]):
-            owner_slot = owners.get(f"{name}/{shard}", {}).get("slot", 0)
-            for slot in range(d["replicas"] + 1):
-                node = where.get((name, shard, slot))
-                placement[f"{shard}/{slot}"] = {"node": node, "owner": slot == owner_slot}
-        domains.append({
+        replicas = [r for s in sync.get(name, []) for r in s["replicas"]]
+        placement = {f"{shard}/{slot}": {"node": where.get((name, shard, slot)),
+                                         "owner": slot == _owner_slot(owners, name, shard)}
+                     for shard in range(d["shards"]) for slot in range(d["replicas"] + 1)}
+        out.append({
             "domain": name, "backend": d["backend"], "consistency": d["consistency"], "entries": d["entries"],
             "bytes": d["bytes"], "limit": d["limit"], "used": d["bytes"] / d["limit"] if d["limit"] else 0.0,
             "pressure": d["pressure"], "shards": d["shards"], "copies": d["replicas"] + 1,
@@ -52,29 +74,31 @@ def collect(client: Any) -> dict[str, Any]:
             "max_staleness_ms": max((r["staleness_ms"] for r in replicas), default=0.0),
             "placement": placement,
         })
-    checked = alerts.get("nodes", {})
-    nodes = []
-    for n in memory["node_data"]:
-        seen = checked.get(n["node_id"], {})
-        nodes.append({
-            "node_id": n["node_id"], "address": n["address"], "copies": len(n["copies"]), "bytes": n["bytes"],
-            "entries": n["entries"], "limit_bytes": n["limit_bytes"], "max_entries": n["max_entries"],
-            "used_ratio": n["used_ratio"], "pressure": n["pressure"], "warn": n["warn"],
-            "refused_shards": seen.get("refused", []), "ram_total": n["total"], "ram_used_percent": n["used_percent"],
-            "processes_rss": n["processes"],
-        })
-    clients = []
+    return out
+
+
+def nodes(client: Any, memory: dict | None = None, alerts: dict | None = None) -> list[dict[str, Any]]:
+    """Per Ray node: what its copies hold against the node limits, refused shards (as the memory
+    check last saw them), its RAM, our processes' memory."""
+    memory = client.get_cluster_memory() if memory is None else memory
+    checked = (client.alerts() if alerts is None else alerts).get("nodes", {})
+    return [{"node_id": n["node_id"], "address": n["address"], "copies": len(n["copies"]), "bytes": n["bytes"],
+             "entries": n["entries"], "limit_bytes": n["limit_bytes"], "max_entries": n["max_entries"],
+             "used_ratio": n["used_ratio"], "pressure": n["pressure"], "warn": n["warn"],
+             "refused_shards": checked.get(n["node_id"], {}).get("refused", []), "ram_total": n["total"],
+             "ram_used_percent": n["used_percent"], "processes_rss": n["processes"]}
+            for n in memory["node_data"]]
+
+
+def clients(client: Any) -> list[dict[str, Any]]:
+    """Per live client (the counters each sends the coordinator): hits per tier, misses, hit ratio."""
+    out = []
     for cid, r in sorted(client.coordinator.client_reports().items()):
         hits, misses = r["l0_hits"] + r["l1_hits"], r["misses"]
-        clients.append({"client": cid, "node": r.get("node"), "l0_hits": r["l0_hits"], "l1_hits": r["l1_hits"],
-                        "misses": misses, "hit_ratio": hits / (hits + misses) if hits + misses else None,
-                        "buffered": r["buffered"]})
-    return {
-        "namespace": client.namespace, "domains": domains, "nodes": nodes, "clients": clients,
-        "alerts": {"active": alerts["active"], "fired": alerts["fired"], "resolved": alerts["resolved"],
-                   "evaluations": alerts["evaluations"], "node_evictions": alerts.get("node_evictions", 0),
-                   "recent": alerts["events"][-_EVENTS_SHOWN:]},
-    }
+        out.append({"client": cid, "node": r.get("node"), "l0_hits": r["l0_hits"], "l1_hits": r["l1_hits"],
+                    "misses": misses, "hit_ratio": hits / (hits + misses) if hits + misses else None,
+                    "buffered": r["buffered"]})
+    return out
 
 
 def _size(n: float) -> str:

@@ -106,6 +106,14 @@ def use_ray_token_if_present() -> bool:
     return False
 
 
+def attach_ray(address: str, namespace: str, *, logging_level: int = logging.WARNING) -> None:
+    """Attach this process to the running Ray cluster at ``address`` (presenting the Ray token
+    when one is there, see ``use_ray_token_if_present``)."""
+    if address != "local":
+        use_ray_token_if_present()
+    ray.init(address=address, namespace=namespace, logging_level=logging_level, log_to_driver=False)
+
+
 def _ensure_ray(namespace: str, address: str | None) -> None:
     if ray.is_initialized():
         return
@@ -230,9 +238,7 @@ def connect(namespace: str = "erlmcp", *, address: str | None = None, poll_hook:
         if address is None:
             raise UnavailableError("Ray is not initialised in this process: call erlmcp_ray.start(), "
                                    "ray.init(address=...), or pass address= to connect()")
-        if address != "local":
-            use_ray_token_if_present()
-        ray.init(address=address, namespace=namespace, logging_level=logging.WARNING, log_to_driver=False)
+        attach_ray(address, namespace)
     return connect_client(namespace, poll_hook=poll_hook)
 
 

@@ -90,6 +90,9 @@ _OPERATOR_INSTRUMENTS: dict[str, tuple[str, str, str]] = {
     "erlmcp.node.usage_ratio": ("gauge", "1", "what a node's shard copies hold over the node limits"),
 }
 
+#: every instrument: name -> (kind, unit, description)
+INSTRUMENTS: dict[str, tuple[str, str, str]] = {**SPEC_INSTRUMENTS, **_OPERATOR_INSTRUMENTS}
+
 #: every instrument's attribute keys (Ray's metrics want them declared)
 ATTRIBUTE_KEYS = ("domain", "tier", "client", "node", "shard", "replica", "kind", "metric", "action", "state")
 
@@ -112,7 +115,7 @@ class Telemetry:
         self.errors = 0
         meter = provider.get_meter("erlmcp_ray", getattr(erlmcp_ray, "__version__", None))
         makers = {"gauge": meter.create_observable_gauge, "counter": meter.create_observable_counter}
-        for name, (kind, unit, description) in {**SPEC_INSTRUMENTS, **_OPERATOR_INSTRUMENTS}.items():
+        for name, (kind, unit, description) in INSTRUMENTS.items():
             makers[kind](name, callbacks=[self._callback(name)], unit=unit, description=description)
 
     def close(self) -> None:
@@ -243,7 +246,7 @@ class RayMetrics:
         self._last: dict[tuple[str, tuple], float] = {}
         self.pushes = 0
         self.errors = 0
-        for name, (kind, unit, description) in {**SPEC_INSTRUMENTS, **_OPERATOR_INSTRUMENTS}.items():
+        for name, (kind, unit, description) in INSTRUMENTS.items():
             make = ray_metrics.Gauge if kind == "gauge" else ray_metrics.Counter
             metric = make(name.replace(".", "_"), description=f"{description} ({unit})", tag_keys=ATTRIBUTE_KEYS)
             self._metrics[name] = metric.set_default_tags(dict.fromkeys(ATTRIBUTE_KEYS, ""))
@@ -260,7 +263,7 @@ class RayMetrics:
             metric = self._metrics.get(name)
             if metric is None:
                 continue
-            is_gauge = SPEC_INSTRUMENTS.get(name, _OPERATOR_INSTRUMENTS.get(name, ("gauge",)))[0] == "gauge"
+            is_gauge = INSTRUMENTS[name][0] == "gauge"
             for value, attrs in values:
                 tags = {k: str(v) for k, v in attrs.items()}
                 if is_gauge:

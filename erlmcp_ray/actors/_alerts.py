@@ -93,11 +93,6 @@ class Alerts:
         self.evaluations = 0
         self.errors = 0
 
-    @property
-    def needed(self) -> bool:
-        """Whether there is anything to check periodically."""
-        return bool(self.engine.rules) or self.budget is not None
-
     def run(self, stop: threading.Event) -> None:
         while not stop.wait(timeout=self.interval_s):
             try:

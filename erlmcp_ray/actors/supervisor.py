@@ -101,7 +101,7 @@ class SupervisorActor:
                                   set_owner=self._set_owner, restarted=_ray.was_restarted())
         threading.Thread(target=self._failover.run, args=(self._stop,), name="erlmcp-health", daemon=True).start()
         self._alerts = Alerts(self._cfg, namespace, self._running)
-        if self._alerts.needed:
+        if self._alerts.engine.rules:  # the memory check's node limits come with its rules
             threading.Thread(target=self._alerts.run, args=(self._stop,), name="erlmcp-alerts", daemon=True).start()
         if self._cfg.distributed_memory.checkpoint_interval and self._checkpoints.enabled:
             threading.Thread(target=self._checkpoint_loop, name="erlmcp-checkpoints", daemon=True).start()

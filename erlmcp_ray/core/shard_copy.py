@@ -519,8 +519,7 @@ class ShardCopy:
         accept them again (None); whether that changed anything."""
         changed = reason != self.node_refusal
         self.node_refusal = reason
-        self._refusing = self.node_refusal is not None or (
-            self.subject in self.pressure and self.pressure.would_refuse(self.subject, 1))
+        self._update_refusing()
         return changed
 
     def evict_amount(self, nbytes: int, entries: int = 0) -> int:
@@ -535,7 +534,7 @@ class ShardCopy:
 
     def _observe_pressure(self) -> None:
         if self.subject not in self.pressure:
-            self._refusing = self.node_refusal is not None
+            self._update_refusing()
             return
         for effect in self.pressure.handle(self.subject, self.state.bytes_used, len(self.state)):
             if isinstance(effect, CollectGarbage):
@@ -547,8 +546,13 @@ class ShardCopy:
                 self.pressure_changes.append((time.time(), str(effect.old), str(effect.new), effect.ratio))
             elif isinstance(effect, (Warn, RefuseGrowth, AllowGrowth)):
                 self.effects.append(effect)  # log lines, written by the actor
-        # Sizing each op against the limit is only needed while growth is being refused.
-        self._refusing = self.pressure.would_refuse(self.subject, 1) or self.node_refusal is not None
+        self._update_refusing()
+
+    def _update_refusing(self) -> None:
+        # Sizing each op against the limit is only needed while growth is being refused (by the
+        # domain's pressure or by a node over its limits).
+        self._refusing = self.node_refusal is not None or (
+            self.subject in self.pressure and self.pressure.would_refuse(self.subject, 1))
 
     def evict_to_ratio(self, ratio: float) -> int:
         """An operator's (or an alert's) eviction: evict in the policy's order until the shard uses at
