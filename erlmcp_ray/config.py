@@ -78,6 +78,8 @@ __all__ = [
     "MemoryMonitoringConfig",
     "NodeLimits",
     "PersistenceSelectorConfig",
+    "TransportConfig",
+    "TransportKind",
     "parse_size",
 ]
 
@@ -549,6 +551,27 @@ class ClientConfig(_Model):
     poll_timeout_s: PositiveFloat = Field(1.0, description="Seconds one invalidation long-poll waits.")
 
 
+class TransportKind(_NameEnum):
+    """How clients reach the shard copies: a direct authenticated socket, or Ray actor calls."""
+
+    DIRECT = "direct"
+    RAY = "ray"
+
+
+class TransportConfig(_Model):
+    """The data path between clients and shard copies (issue 14)."""
+
+    kind: TransportKind = Field(
+        TransportKind.DIRECT,
+        description="direct: reads and writes go over each shard copy's socket endpoint (Ray calls when one "
+                    "cannot be reached); ray: every call is a Ray actor call.",
+    )
+    max_frame: ByteCount = Field(
+        64 * MiB, description="Largest message a shard copy's endpoint accepts, in bytes; a larger one closes "
+                              "that connection (and is counted).",
+    )
+
+
 #: what an alert rule can watch (the supervisor samples each every memory_monitoring.check_interval):
 #: per domain, per client, per node (see ``actors/_alerts.py``)
 ALERT_METRICS = ("memory_usage", "cache_hit_rate", "node_usage", "node_memory_usage", "node_binary_bytes")
@@ -766,6 +789,7 @@ class MemoryConfig(_Model):
     )
     durable: DurableConfig = Field(DurableConfig(), description="The durable tier (spec L3).")
     client: ClientConfig = Field(ClientConfig(), description="In-process L0/L1 tiers of every client.")
+    transport: TransportConfig = Field(TransportConfig(), description="The data path to the shard copies.")
     alerts: tuple[AlertRule, ...] = Field(
         default_factory=_default_alerts, description="Spec Alerting rules, evaluated by the supervisor."
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 import uuid
 from typing import Any
@@ -42,8 +43,10 @@ from erlmcp_ray.actors.options import (
 from erlmcp_ray.actors.shard import ShardActor
 from erlmcp_ray.actors.supervisor import SupervisorActor, history_key
 from erlmcp_ray.client import MemoryClient, connect_client, release_shared
+from erlmcp_ray.client._direct_transport import close_shared_pool
 from erlmcp_ray.config import Backend, DurableKind, DurableMode, MemoryConfig
 from erlmcp_ray.core.layout import LAYOUT_BLOB, Layout, layout_key
+from erlmcp_ray.direct import secret_key
 from erlmcp_ray.errors import ConfigError, InvalidValueError, UnavailableError
 from erlmcp_ray.storage import open_store
 
@@ -180,6 +183,9 @@ def _start(config: Any, namespace: str, address: str | None) -> MemorySystem:
         finally:
             store.close()
     _ray.kv_put(layout_key(namespace), layout.encode())  # before any actor reads it
+    # The direct data plane's secret: new for every start (a client of an earlier system cannot
+    # reach this one's copies); in the GCS, so only processes admitted to the Ray cluster read it.
+    _ray.kv_put(secret_key(namespace), secrets.token_bytes(32))
     _create(cfg, layout, namespace)
     return MemorySystem(namespace, cfg)
 
@@ -248,6 +254,7 @@ def shutdown(namespace: str = "erlmcp", *, purge: bool = False) -> None:
     if not ray.is_initialized():
         return
     release_shared(namespace)
+    close_shared_pool(namespace)  # this process's direct connections to the copies about to stop
     try:
         coordinator = _ray.get_actor(COORDINATOR, namespace)
         user_cfg = MemoryConfig.load(_ray.get(coordinator.get_config.remote(), timeout=30, what="coordinator"))
@@ -276,6 +283,7 @@ def shutdown(namespace: str = "erlmcp", *, purge: bool = False) -> None:
                     pass
     _ray.kill_named(COORDINATOR, namespace)
     _ray.kv_del(history_key(namespace))
+    _ray.kv_del(secret_key(namespace))
     if purge and cfg.durable.kind is not DurableKind.NONE:
         store = open_store(cfg.durable, namespace)
         store.purge()

@@ -124,6 +124,8 @@ def shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
         store=config.durable.model_dump(mode="json"),
         flush_s=config.durable.flush_ms / 1000.0,
         max_backlog=config.durable.max_backlog,
+        direct=config.transport.kind.value == "direct",
+        max_frame=config.transport.max_frame,
     )
 
 

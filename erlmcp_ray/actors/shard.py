@@ -22,6 +22,7 @@ through the owner's Python), and returns once all have applied it.
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import threading
@@ -58,6 +59,17 @@ log = logging.getLogger(__name__)
 _FLUSH_CHUNK = 5000
 
 
+def _exclusive(fn: Any) -> Any:
+    """The call holds ``ShardActor._serial``: no direct-endpoint request runs beside it (see ``_serve``)."""
+
+    @functools.wraps(fn)
+    def run(self: ShardActor, *args: Any, **kwargs: Any) -> Any:
+        with self._serial:
+            return fn(self, *args, **kwargs)
+
+    return run
+
+
 class ShardActor:
     def __init__(self, domain: str, shard: int, slot: int, copies: int, namespace: str, epoch: int,
                  settings: ShardSettings, joining: bool = False) -> None:
@@ -71,6 +83,8 @@ class ShardActor:
         self.namespace = namespace
         self._settings = settings
         self._lock = threading.RLock()
+        self._serial = threading.RLock()  # see _serve
+        self._direct_calls = 0
         # The topology says which slot owns the shard (not slot 0 after a failover), and from which epoch.
         self._copy = ShardCopy(domain, shard, slot, copies, max(epoch, layout.epoch(domain, shard)), settings)
         self._copy.owner_slot = layout.owner(domain, shard)
@@ -115,6 +129,48 @@ class ShardActor:
         # Every copy runs the loop: it works while the copy is the owner (a replica may be promoted).
         self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)
         self._thread.start()
+        self._direct = self._start_direct()
+
+    # ------------------------------------------------------------ the direct data plane
+    #: what the direct endpoint serves: the data path (everything else stays a Ray call)
+    DIRECT_METHODS = ("read", "write", "apply_write", "progress", "find", "ping")
+
+    def _start_direct(self) -> Any:
+        """The socket endpoint beside this actor (``erlmcp_ray.direct``), on this node's address; None
+        when the system runs with ``transport.kind = "ray"``, or has no secret, or the port fails
+        (clients then use Ray calls)."""
+        if not self._settings.direct:
+            return None
+        from erlmcp_ray.direct import DirectServer, secret_key
+
+        try:
+            secret = _ray.kv_get(secret_key(self.namespace))
+            if not secret:
+                log.warning("%s: no direct secret in Ray's key-value store; serving Ray calls only", self._place)
+                return None
+            return DirectServer(secret, self._serve, host=ray.util.get_node_ip_address(),
+                                max_frame=self._settings.max_frame)
+        except Exception as exc:  # noqa: BLE001 - never fail the constructor: Ray calls still work
+            log.warning("%s: the direct endpoint did not start (%s); serving Ray calls only", self._place, exc)
+            return None
+
+    def _serve(self, method: str, args: list) -> Any:
+        """One request from the direct endpoint's thread. The Ray actor runs one data call at a time;
+        this thread runs beside it, so the calls that change the copy's role or shape as a whole
+        (promote, set_layout, recover, absorb, apply_staged) hold ``_serial``, which this takes too."""
+        if method not in self.DIRECT_METHODS:
+            raise InvalidValueError(f"{method!r} is not served by the direct endpoint")
+        self._direct_calls += 1
+        with self._serial:
+            return getattr(self, method)(*args)
+
+    @ray.method(concurrency_group=CONTROL)
+    def endpoint(self) -> dict | None:
+        """Where this copy's direct endpoint listens (``{"host", "port", "incarnation"}``), or None."""
+        if self._direct is None:
+            return None
+        host, port = self._direct.address
+        return {"host": host, "port": port, "incarnation": self._copy.incarnation}
 
     def _open_durable(self) -> None:
         with self._open_lock:
@@ -225,6 +281,7 @@ class ShardActor:
             self._wake.set()
         return answer
 
+    @_exclusive
     def set_layout(self, copies: int, durable_mode: str) -> dict:
         """The persistence selector migrates this domain (owner only): replicate to ``copies - 1``
         replicas from now on, and use the durable tier as ``durable_mode`` says. Turning it on makes
@@ -550,6 +607,7 @@ class ShardActor:
     def discard_staged(self) -> None:
         self._staged = None
 
+    @_exclusive
     def apply_staged(self) -> dict:
         """Become the staged checkpoint image (see ``ShardCopy.restore_image``); a durable owner then
         writes the restored shard to the store, deleting rows the checkpoint does not have."""
@@ -577,6 +635,7 @@ class ShardActor:
             raise CorruptDataError(f"checkpoint shard {blob} is missing", where=blob)
         return unpack_shard(data, sha256, blob)
 
+    @_exclusive
     def recover(self, mode: str, blob: str | None = None, sha256: str | None = None) -> dict:
         """Recover this shard (owner only) in ``mode`` (full | delta | peer; snapshot goes through
         stage_checkpoint/apply_staged); every mode ends in a new epoch, so the replicas replace
@@ -635,7 +694,16 @@ class ShardActor:
                     "durable_location": None if self._store is None else self._store.location,
                     "durable_pending": len(self._copy.state.dirty or ()) + self._flushing + self._catching_up,
                     "durable_stale_rows_failed": self._stale_failed, "durable_failing": self._store_failing,
-                    "restored_from_checkpoint": self._restored}
+                    "restored_from_checkpoint": self._restored, "direct": self._direct_stats()}
+
+    def _direct_stats(self) -> dict | None:
+        """The direct endpoint: where, requests served, connections accepted and closed for a breach
+        of the protocol (by reason); None when there is none."""
+        server = self._direct
+        if server is None:
+            return None
+        return {"address": list(server.address), "requests": self._direct_calls, "connections": server.connections,
+                "closed": dict(server.closed)}
 
     def memory(self) -> dict:
         """This copy's data and its process's memory, for ``get_cluster_memory``."""
@@ -741,6 +809,7 @@ class ShardActor:
             self._copy.adopt(owner_slot, epoch)
             return self._facts()
 
+    @_exclusive
     def promote(self, epoch: int, copies: int, wait_s: float, sources: list[int] | None = None) -> dict:
         """Become the shard's owner under ``epoch`` (raised past the durable store's, which is fenced
         there: the old owner's flushes are refused). First joins what the other live copies and the
@@ -789,6 +858,7 @@ class ShardActor:
         with self._lock:
             return self._copy.clear_stash(handed)
 
+    @_exclusive
     def absorb(self, records: list) -> dict:
         """Owner: join the stashes of copies that were cut off (the heal). Changed keys replicate and
         are published like writes; each version that lost a conflict is published as a conflict

@@ -26,13 +26,15 @@ import threading
 
 from erlmcp_ray.client._coordinator import CacheCoordinator, InvalidationResult
 from erlmcp_ray.client._facade import MemoryClient
+from erlmcp_ray.client._direct_transport import DirectTransport, default_transport
 from erlmcp_ray.client._transport import COORDINATOR, Copy, RayTransport, Retry, Transport
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.entry import Subscription
 from erlmcp_ray.core.layout import Layout
 
 __all__ = [
-    "COORDINATOR", "CacheCoordinator", "Copy", "InvalidationResult", "MemoryClient", "RayTransport", "Retry",
+    "COORDINATOR", "CacheCoordinator", "Copy", "DirectTransport", "InvalidationResult", "MemoryClient", "RayTransport",
+    "Retry",
     "Subscription", "Transport", "connect_client", "release_shared",
 ]
 
@@ -42,9 +44,11 @@ _shared_lock = threading.Lock()
 
 def connect_client(namespace: str, *, transport: Transport | None = None, poll_hook=None) -> MemoryClient:
     """A new client of the system running in ``namespace`` (its config read from the coordinator)."""
-    transport = transport or RayTransport(namespace)
-    config = MemoryConfig.load(transport.call(COORDINATOR, "get_config", timeout=30.0))
-    layout = Layout.decode(transport.call(COORDINATOR, "get_layout", timeout=30.0))
+    base = transport or RayTransport(namespace)
+    config = MemoryConfig.load(base.call(COORDINATOR, "get_config", timeout=30.0))
+    layout = Layout.decode(base.call(COORDINATOR, "get_layout", timeout=30.0))
+    if transport is None:
+        transport = default_transport(namespace, config, base)
     return MemoryClient(namespace, config, transport=transport, poll_hook=poll_hook, layout=layout)
 
 

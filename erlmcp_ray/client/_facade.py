@@ -32,6 +32,7 @@ from erlmcp_ray.client._selector import Selector
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute, domain_routes
 from erlmcp_ray.client._stats import Counters, Latencies
 from erlmcp_ray.client._topology import Topology
+from erlmcp_ray.client._direct_transport import DirectTransport, default_transport
 from erlmcp_ray.client._transport import COORDINATOR, SUPERVISOR, RayTransport, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
@@ -78,8 +79,8 @@ class MemoryClient:
         self._reported_at = float("-inf")
         self._l2: tuple[float, int | None] = (float("-inf"), None)
         s = self.settings = settings or ClientSettings.from_config(config)
-        self._transport = transport or RayTransport(namespace)
-        if isinstance(self._transport, RayTransport):
+        self._transport = transport or default_transport(namespace, config)
+        if isinstance(self._transport, (RayTransport, DirectTransport)):
             self._transport.place = f"client:{self.client_id}"  # this client, to the fault seam
         self._node_id = self._transport.node_id()
         self._retry = Retry(s.call_timeout_s)
@@ -326,7 +327,7 @@ class MemoryClient:
     def stats(self) -> dict[str, Any]:
         """This client's numbers: ``cache`` (the spec's cache stats: hits, misses, hit_rate, evictions,
         l1_size, l2_size -- the entries the shards hold, read at most every 5 s and waited for at
-        most 2 s, None when they did not all answer), ``tiers`` (counters), ``write_behind``, ``latency_ms``, ``coherence``."""
+        most 2 s, None when they did not all answer), ``tiers`` (counters), ``write_behind``, ``latency_ms``, ``coherence``, ``transport``."""
         buffered, inflight = self._wb.sizes()
         return {
             "cache": {**self._cache.stats(), "l2_size": self._l2_size()},
@@ -336,7 +337,14 @@ class MemoryClient:
             "latency_ms": self._latencies.summary(),
             "coherence": {"since": self._coherence.since, "epoch": self._coherence.epoch,
                           "lease_ok": self._coherence.usable()},
+            "transport": self._transport_stats(),
         }
+
+    def _transport_stats(self) -> dict[str, Any]:
+        """How this client reaches the copies: ``kind`` (direct / ray) and, direct, its calls that went
+        direct and that fell back to Ray, and the process's connections."""
+        stats = getattr(self._transport, "transport_stats", None)
+        return stats() if stats is not None else {"kind": "ray"}
 
     def _l2_size(self) -> int | None:
         now = time.monotonic()

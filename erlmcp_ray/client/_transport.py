@@ -147,6 +147,14 @@ class RayTransport:
         with self._lock:
             self._handles.pop(target, None)
 
+    def check_partition(self, target: Any) -> None:
+        """``UnavailableError`` when the fault seam cuts this client off from ``target`` (what
+        ``submit`` checks; another transport in front of this one checks it too)."""
+        name = self._names.get(target)
+        if name is None:
+            name = self._names[target] = self._shard_name(*target)
+        self._seam.check(self.place, name)
+
     def submit(self, target: Any, method: str, *args: Any) -> Any:
         try:
             return getattr(self._handle(target), method).remote(*args)

@@ -88,6 +88,10 @@ class ShardSettings:
     #: checks; shorter than the supervisor's failure timeout, so a paused owner (a zombie) that
     #: wakes after a failover has stopped acting as owner before its successor starts. 0: no lease.
     lease_s: float = 0.0
+    #: serve the direct data plane (a socket endpoint beside the actor, ``erlmcp_ray.direct``)
+    direct: bool = True
+    #: the largest message that endpoint accepts
+    max_frame: int = 64 * 1024 * 1024
 
 
 class ShardCopy:

@@ -1,11 +1,17 @@
-"""The direct data plane (issue 14, in progress): a socket protocol between clients and shard copies
-that will carry the data path off Ray actor calls. This first part is the protocol (authenticated
-framing, request ids), a one-thread server and a thread-safe client connection, tested and fuzzed;
-nothing in the memory system uses it yet (the shards serve only Ray calls)."""
+"""The direct data plane (issue 14): a socket protocol between clients and shard copies that carries
+reads and writes off Ray actor calls. The protocol (authenticated framing, request ids), a one-thread
+server (what each shard copy runs beside its actor) and a thread-safe client connection. The shared
+secret is made by ``erlmcp_ray.start`` and kept in Ray's key-value store under ``secret_key``: only
+processes admitted to the Ray cluster can read it."""
 
-from erlmcp_ray.direct._client import DirectConnection, RemoteCallError
+from erlmcp_ray.direct._client import DirectConnection, FrameTooLarge, RemoteCallError
 from erlmcp_ray.direct._protocol import ClientHandshake, ProtocolError, ServerConnection
 from erlmcp_ray.direct._server import DirectServer
 
-__all__ = ["ClientHandshake", "DirectConnection", "DirectServer", "ProtocolError", "RemoteCallError",
-           "ServerConnection"]
+__all__ = ["ClientHandshake", "DirectConnection", "DirectServer", "FrameTooLarge", "ProtocolError", "RemoteCallError",
+           "ServerConnection", "secret_key"]
+
+
+def secret_key(namespace: str) -> bytes:
+    """Where the direct plane's secret of a system lives in Ray's key-value store."""
+    return f"erlmcp:{namespace}:direct_secret".encode()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import select
 import socket
 import threading
 import time
@@ -22,15 +23,26 @@ from erlmcp_ray.direct._protocol import (
     unpacker,
 )
 
-__all__ = ["DirectConnection", "RemoteCallError"]
+__all__ = ["DirectConnection", "FrameTooLarge", "RemoteCallError"]
 
 
 class RemoteCallError(Exception):
-    """The server's handler raised: ``kind`` is its exception's type name."""
+    """The server's handler raised: ``kind`` is its exception's type name, ``args`` and ``attrs`` its
+    arguments and attributes (as msgpack carried them)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, args: list | None = None, attrs: dict | None = None) -> None:
         super().__init__(f"{kind}: {message}")
-        self.kind = kind
+        self.kind, self.message = kind, message
+        self.remote_args = list(args) if args is not None else [message]
+        self.attrs = dict(attrs or {})
+
+
+#: the largest answer a client reads (msgpack's Unpacker takes at most 2**31 - 1)
+_ANSWER_LIMIT = 2**31 - 1
+
+
+class FrameTooLarge(ValueError):
+    """A request larger than the endpoint accepts (``max_frame``): not sent."""
 
 
 class DirectConnection:
@@ -44,7 +56,10 @@ class DirectConnection:
                  max_frame: int = MAX_FRAME) -> None:
         self._sock = socket.create_connection(address, timeout=timeout)
         self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self._unpacker = unpacker(max_frame)
+        # max_frame bounds what this connection sends (the server cuts a larger frame); answers come
+        # from a peer that proved it knows the secret and may be as large as a stored value.
+        self._unpacker = unpacker(_ANSWER_LIMIT)
+        self.max_frame = max_frame
         handshake = ClientHandshake(secret, os.urandom(32))
         try:
             self._send(handshake.answer(self._next()))
@@ -54,6 +69,7 @@ class DirectConnection:
                 raise ProtocolError("refused", "the server closed the connection at the handshake "
                                                "(it does not accept this secret)") from None
             handshake.check(reply)
+            self._sock.settimeout(None)  # blocking from here on; waits use select (see _next)
         except (ProtocolError, OSError):
             self._sock.close()
             raise
@@ -67,11 +83,20 @@ class DirectConnection:
     def _send(self, data: bytes) -> None:
         self._sock.sendall(data)
 
-    def _next(self) -> Any:
+    def _next(self, wait_s: float | None = None) -> Any:
+        """The next message; waits up to ``wait_s`` s for it (None: the socket's own timeout), else
+        ``TimeoutError``. The socket's timeout is never changed after the handshake: a concurrent
+        ``sendall`` must never be cut short (a half-sent frame would corrupt the stream)."""
         for message in self._unpacker:
             return message
+        end = None if wait_s is None else time.monotonic() + wait_s
         while True:
-            data = self._sock.recv(1 << 20)
+            try:
+                data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT) if wait_s is not None else self._sock.recv(1 << 20)
+            except BlockingIOError:
+                if not select.select([self._sock], [], [], max(0.0, end - time.monotonic()))[0]:
+                    raise TimeoutError("nothing arrived") from None
+                continue
             if not data:
                 raise ConnectionError("the server closed the connection")
             self._unpacker.feed(data)
@@ -85,8 +110,11 @@ class DirectConnection:
             if self.broken is not None:
                 raise ConnectionError(f"connection broken: {self.broken}")
             rid = next(self._ids)
+        frame = pack([REQUEST, rid, method, list(args)])  # TypeError for what msgpack cannot carry
+        if len(frame) > self.max_frame:
+            raise FrameTooLarge(f"a {method} request of {len(frame)} bytes; the endpoint takes {self.max_frame}")
+        with self._cond:
             self._pending[rid] = future
-        frame = pack([REQUEST, rid, method, list(args)])
         try:
             with self._send_lock:
                 self._sock.sendall(frame)
@@ -99,36 +127,48 @@ class DirectConnection:
 
     def result(self, future: Future, timeout: float = 30.0) -> Any:
         """The answer of ``future`` (raises its error; ``TimeoutError`` after ``timeout`` s)."""
+        if not self.wait(future, timeout):
+            raise TimeoutError(f"no answer within {timeout} s")
+        return future.result()
+
+    def wait(self, future: Future, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for ``future`` (reading the socket while no one else does);
+        whether it is done."""
         deadline = time.monotonic() + timeout
         while not future.done():
             with self._cond:
                 while not future.done() and self._leading:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise TimeoutError(f"no answer within {timeout} s")
+                        return False
                     self._cond.wait(remaining)
                 if future.done():
                     break
                 self._leading = True
             try:
-                self._lead(future, deadline, timeout)
+                if not self._lead(future, deadline):
+                    return future.done()
             finally:
                 with self._cond:
                     self._leading = False
                     self._cond.notify_all()
-        return future.result()
+        return True
 
-    def _lead(self, future: Future, deadline: float, timeout: float) -> None:
+    def _lead(self, future: Future, deadline: float) -> bool:
+        """Read answers until ``future``'s came (True) or the deadline passed (False)."""
         try:
+            polled = False
             while not future.done():
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise TimeoutError(f"no answer within {timeout} s")
-                self._sock.settimeout(remaining)
+                    if polled:
+                        return False
+                    remaining = 0.0  # no time left: still take what has arrived, without waiting
+                polled = True
                 try:
-                    message = self._next()
-                except TimeoutError:  # socket.timeout: nothing arrived (a partial value stays buffered)
-                    raise TimeoutError(f"no answer within {timeout} s") from None
+                    message = self._next(remaining)
+                except TimeoutError:  # nothing arrived (a partial value stays buffered)
+                    return False
                 if not (isinstance(message, list) and len(message) == 4 and message[0] == RESPONSE):
                     raise ProtocolError("bad_response", str(message)[:80])
                 _kind, rid, ok, value = message
@@ -142,10 +182,9 @@ class DirectConnection:
                     if waiting is not future:
                         with self._cond:
                             self._cond.notify_all()
-        except TimeoutError:
-            raise
         except BaseException as exc:  # noqa: BLE001 - every waiting call learns it
             self._fail(exc)
+        return True
 
     def close(self) -> None:
         try:

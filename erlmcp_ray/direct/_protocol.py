@@ -11,7 +11,10 @@ mutual challenge-response over a shared secret (HMAC-SHA256; the secret never cr
 then requests and responses, matched by a request id (several in flight per connection):
 
     client -> server   [REQUEST, id, method, args]
-    server -> client   [RESPONSE, id, True, result]  or  [RESPONSE, id, False, [error type, message]]
+    server -> client   [RESPONSE, id, True, result]  or  [RESPONSE, id, False, [error type, message, args, attrs]]
+
+(an error's ``args`` and attributes travel when msgpack can carry them, so the caller can raise the
+same error again -- ``erlmcp_ray.errors`` by name only, never an arbitrary class).
 
 ``ServerConnection`` is one connection seen from the server: ``receive(bytes)`` returns what to send
 back and whether to close. Anything unexpected -- a malformed or oversized value, a request before the
@@ -30,7 +33,7 @@ from typing import Any
 import msgpack
 
 __all__ = ["MAX_FRAME", "REQUEST", "RESPONSE", "VERSION", "ClientHandshake", "ProtocolError", "ServerConnection",
-           "pack", "unpacker"]
+           "error_response", "pack", "unpacker"]
 
 VERSION = 1
 REQUEST, RESPONSE = 0, 1
@@ -49,6 +52,15 @@ class ProtocolError(Exception):
 
 def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
+
+
+def error_response(rid: int, exc: BaseException) -> bytes:
+    """The error response for ``exc`` (its args and attributes when they pack, else only its text)."""
+    kind, text = type(exc).__name__, str(exc)
+    try:
+        return pack([RESPONSE, rid, False, [kind, text, list(exc.args), dict(vars(exc))]])
+    except Exception:  # noqa: BLE001 - something in them msgpack cannot carry
+        return pack([RESPONSE, rid, False, [kind, text, [text], {}]])
 
 
 def _mac(secret: bytes, tag: bytes, first: bytes, second: bytes) -> bytes:
@@ -105,7 +117,7 @@ class ServerConnection:
         try:
             return pack([RESPONSE, rid, True, self._handler(method, args)])
         except Exception as exc:  # noqa: BLE001 - the caller gets it; the connection stays
-            return pack([RESPONSE, rid, False, [type(exc).__name__, str(exc)]])
+            return error_response(rid, exc)
 
     def _auth(self, message: Any) -> bytes:
         if not (isinstance(message, list) and len(message) == 3 and message[0] == "auth"

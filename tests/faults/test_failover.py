@@ -8,6 +8,7 @@ import signal
 import threading
 import time
 
+import psutil
 import pytest
 import ray
 
@@ -58,10 +59,13 @@ def test_an_owner_gone_for_good_is_replaced_by_its_replica(ray_local, tmp_path):
             c.put("reg", "ev", "eventual")
             c.flush()
             victim = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
+            pid = ray.get(victim.memory.remote(), timeout=30)["pid"]
             ray.kill(victim, no_restart=True)
             killed = time.monotonic()
-            # ray.kill is asynchronous: a put sent at once could still reach the old owner
-            wait_for(lambda: _dead(victim), timeout=10, interval=0.05, what="the owner's death")
+            # ray.kill is asynchronous: a put sent at once could still reach the old owner -- over Ray
+            # until Ray marks it dead, over its direct endpoint until its process is gone
+            wait_for(lambda: _dead(victim) and not psutil.pid_exists(pid), timeout=10, interval=0.05,
+                     what="the owner's death")
             c.put("reg", "after", 1, consistency="strong")  # retried until the promoted replica takes it
             took = time.monotonic() - killed
             owner = _owner(c)

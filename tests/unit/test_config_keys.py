@@ -140,6 +140,14 @@ KEY_TESTS: dict[str, list[str]] = {
     "client.write_behind_max_batch": [f"{HERE}::test_client_write_behind_max_batch_is_the_size_of_a_batch"],
     "client.call_timeout_s": [f"{HERE}::test_client_call_timeout_s_is_how_long_a_call_to_a_gone_owner_is_retried"],
     "client.poll_timeout_s": [f"{HERE}::test_client_poll_timeout_s_is_how_long_an_idle_poll_waits"],
+    # ---------------------------------------------------------------- transport
+    "transport.kind": [
+        "tests/integration/test_direct.py::test_the_data_path_goes_over_the_endpoints",
+        "tests/integration/test_direct.py::test_transport_kind_ray_serves_no_endpoint",
+    ],
+    "transport.max_frame": [
+        "tests/integration/test_direct.py::test_transport_max_frame_cuts_a_larger_frame_and_the_client_sends_such_a_call_over_ray",
+    ],
     # ---------------------------------------------------------------- alerts.*
     "alerts.*.metric": [f"{HERE}::test_alert_rule_keys_decide_what_fires"],
     "alerts.*.threshold": [f"{HERE}::test_alert_rule_keys_decide_what_fires"],

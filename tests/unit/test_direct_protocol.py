@@ -63,7 +63,7 @@ def test_requests_are_answered_by_id_and_handler_errors_come_back_without_closin
     server = _connected()
     out, close = server.receive(pack([REQUEST, 7, "echo", [1, "a"]]) + pack([REQUEST, 8, "boom", []]))
     assert not close
-    assert _replies(out) == [[RESPONSE, 7, True, [1, "a"]], [RESPONSE, 8, False, ["KeyError", "'no such key'"]]]
+    assert _replies(out) == [[RESPONSE, 7, True, [1, "a"]], [RESPONSE, 8, False, ["KeyError", "'no such key'", ["no such key"], {}]]]
     out, close = server.receive(pack([REQUEST, 9, "echo", [b"\x00" * 10]])[:5])  # half a frame: waits
     assert (out, close) == (b"", False)
 

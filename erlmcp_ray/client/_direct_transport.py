@@ -1,0 +1,381 @@
+"""The direct transport: the data path (reads, writes, a strong write's replica applies, progress, find)
+over each shard copy's socket endpoint (``erlmcp_ray.direct``), everything else over Ray.
+
+``DirectTransport`` implements the client's ``Transport`` seam in front of another transport (Ray's,
+in production; the ``FakeTransport`` in unit tests), which it calls for whatever is not on the data
+path, to look a copy's endpoint up (the copy's ``endpoint`` method), and -- the fallback -- for a call
+whose copy has no endpoint or cannot be reached.
+
+Connections are the process's (``DirectPool``, one per system namespace): every client object in a
+process shares one connection per copy, safe across threads, several requests in flight on it.
+
+Failures look as they do on the Ray path, so the client's retry policy is unchanged:
+
+    connection broken (the copy's process died or restarted)  -> UnavailableError; retried (same request seq)
+    endpoint unreachable (connect refused, no route)           -> this call goes over Ray
+    no answer in time                                           -> OperationTimeoutError (not retried)
+    the copy raised one of erlmcp_ray's errors                  -> that error (its args and attributes)
+
+A strong write passes the owner's pending answer to each replica's ``apply_write``: on this transport
+the replica's request is sent the moment the owner's answer is read (a callback on its future), by
+whichever thread reads it -- the client holds no thread for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from erlmcp_ray import errors
+from erlmcp_ray.core.wire import Progress, ReadAnswer, WriteAnswer
+from erlmcp_ray.direct import DirectConnection, FrameTooLarge, ProtocolError, RemoteCallError
+from erlmcp_ray.errors import ErlmcpRayError, OperationTimeoutError, RemoteError, UnavailableError
+
+__all__ = ["DIRECT_METHODS", "DirectPool", "DirectTransport", "close_shared_pool", "default_transport", "shared_pool"]
+
+log = logging.getLogger(__name__)
+
+#: the calls that go over the direct endpoint (the shard actor serves the same set)
+DIRECT_METHODS = frozenset(("read", "write", "apply_write", "progress", "find", "ping"))
+#: msgpack carries named tuples as arrays: the client's named types again
+_DECODE: dict[str, Callable[[Any], Any]] = {"read": ReadAnswer._make, "write": WriteAnswer._make,
+                                            "progress": Progress._make}
+_NO_ENDPOINT_RECHECK_S = 5.0
+_MISSING = object()
+
+
+class DirectPool:
+    """The process's connections to the copies of one system. ``secret`` reads the system's secret
+    (Ray's key-value store); ``connection(target, lookup)`` is the live connection to ``target`` or
+    None (no endpoint, or not reachable now: use the fallback)."""
+
+    def __init__(self, secret: Callable[[], bytes | None], *, max_frame: int = 64 * 1024 * 1024,
+                 connect_timeout_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._read_secret, self._max_frame, self._connect_timeout = secret, max_frame, connect_timeout_s
+        self._clock = clock
+        self._secret: bytes | None = None
+        self._conns: dict[Any, DirectConnection] = {}
+        self._endpoints: dict[Any, Any] = {}  # target -> (host, port) | (None, recheck at)
+        self._lock = threading.Lock()
+        self._connecting: dict[Any, threading.Lock] = {}
+        self.stats = {"connects": 0, "connect_failures": 0, "refused": 0, "broken": 0}
+
+    def connection(self, target: Any, lookup: Callable[[Any], dict | None]) -> DirectConnection | None:
+        conn = self._conns.get(target)
+        if conn is not None and conn.broken is None:
+            return conn
+        with self._lock:
+            gate = self._connecting.setdefault(target, threading.Lock())
+        with gate:  # one connect per copy at a time: a thousand callers after a restart make one
+            conn = self._conns.get(target)
+            if conn is not None and conn.broken is None:
+                return conn
+            if conn is not None:
+                self.stats["broken"] += 1
+                self._drop(target)
+            return self._connect(target, lookup)
+
+    def _connect(self, target: Any, lookup: Callable[[Any], dict | None]) -> DirectConnection | None:
+        endpoint = self._endpoints.get(target, _MISSING)
+        if endpoint is not _MISSING and endpoint[0] is None:
+            if self._clock() < endpoint[1]:
+                return None  # no endpoint there a moment ago
+            endpoint = _MISSING
+        if endpoint is _MISSING:
+            found = lookup(target)  # UnavailableError when the copy is gone: the caller's retry handles it
+            if not found:
+                self._endpoints[target] = (None, self._clock() + _NO_ENDPOINT_RECHECK_S)
+                return None
+            endpoint = self._endpoints[target] = (found["host"], int(found["port"]))
+        secret = self._secret or self._read_secret()
+        if not secret:
+            self._endpoints[target] = (None, self._clock() + _NO_ENDPOINT_RECHECK_S)
+            return None
+        for attempt in (0, 1):
+            try:
+                conn = DirectConnection(endpoint, secret, timeout=self._connect_timeout, max_frame=self._max_frame)
+            except ProtocolError as exc:
+                # A secret of another start() of the system (this process kept the old one): read it
+                # again once; still refused: this copy is not ours to reach directly.
+                self.stats["refused"] += 1
+                if attempt == 0 and exc.reason == "refused":
+                    secret = self._read_secret()
+                    if secret:
+                        continue
+                log.warning("direct endpoint %s of %s refused the handshake: %s", endpoint, target, exc)
+                self._endpoints[target] = (None, self._clock() + _NO_ENDPOINT_RECHECK_S)
+                return None
+            except OSError as exc:
+                # Not reachable (the copy moved, or its process is gone): look it up again next time;
+                # this call goes over Ray.
+                self.stats["connect_failures"] += 1
+                self._endpoints.pop(target, None)
+                log.info("direct endpoint %s of %s unreachable: %s", endpoint, target, exc)
+                return None
+            self._secret = secret
+            self.stats["connects"] += 1
+            self._conns[target] = conn
+            return conn
+        return None
+
+    def broken(self, target: Any, conn: DirectConnection) -> None:
+        """``conn`` to ``target`` failed: the next call connects afresh (looking the endpoint up again:
+        a restarted copy listens on another port)."""
+        if conn.broken is None:
+            return  # the call failed, not the connection (its dependency did, say)
+        with self._lock:
+            if self._conns.get(target) is conn:
+                self.stats["broken"] += 1
+                self._drop(target)
+
+    def _drop(self, target: Any) -> None:
+        conn = self._conns.pop(target, None)
+        self._endpoints.pop(target, None)
+        if conn is not None:
+            conn.close()
+
+    def forget(self, target: Any) -> None:
+        """The client suspects ``target`` (it failed, or is not the owner): a connection that still
+        works stays (it reaches the live process); the endpoint of a broken one is looked up again."""
+        conn = self._conns.get(target)
+        if conn is None or conn.broken is not None:
+            with self._lock:
+                self._drop(target)
+
+    def connections(self) -> int:
+        return sum(1 for c in list(self._conns.values()) if c.broken is None)
+
+    def close(self) -> None:
+        with self._lock:
+            for target in list(self._conns):
+                self._drop(target)
+            self._endpoints.clear()
+
+
+_pools: dict[str, DirectPool] = {}
+_pools_lock = threading.Lock()
+
+
+def shared_pool(namespace: str, max_frame: int) -> DirectPool:
+    """This process's pool for the system in ``namespace`` (made on first use)."""
+    pool = _pools.get(namespace)
+    if pool is None:
+        from erlmcp_ray import _ray
+        from erlmcp_ray.direct import secret_key
+
+        with _pools_lock:
+            pool = _pools.get(namespace)
+            if pool is None:
+                pool = _pools[namespace] = DirectPool(lambda: _ray.kv_get(secret_key(namespace)), max_frame=max_frame)
+    return pool
+
+
+def close_shared_pool(namespace: str) -> None:
+    with _pools_lock:
+        pool = _pools.pop(namespace, None)
+    if pool is not None:
+        pool.close()
+
+
+def default_transport(namespace: str, config: Any, base: Any = None) -> Any:
+    """How a client of ``config``'s system reaches it: direct (in front of Ray's transport) unless
+    ``transport.kind`` is ``ray``."""
+    from erlmcp_ray.client._transport import RayTransport
+
+    base = base or RayTransport(namespace)
+    if config.transport.kind.value != "direct":
+        return base
+    return DirectTransport(base, shared_pool(namespace, config.transport.max_frame))
+
+
+class _Pending:
+    """A call in flight on a connection."""
+
+    __slots__ = ("conn", "future", "method", "target")
+
+    def __init__(self, conn: DirectConnection, future: Future, target: Any, method: str) -> None:
+        self.conn, self.future, self.target, self.method = conn, future, target, method
+
+    def wait(self, timeout: float) -> bool:
+        return self.future.done() or self.conn.wait(self.future, timeout)
+
+
+class _Chained(_Pending):
+    """A call sent once the call it depends on answered (its answer is one of the arguments)."""
+
+    __slots__ = ("args", "dep", "sent")
+
+    def __init__(self, conn: DirectConnection, target: Any, method: str, dep: _Pending, args: tuple) -> None:
+        super().__init__(conn, Future(), target, method)
+        self.dep, self.args = dep, args
+        self.sent = threading.Event()
+
+    def wait(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        if not self.dep.wait(timeout):
+            return False
+        # the dependency's callback runs just after its future is done: wait for it to have sent
+        if not self.sent.wait(max(0.0, deadline - time.monotonic())):
+            return False
+        return self.future.done() or self.conn.wait(self.future, max(0.0, deadline - time.monotonic()))
+
+
+class DirectTransport:
+    """See the module docstring. ``fallback``: the transport for everything else; ``pool``: the
+    process's connections; ``lookup(target)``: a copy's endpoint (default: ask the copy over
+    ``fallback``)."""
+
+    def __init__(self, fallback: Any, pool: DirectPool, *,
+                 lookup: Callable[[Any], dict | None] | None = None, lookup_timeout_s: float = 10.0) -> None:
+        self._fallback, self._pool = fallback, pool
+        self._lookup = lookup or (lambda target: fallback.call(target, "endpoint", timeout=lookup_timeout_s))
+        self.stats = {"direct": 0, "fallback": 0, "broken": 0}
+
+    # The fault seam names this client (a partition cuts its direct calls too).
+    @property
+    def place(self) -> str:
+        return getattr(self._fallback, "place", "client")
+
+    @place.setter
+    def place(self, value: str) -> None:
+        if hasattr(self._fallback, "place"):
+            self._fallback.place = value
+
+    def transport_stats(self) -> dict:
+        return {"kind": "direct", **self.stats, "connections": self._pool.connections(), **self._pool.stats}
+
+    # ------------------------------------------------------------------ calls
+    def submit(self, target: Any, method: str, *args: Any) -> Any:
+        if method not in DIRECT_METHODS or type(target) is str:
+            return self._fallback.submit(target, method, *args)
+        check = getattr(self._fallback, "check_partition", None)
+        if check is not None:
+            check(target)
+        dep = next((a for a in args if isinstance(a, _Pending)), None)
+        conn = self._pool.connection(target, self._lookup)
+        if conn is None:
+            self.stats["fallback"] += 1
+            if dep is not None:  # the fallback cannot wait on our call: resolve it first
+                value = self.result(dep, 30.0, f"{dep.method} before {method}")
+                args = tuple(value if a is dep else a for a in args)
+            return self._fallback.submit(target, method, *args)
+        if dep is not None:
+            return self._chain(conn, target, method, args, dep)
+        try:
+            future = conn.call_async(method, *args)
+        except ConnectionError as exc:
+            self._broken(target, conn)
+            raise UnavailableError(f"{_what(target)}: {exc}") from exc
+        except (TypeError, FrameTooLarge):
+            # An argument msgpack cannot carry (another transport's pending call), or a request larger
+            # than the endpoint takes (transport.max_frame): this call goes over Ray.
+            self.stats["fallback"] += 1
+            return self._fallback.submit(target, method, *args)
+        self.stats["direct"] += 1
+        return _Pending(conn, future, target, method)
+
+    def _chain(self, conn: DirectConnection, target: Any, method: str, args: tuple, dep: _Pending) -> _Chained:
+        chained = _Chained(conn, target, method, dep, args)
+
+        def send(done: Future) -> None:
+            try:
+                value = done.result()
+                chained.future = conn.call_async(method, *(value if a is dep else a for a in args))
+            except BaseException as exc:  # noqa: BLE001 - the dependency failed (or the send): this call fails
+                chained.future.set_exception(exc)
+            finally:
+                chained.sent.set()
+
+        self.stats["direct"] += 1
+        dep.future.add_done_callback(send)
+        return chained
+
+    def call(self, target: Any, method: str, *args: Any, timeout: float) -> Any:
+        return self.result(self.submit(target, method, *args), timeout, f"{_what(target)} {method}")
+
+    def ready(self, pending: list, timeout: float) -> list:
+        direct = [p for p in pending if isinstance(p, _Pending)]
+        if not direct:
+            return self._fallback.ready(pending, timeout)
+        others = [p for p in pending if not isinstance(p, _Pending)]
+        deadline = time.monotonic() + timeout
+        # What has answered already first (a stuck copy listed first must not hide the others' answers),
+        # then wait for the rest in turn, then take once more what arrived meanwhile.
+        done = {id(p) for p in direct if p.wait(0.0)}
+        for p in direct:
+            if id(p) not in done and p.wait(max(0.0, deadline - time.monotonic())):
+                done.add(id(p))
+        done |= {id(p) for p in direct if id(p) not in done and p.wait(0.0)}
+        out = [p for p in direct if id(p) in done]
+        if others:
+            out += self._fallback.ready(others, max(0.0, deadline - time.monotonic()))
+        return out
+
+    def result(self, pending: Any, timeout: float, what: str) -> Any:
+        if not isinstance(pending, _Pending):
+            return self._fallback.result(pending, timeout, what)
+        if not pending.wait(timeout):
+            raise OperationTimeoutError(f"{what} did not answer within {timeout} s; it may or may not have happened")
+        try:
+            value = pending.future.result()
+        except FrameTooLarge:  # a chained call too large for the endpoint: over Ray, now
+            dep = pending.dep  # type: ignore[attr-defined]
+            decoded = self.result(dep, timeout, what)
+            args = [decoded if a is dep else a for a in pending.args]  # type: ignore[attr-defined]
+            return self._fallback.call(pending.target, pending.method, *args, timeout=timeout)
+        except RemoteCallError as exc:
+            raise _remote_error(exc, what) from None
+        except (ConnectionError, ProtocolError, OSError) as exc:
+            self._broken(pending.target, pending.conn)
+            raise UnavailableError(f"{what}: the connection to {_what(pending.target)} broke ({exc}); "
+                                   f"it may or may not have happened") from exc
+        except ErlmcpRayError:
+            raise
+        decode = _DECODE.get(pending.method)
+        return value if decode is None else decode(value)
+
+    def _broken(self, target: Any, conn: DirectConnection) -> None:
+        self.stats["broken"] += 1
+        self._pool.broken(target, conn)
+
+    def forget(self, target: Any) -> None:
+        self._fallback.forget(target)
+        if type(target) is not str:
+            self._pool.forget(target)
+
+    # ---------------------------------------------------------- everything else
+    def is_actor(self, obj: Any) -> bool:
+        return self._fallback.is_actor(obj)
+
+    def alive_nodes(self) -> list[dict]:
+        return self._fallback.alive_nodes()
+
+    def node_id(self) -> str:
+        return self._fallback.node_id()
+
+    def stored_layout(self) -> bytes | None:
+        return self._fallback.stored_layout()
+
+
+def _remote_error(exc: RemoteCallError, what: str) -> ErlmcpRayError:
+    """The copy's error as the caller would have got it over Ray: one of erlmcp_ray's, by name."""
+    cls = getattr(errors, exc.kind, None)
+    if isinstance(cls, type) and issubclass(cls, ErlmcpRayError):
+        err = cls.__new__(cls)
+        err.args = tuple(exc.remote_args)
+        try:
+            err.__dict__.update(exc.attrs)
+        except (TypeError, AttributeError):
+            pass
+        return err
+    return RemoteError(f"{what} failed remotely: {exc.kind}: {exc.message}")
+
+
+def _what(target: Any) -> str:
+    if type(target) is str:
+        return f"the {target}"
+    return f"{target[0]} shard {target[1]} slot {target[2]}"
