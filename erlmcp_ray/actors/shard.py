@@ -35,6 +35,7 @@ import ray
 
 from erlmcp_ray import _faults, _ray
 from erlmcp_ray.actors.options import CONTROL, COORDINATOR, shard_name
+from erlmcp_ray.client._transport import Copy
 from erlmcp_ray.config import DurableConfig, DurableKind
 from erlmcp_ray.core.checkpoint import (
     PREFIX,
@@ -130,10 +131,11 @@ class ShardActor:
         self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)
         self._thread.start()
         self._direct = self._start_direct()
+        self._to_peers = self._replica_transport()
 
     # ------------------------------------------------------------ the direct data plane
     #: what the direct endpoint serves: the data path (everything else stays a Ray call)
-    DIRECT_METHODS = ("read", "write", "apply_write", "progress", "find", "ping")
+    DIRECT_METHODS = ("read", "write", "apply_write", "progress", "find", "ping", "sync")
 
     def _start_direct(self) -> Any:
         """The socket endpoint beside this actor (``erlmcp_ray.direct``), on this node's address; None
@@ -153,6 +155,19 @@ class ShardActor:
         except Exception as exc:  # noqa: BLE001 - never fail the constructor: Ray calls still work
             log.warning("%s: the direct endpoint did not start (%s); serving Ray calls only", self._place, exc)
             return None
+
+    def _replica_transport(self) -> Any:
+        """How this copy, as owner, sends replication rounds to its replicas: over their direct
+        endpoints when the system runs the direct plane (Ray calls for a replica without one), else
+        Ray calls. The fault seam names this copy either way."""
+        from erlmcp_ray.client._transport import RayTransport
+
+        ray_transport = RayTransport(self.namespace, place=self._place)
+        if self._direct is None:
+            return ray_transport
+        from erlmcp_ray.client._direct_transport import DirectTransport, shared_pool
+
+        return DirectTransport(ray_transport, shared_pool(self.namespace, self._settings.max_frame))
 
     def _serve(self, method: str, args: list) -> Any:
         """One request from the direct endpoint's thread. The Ray actor runs one data call at a time;
@@ -477,8 +492,8 @@ class ShardActor:
         for slot, (base, ops, snap) in payloads.items():
             transit = copy.progress_of[slot].rtt_s / 2
             try:
-                refs[slot] = self._peer(slot).sync.remote(
-                    copy.epoch, copy.incarnation, base, last, ops, snap, transit, forget)
+                refs[slot] = self._to_peers.submit(Copy(self.domain, self.shard, slot), "sync", copy.epoch,
+                                                   copy.incarnation, base, last, ops, snap, transit, forget)
             except UnavailableError as exc:
                 self._replica_failed(slot, exc)
         # Answers are taken as they come: a paused replica must not hold up the others' acks (which
@@ -486,20 +501,20 @@ class ShardActor:
         deadline = sent_at + self._settings.sync_timeout_s
         waiting = dict(refs)
         while waiting:
-            ready = _ray.wait_any(list(waiting.values()), max(0.0, deadline - time.monotonic()))
+            ready = self._to_peers.ready_any(list(waiting.values()), max(0.0, deadline - time.monotonic()))
             if not ready:
                 for slot in waiting:
                     self._replica_failed(slot, UnavailableError(
                         f"replica slot {slot} did not answer a sync within {self._settings.sync_timeout_s} s"))
                 break
-            for slot in [s for s, r in waiting.items() if r in ready]:
+            for slot in [s for s, r in waiting.items() if any(r is x for x in ready)]:
                 self._sync_answer(copy, slot, waiting.pop(slot), sent_at)
         with self._lock:
             copy.finish_round(last)
 
     def _sync_answer(self, copy: ShardCopy, slot: int, ref: Any, sent_at: float) -> None:
         try:
-            status, pos = _ray.get(ref, timeout=1.0, what=f"replica slot {slot}")
+            status, pos = self._to_peers.result(ref, 1.0, f"replica slot {slot}")
         except Exception as exc:  # noqa: BLE001
             self._replica_failed(slot, exc)
             return
@@ -518,6 +533,7 @@ class ShardActor:
                 self._copy.step_down()
             self._copy.replica_failed(slot)
             self._peers.pop(slot, None)  # look the handle up again: Ray may have restarted it
+        self._to_peers.forget(Copy(self.domain, self.shard, slot))
         log.warning("%s/%s: replica slot %s: %s", self.domain, self.shard, slot, exc)
 
     def _publish_once(self) -> None:

@@ -40,11 +40,13 @@ __all__ = ["DIRECT_METHODS", "DirectPool", "DirectTransport", "close_shared_pool
 log = logging.getLogger(__name__)
 
 #: the calls that go over the direct endpoint (the shard actor serves the same set)
-DIRECT_METHODS = frozenset(("read", "write", "apply_write", "progress", "find", "ping"))
+DIRECT_METHODS = frozenset(("read", "write", "apply_write", "progress", "find", "ping", "sync"))
 #: msgpack carries named tuples as arrays: the client's named types again
 _DECODE: dict[str, Callable[[Any], Any]] = {"read": ReadAnswer._make, "write": WriteAnswer._make,
                                             "progress": Progress._make}
 _NO_ENDPOINT_RECHECK_S = 5.0
+#: ready_any waits this long on one call before looking at the others
+_ANY_SLICE_S = 0.002
 _MISSING = object()
 
 
@@ -314,6 +316,24 @@ class DirectTransport:
         if others:
             out += self._fallback.ready(others, max(0.0, deadline - time.monotonic()))
         return out
+
+    def ready_any(self, pending: list, timeout: float) -> list:
+        """The pending answers that are done once at least one is (or ``timeout`` s passed)."""
+        direct = [p for p in pending if isinstance(p, _Pending)]
+        others = [p for p in pending if not isinstance(p, _Pending)]
+        if not direct:
+            return self._fallback.ready_any(others, timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            done = [p for p in direct if p.wait(0.0)]
+            if others:
+                done += self._fallback.ready(others, 0.0)
+            left = deadline - time.monotonic()
+            if done or left <= 0:
+                return done
+            for p in direct:  # a slice on each in turn: one that answers is seen within a slice
+                if p.wait(min(_ANY_SLICE_S, left)):
+                    break
 
     def result(self, pending: Any, timeout: float, what: str) -> Any:
         if not isinstance(pending, _Pending):

@@ -169,6 +169,10 @@ class RayTransport:
     def ready(self, pending: list, timeout: float) -> list:
         return self._ray.wait(pending, timeout)
 
+    def ready_any(self, pending: list, timeout: float) -> list:
+        """The pending answers that are done once at least one is (or ``timeout`` s passed)."""
+        return self._ray.wait_any(pending, timeout)
+
     def result(self, pending: Any, timeout: float, what: str) -> Any:
         return self._ray.get(pending, timeout=timeout, what=what)
 

@@ -23,9 +23,14 @@ from tests.workloads import strong_history_through
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _config(tmp_path, **domain) -> dict:
+#: every test here runs on both data paths: the direct endpoints (the default) and Ray actor calls
+TRANSPORTS = pytest.mark.parametrize("transport", ["direct", "ray"])
+
+
+def _config(tmp_path, transport: str = "direct", **domain) -> dict:
     """One shard of a replicated domain, failed over 1 s after its owner stops answering."""
-    return {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+    return {"transport": {"kind": transport},
+            "durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
             "distributed_memory": {"checkpoint_interval": 0, "failure_timeout_ms": 1000},
             "persistence_selector": {"auto_select": False},
             "domains": {"reg": {"backend": "replicated", "max_bytes": "10MB", "shards": 1, **domain}},
@@ -49,9 +54,10 @@ def _dead(actor) -> bool:
     return False
 
 
-def test_an_owner_gone_for_good_is_replaced_by_its_replica(ray_local, tmp_path):
-    ns = "t_failover_gone"
-    with running_system(_config(tmp_path), ns) as sysm:
+@TRANSPORTS
+def test_an_owner_gone_for_good_is_replaced_by_its_replica(ray_local, tmp_path, transport):
+    ns = f"t_failover_gone_{transport}"
+    with running_system(_config(tmp_path, transport), ns) as sysm:
         c = sysm.client()
         try:
             for i in range(50):
@@ -90,11 +96,12 @@ def test_an_owner_gone_for_good_is_replaced_by_its_replica(ray_local, tmp_path):
             c.close()
 
 
-def test_a_paused_owner_gets_no_write_acknowledged_after_its_replica_was_promoted(ray_local, tmp_path):
-    ns = "t_failover_zombie"
+@TRANSPORTS
+def test_a_paused_owner_gets_no_write_acknowledged_after_its_replica_was_promoted(ray_local, tmp_path, transport):
+    ns = f"t_failover_zombie_{transport}"
     # Three copies, two needed for a strong write: the promoted replica and the third copy take
     # writes while the old owner is paused.
-    with running_system(_config(tmp_path, replication_factor=3, min_insync=2), ns) as sysm:
+    with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
         c = sysm.client()
         try:
             c.put("reg", "x", "before", consistency="strong")
@@ -124,9 +131,10 @@ def test_a_paused_owner_gets_no_write_acknowledged_after_its_replica_was_promote
             c.close()
 
 
-def test_strong_history_stays_linearizable_through_a_pause_and_failover(ray_local, tmp_path):
-    ns = "t_failover_history"
-    with running_system(_config(tmp_path, replication_factor=3, min_insync=2), ns) as sysm:
+@TRANSPORTS
+def test_strong_history_stays_linearizable_through_a_pause_and_failover(ray_local, tmp_path, transport):
+    ns = f"t_failover_history_{transport}"
+    with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
         clients = [sysm.client() for _ in range(2)]
         pid = _pid(ns, 0)
 

@@ -25,9 +25,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow]
 NS = "t_fault_suite"
 
 
-@pytest.fixture(scope="module")
-def system(ray_local, tmp_path_factory):
-    cfg = {"durable": {"kind": "sqlite", "data_dir": str(tmp_path_factory.mktemp("store"))},
+@pytest.fixture(scope="module", params=["direct", "ray"])
+def system(ray_local, tmp_path_factory, request):
+    """The system, once on each data path: the direct endpoints (the default), then Ray actor calls."""
+    cfg = {"transport": {"kind": request.param},
+           "durable": {"kind": "sqlite", "data_dir": str(tmp_path_factory.mktemp("store"))},
            "distributed_memory": {"checkpoint_interval": 0},
            "persistence_selector": {"auto_select": False},
            "domains": {"reg": {"backend": "replicated", "max_bytes": "10MB", "shards": 2}},

@@ -101,3 +101,38 @@ def test_auto_select_replicates_a_write_heavy_domain_across_nodes(cluster, tmp_p
     finally:
         client.close()
         erlmcp_ray.shutdown(ns, purge=True)
+
+
+@ray.remote(num_cpus=1)
+def strong_ops_on_a_node(client, prefix, n):
+    for i in range(n):
+        client.put("shared", f"{prefix}{i}", i, consistency="strong")
+    values = [client.get("shared", f"{prefix}{i}", consistency="strong") for i in range(n)]
+    return ray.get_runtime_context().get_node_id(), values, client.stats()["transport"]
+
+
+def test_the_direct_data_plane_across_nodes(cluster):
+    """Copies on three nodes, callers as tasks on several nodes: the callers' strong reads and writes
+    (and each replica's apply) go over the copies' endpoints on their nodes' addresses, none over Ray."""
+    ns = "multinode_direct"
+    cfg = {"distributed_memory": {"replication_factor": 3}, "domains": {"shared": {"shards": 1}}}
+    system = erlmcp_ray.start(cfg, namespace=ns, address=cluster.address)
+    try:
+        client = system.client()
+        try:
+            handles = [ray.get_actor(shard_name("shared", 0, s), namespace=ns) for s in range(3)]
+            stats = ray.get([h.stats.remote() for h in handles], timeout=60)
+            assert len({st["node_id"] for st in stats}) == 3
+            before = [st["direct"]["requests"] for st in stats]
+            results = ray.get([strong_ops_on_a_node.remote(client, f"t{t}:", 30) for t in range(4)], timeout=180)
+            assert len({node for node, _, _ in results}) >= 2  # the callers ran on several nodes
+            for _node, values, transport in results:
+                assert values == list(range(30))
+                assert transport["kind"] == "direct" and transport["fallback"] == 0 and transport["direct"] >= 60
+            after = [st["direct"]["requests"] for st in ray.get([h.stats.remote() for h in handles], timeout=60)]
+            # the owner served every write and read; each replica applied every strong write
+            assert after[0] - before[0] >= 240 and all(after[s] - before[s] >= 120 for s in (1, 2)), (before, after)
+        finally:
+            client.close()
+    finally:
+        erlmcp_ray.shutdown(ns)

@@ -71,6 +71,23 @@ def test_the_data_path_goes_over_the_endpoints(system):
         client.close()
 
 
+def test_replication_rounds_go_over_the_endpoints(system):
+    """The owner's replication rounds (deltas, and the heartbeats that keep a replica's staleness
+    bound fresh) reach the replica over its endpoint: with no client call at all, the replica's
+    direct requests grow; eventual writes reach it that way."""
+    first = _direct_stats(1)["requests"]
+    wait_for(lambda: _direct_stats(1)["requests"] >= first + 3, timeout=10, what="heartbeat syncs over the endpoint")
+    client = system.client()
+    try:
+        for i in range(200):
+            client.put("reg", f"ev{i}", i)
+        client.flush(timeout=30)
+        stats = ray.get([_actor(slot).stats.remote() for slot in (0, 1)], timeout=30)
+        assert stats[0]["entries"] == stats[1]["entries"] >= 200
+    finally:
+        client.close()
+
+
 def test_transport_kind_ray_serves_no_endpoint(ray_local):
     ns = "t_direct_ray"
     sysm = erlmcp_ray.start(_cfg(kind="ray"), namespace=ns)
