@@ -53,7 +53,7 @@ TARGETS = {
 class Cpu:
     """Machine-wide CPU seconds (user + system) between ``start`` and ``stop``."""
 
-    def __enter__(self) -> Cpu:
+    def __enter__(self) -> Cpu:  # noqa: PYI034
         t = psutil.cpu_times()
         self._t0 = t.user + t.system
         return self
@@ -196,8 +196,8 @@ def report(cmd: str, base: dict, res: dict) -> list[str]:
     rget, rset = base.get("redis_get", {}).get("p50"), base.get("redis_set", {}).get("p50")
     lines = [f"# bench_direct  {_dt.datetime.now().astimezone().isoformat(timespec='seconds')}",
              f"# command: {cmd}",
-             f"# python {platform.python_version()}  ray {ray.__version__}  git {git_revision()}  "
-             f"cpus={os.cpu_count()}  loadavg {os.getloadavg()[0]:.1f}",
+             (f"# python {platform.python_version()}  ray {ray.__version__}  git {git_revision()}  "
+              f"cpus={os.cpu_count()}  loadavg {os.getloadavg()[0]:.1f}"),
              "# system: 'shared' = 1 shard x 2 copies (RF 2, min_insync 2); value 32 B encoded", "",
              "baselines (same run): p50 / p99 us, CPU us per op (machine-wide)"]
     for label, key in (("raw TCP round trip (2 processes)", "raw"), ("bare Ray actor call", "ray"),
@@ -234,8 +234,8 @@ def report(cmd: str, base: dict, res: dict) -> list[str]:
                  f"{inv['p50'] / raw:.1f}x TCP{'':17} | {TARGETS['invalidate']} | "
                  f"{'yes' if inv['p50'] <= 10 * raw else 'NO'}")
     lines += ["", "CPU: machine-wide user+system per operation (every process: caller, shard copies, coordinator, Ray).",
-              f"16-caller CPU per put: direct {ds[16]['cpu_us']:.0f} us, ray {ys[16]['cpu_us']:.0f} us; "
-              f"1 caller: direct {ds[1]['cpu_us']:.0f} us, ray {ys[1]['cpu_us']:.0f} us",
+              (f"16-caller CPU per put: direct {ds[16]['cpu_us']:.0f} us, ray {ys[16]['cpu_us']:.0f} us; "
+               f"1 caller: direct {ds[1]['cpu_us']:.0f} us, ray {ys[1]['cpu_us']:.0f} us"),
               f"direct client's transport stats at the end: {d['transport']}",
               "invalidate goes through the coordinator actor on both transports (not on the direct channel)."]
     return lines

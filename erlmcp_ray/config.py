@@ -570,6 +570,25 @@ class TransportConfig(_Model):
         64 * MiB, description="Largest message a shard copy's endpoint accepts, in bytes; a larger one closes "
                               "that connection (and is counted).",
     )
+    tls_cert: str | None = Field(
+        None, description="PEM certificate every endpoint and client presents (mutual TLS); None: no TLS.",
+    )
+    tls_key: str | None = Field(None, description="The private key of tls_cert (PEM).")
+    tls_ca: str | None = Field(None, description="PEM CA bundle a peer's certificate must chain to.")
+
+    @model_validator(mode="after")
+    def _tls_all_or_none(self) -> TransportConfig:
+        given = [k for k in ("tls_cert", "tls_key", "tls_ca") if getattr(self, k)]
+        if given and len(given) != 3:
+            missing = sorted({"tls_cert", "tls_key", "tls_ca"} - set(given))
+            raise ValueError(f"TLS needs tls_cert, tls_key and tls_ca together; missing {', '.join(missing)}")
+        return self
+
+    def tls(self) -> dict | None:
+        """``{"cert", "key", "ca"}`` (user paths expanded) when TLS is on, else None."""
+        if not self.tls_cert:
+            return None
+        return {k: os.path.expanduser(getattr(self, f"tls_{k}")) for k in ("cert", "key", "ca")}
 
 
 #: what an alert rule can watch (the supervisor samples each every memory_monitoring.check_interval):

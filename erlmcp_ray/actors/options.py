@@ -126,6 +126,7 @@ def shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
         max_backlog=config.durable.max_backlog,
         direct=config.transport.kind.value == "direct",
         max_frame=config.transport.max_frame,
+        tls=config.transport.tls(),
     )
 
 

@@ -143,15 +143,17 @@ class ShardActor:
         (clients then use Ray calls)."""
         if not self._settings.direct:
             return None
-        from erlmcp_ray.direct import DirectServer, secret_key
+        from erlmcp_ray.direct import DirectServer, secret_key, server_context
 
         try:
             secret = _ray.kv_get(secret_key(self.namespace))
             if not secret:
                 log.warning("%s: no direct secret in Ray's key-value store; serving Ray calls only", self._place)
                 return None
+            # TLS asked for and its files unusable here: no endpoint at all (never a plaintext one)
+            tls = server_context(self._settings.tls) if self._settings.tls else None
             return DirectServer(secret, self._serve, host=ray.util.get_node_ip_address(),
-                                max_frame=self._settings.max_frame)
+                                max_frame=self._settings.max_frame, tls=tls)
         except Exception as exc:  # noqa: BLE001 - never fail the constructor: Ray calls still work
             log.warning("%s: the direct endpoint did not start (%s); serving Ray calls only", self._place, exc)
             return None
@@ -167,7 +169,7 @@ class ShardActor:
             return ray_transport
         from erlmcp_ray.client._direct_transport import DirectTransport, shared_pool
 
-        return DirectTransport(ray_transport, shared_pool(self.namespace, self._settings.max_frame))
+        return DirectTransport(ray_transport, shared_pool(self.namespace, self._settings.max_frame, self._settings.tls))
 
     def _serve(self, method: str, args: list) -> Any:
         """One request from the direct endpoint's thread. The Ray actor runs one data call at a time;

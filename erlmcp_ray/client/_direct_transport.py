@@ -24,6 +24,7 @@ whichever thread reads it -- the client holds no thread for it.
 from __future__ import annotations
 
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,13 @@ from typing import Any
 from erlmcp_ray import errors
 from erlmcp_ray.core.wire import Progress, ReadAnswer, WriteAnswer
 from erlmcp_ray.direct import DirectConnection, FrameTooLarge, ProtocolError, RemoteCallError
-from erlmcp_ray.errors import ErlmcpRayError, OperationTimeoutError, RemoteError, UnavailableError
+from erlmcp_ray.errors import (
+    ConfigError,
+    ErlmcpRayError,
+    OperationTimeoutError,
+    RemoteError,
+    UnavailableError,
+)
 
 __all__ = ["DIRECT_METHODS", "DirectPool", "DirectTransport", "close_shared_pool", "default_transport", "shared_pool"]
 
@@ -56,8 +63,10 @@ class DirectPool:
     None (no endpoint, or not reachable now: use the fallback)."""
 
     def __init__(self, secret: Callable[[], bytes | None], *, max_frame: int = 64 * 1024 * 1024,
-                 connect_timeout_s: float = 2.0, clock: Callable[[], float] = time.monotonic) -> None:
+                 connect_timeout_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._read_secret, self._max_frame, self._connect_timeout = secret, max_frame, connect_timeout_s
+        self._tls = tls
         self._clock = clock
         self._secret: bytes | None = None
         self._conns: dict[Any, DirectConnection] = {}
@@ -99,7 +108,13 @@ class DirectPool:
             return None
         for attempt in (0, 1):
             try:
-                conn = DirectConnection(endpoint, secret, timeout=self._connect_timeout, max_frame=self._max_frame)
+                conn = DirectConnection(endpoint, secret, timeout=self._connect_timeout, max_frame=self._max_frame,
+                                        tls=self._tls)
+            except ssl.SSLError as exc:  # the peer's certificate is not the cluster's (or it wants none)
+                self.stats["refused"] += 1
+                log.warning("direct endpoint %s of %s failed the TLS handshake: %s", endpoint, target, exc)
+                self._endpoints[target] = (None, self._clock() + _NO_ENDPOINT_RECHECK_S)
+                return None
             except ProtocolError as exc:
                 # A secret of another start() of the system (this process kept the old one): read it
                 # again once; still refused: this copy is not ours to reach directly.
@@ -162,17 +177,24 @@ _pools: dict[str, DirectPool] = {}
 _pools_lock = threading.Lock()
 
 
-def shared_pool(namespace: str, max_frame: int) -> DirectPool:
-    """This process's pool for the system in ``namespace`` (made on first use)."""
+def shared_pool(namespace: str, max_frame: int, tls: dict | None = None) -> DirectPool:
+    """This process's pool for the system in ``namespace`` (made on first use). ``tls``: the
+    ``{"cert", "key", "ca"}`` paths when the system runs TLS (``ConfigError`` when they are unusable
+    here)."""
     pool = _pools.get(namespace)
     if pool is None:
         from erlmcp_ray import _ray
-        from erlmcp_ray.direct import secret_key
+        from erlmcp_ray.direct import client_context, secret_key
 
+        try:
+            context = client_context(tls) if tls else None
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"transport TLS files unusable on this node: {exc}", path="transport.tls_cert") from exc
         with _pools_lock:
             pool = _pools.get(namespace)
             if pool is None:
-                pool = _pools[namespace] = DirectPool(lambda: _ray.kv_get(secret_key(namespace)), max_frame=max_frame)
+                pool = _pools[namespace] = DirectPool(lambda: _ray.kv_get(secret_key(namespace)), max_frame=max_frame,
+                                                      tls=context)
     return pool
 
 
@@ -191,7 +213,7 @@ def default_transport(namespace: str, config: Any, base: Any = None) -> Any:
     base = base or RayTransport(namespace)
     if config.transport.kind.value != "direct":
         return base
-    return DirectTransport(base, shared_pool(namespace, config.transport.max_frame))
+    return DirectTransport(base, shared_pool(namespace, config.transport.max_frame, config.transport.tls()))
 
 
 class _Pending:

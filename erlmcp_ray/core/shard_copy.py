@@ -92,6 +92,8 @@ class ShardSettings:
     direct: bool = True
     #: the largest message that endpoint accepts
     max_frame: int = 64 * 1024 * 1024
+    #: TLS for that endpoint and for replication to the replicas' (``{"cert", "key", "ca"}`` paths), or None
+    tls: dict | None = None
 
 
 class ShardCopy:

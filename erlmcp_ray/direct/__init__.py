@@ -7,9 +7,10 @@ processes admitted to the Ray cluster can read it."""
 from erlmcp_ray.direct._client import DirectConnection, FrameTooLarge, RemoteCallError
 from erlmcp_ray.direct._protocol import ClientHandshake, ProtocolError, ServerConnection
 from erlmcp_ray.direct._server import DirectServer
+from erlmcp_ray.direct._tls import client_context, server_context
 
 __all__ = ["ClientHandshake", "DirectConnection", "DirectServer", "FrameTooLarge", "ProtocolError", "RemoteCallError",
-           "ServerConnection", "secret_key"]
+           "ServerConnection", "client_context", "secret_key", "server_context"]
 
 
 def secret_key(namespace: str) -> bytes:

@@ -8,6 +8,7 @@ import itertools
 import os
 import select
 import socket
+import ssl
 import threading
 import time
 from concurrent.futures import Future
@@ -53,9 +54,18 @@ class DirectConnection:
     caller reads its own answer without a thread switch."""
 
     def __init__(self, address: tuple[str, int], secret: bytes, *, timeout: float = 10.0,
-                 max_frame: int = MAX_FRAME) -> None:
-        self._sock = socket.create_connection(address, timeout=timeout)
-        self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                 max_frame: int = MAX_FRAME, tls: ssl.SSLContext | None = None) -> None:
+        self._send_lock = threading.Lock()
+        self._tls = tls is not None
+        sock = socket.create_connection(address, timeout=timeout)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if tls is not None:
+            try:  # the server's certificate must chain to the context's CA (hostnames are not checked)
+                sock = tls.wrap_socket(sock, server_hostname=address[0])
+            except (ssl.SSLError, OSError):
+                sock.close()
+                raise
+        self._sock = sock
         # max_frame bounds what this connection sends (the server cuts a larger frame); answers come
         # from a peer that proved it knows the secret and may be as large as a stored value.
         self._unpacker = unpacker(_ANSWER_LIMIT)
@@ -77,7 +87,6 @@ class DirectConnection:
         self._pending: dict[int, Future] = {}
         self._cond = threading.Condition()
         self._leading = False
-        self._send_lock = threading.Lock()
         self.broken: BaseException | None = None
 
     def _send(self, data: bytes) -> None:
@@ -91,6 +100,14 @@ class DirectConnection:
             return message
         end = None if wait_s is None else time.monotonic() + wait_s
         while True:
+            if self._tls:
+                data = self._recv_tls(end)
+                if not data:
+                    raise ConnectionError("the server closed the connection")
+                self._unpacker.feed(data)
+                for message in self._unpacker:
+                    return message
+                continue
             try:
                 data = self._sock.recv(1 << 20, socket.MSG_DONTWAIT) if wait_s is not None else self._sock.recv(1 << 20)
             except BlockingIOError:
@@ -102,6 +119,17 @@ class DirectConnection:
             self._unpacker.feed(data)
             for message in self._unpacker:
                 return message
+
+    def _recv_tls(self, end: float | None) -> bytes:
+        """TLS: an SSL object must not read and write at once from two threads, so a read holds the
+        send lock -- taken only once select() says a record is arriving (or one is decrypted
+        already), never while waiting."""
+        sock = self._sock
+        if (end is not None and not sock.pending()
+                and not select.select([sock], [], [], max(0.0, end - time.monotonic()))[0]):
+            raise TimeoutError("nothing arrived")
+        with self._send_lock:
+            return sock.recv(1 << 20)
 
     def call_async(self, method: str, *args: Any) -> Future:
         """Send the request; its answer's future (``result`` waits for it)."""

@@ -1,12 +1,14 @@
-"""A socket endpoint serving the direct protocol from one thread (``selectors``): what a shard copy
-will run beside its Ray actor. Each connection is a ``ServerConnection``; one that breaks the
-protocol is closed and counted, the others go on."""
+"""A socket endpoint serving the direct protocol from one thread (``selectors``): what each shard copy
+runs beside its Ray actor. Each connection is a ``ServerConnection``; one that breaks the protocol is
+closed and counted, the others go on. With ``tls`` (an ``ssl.SSLContext`` for the server side) every
+connection is TLS first: a peer that fails the TLS handshake is closed and counted as ``tls``."""
 
 from __future__ import annotations
 
 import os
 import selectors
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,13 +18,22 @@ from erlmcp_ray.direct._protocol import MAX_FRAME, ServerConnection
 __all__ = ["DirectServer"]
 
 
+class _Peer:
+    """A connection's protocol state, and whether its TLS handshake is done."""
+
+    __slots__ = ("handshaken", "state")
+
+    def __init__(self, state: ServerConnection, handshaken: bool) -> None:
+        self.state, self.handshaken = state, handshaken
+
+
 class DirectServer:
     """``DirectServer(secret, handler)``: listens on ``host:port`` (0: a free port) from a daemon
     thread; ``address`` is where; ``closed`` counts connections closed for a protocol breach, by reason."""
 
     def __init__(self, secret: bytes, handler: Callable[[str, list], Any], *, host: str = "127.0.0.1",
-                 port: int = 0, max_frame: int = MAX_FRAME) -> None:
-        self._secret, self._handler, self._max_frame = secret, handler, max_frame
+                 port: int = 0, max_frame: int = MAX_FRAME, tls: ssl.SSLContext | None = None) -> None:
+        self._secret, self._handler, self._max_frame, self._tls = secret, handler, max_frame, tls
         self._sock = socket.create_server((host, port))
         self._sock.setblocking(False)
         self.address = self._sock.getsockname()[:2]
@@ -59,36 +70,69 @@ class DirectServer:
         conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         state = ServerConnection(self._secret, self._handler, os.urandom(32), max_frame=self._max_frame)
         self.connections += 1
-        try:
-            conn.sendall(state.hello())
-        except OSError:
-            conn.close()
-            return
         conn.setblocking(False)
-        self._selector.register(conn, selectors.EVENT_READ, state)
+        if self._tls is not None:
+            try:
+                conn = self._tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+            except (OSError, ValueError):
+                self._count("tls")
+                conn.close()
+                return
+            peer = _Peer(state, handshaken=False)
+        else:
+            peer = _Peer(state, handshaken=True)
+            if not self._send(conn, state.hello()):
+                conn.close()
+                return
+        self._selector.register(conn, selectors.EVENT_READ, peer)
 
-    def _read(self, conn: Any, state: ServerConnection) -> None:
+    def _send(self, conn: Any, data: bytes) -> bool:
         try:
-            data = conn.recv(1 << 20)
-        except (BlockingIOError, InterruptedError):
-            return
+            conn.setblocking(True)  # replies are small; a slow reader only holds this one thread briefly
+            conn.sendall(data)
+            conn.setblocking(False)
+            return True
         except OSError:
-            data = b""
+            return False
+
+    def _read(self, conn: Any, peer: _Peer) -> None:
+        if not peer.handshaken:
+            try:
+                conn.do_handshake()
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                return
+            except (ssl.SSLError, OSError):
+                self._count("tls")
+                self._drop(conn)
+                return
+            peer.handshaken = True
+            if not self._send(conn, peer.state.hello()):
+                self._drop(conn)
+            return
+        chunks = []
+        try:
+            chunks.append(conn.recv(1 << 20))
+            while chunks[-1] and isinstance(conn, ssl.SSLSocket) and conn.pending():
+                chunks.append(conn.recv(conn.pending()))  # decrypted already: select() would not say so
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            if not chunks:
+                return
+        except OSError:
+            chunks.append(b"")
+        data = b"".join(chunks)
         if not data:
             self._drop(conn)
             return
-        out, close = state.receive(data)
-        try:
-            if out:
-                conn.setblocking(True)  # replies are small; a slow reader only holds this one thread briefly
-                conn.sendall(out)
-                conn.setblocking(False)
-        except OSError:
+        out, close = peer.state.receive(data)
+        if out and not self._send(conn, out):
             close = True
         if close:
-            if state.closed_for is not None:
-                self.closed[state.closed_for] = self.closed.get(state.closed_for, 0) + 1
+            if peer.state.closed_for is not None:
+                self._count(peer.state.closed_for)
             self._drop(conn)
+
+    def _count(self, reason: str) -> None:
+        self.closed[reason] = self.closed.get(reason, 0) + 1
 
     def _drop(self, conn: Any) -> None:
         try:

@@ -224,3 +224,27 @@ def test_a_new_start_has_a_new_secret(ray_local):
         client.close()
     finally:
         erlmcp_ray.shutdown(ns)
+
+
+def test_transport_tls_encrypts_the_data_plane_and_refuses_plaintext(ray_local, tmp_path):
+    """With transport.tls_cert/key/ca the copies' endpoints speak (mutual) TLS only: the clients'
+    data path still goes direct, a plaintext connection is closed and counted ``tls``."""
+    from tests.tls import make_certs
+
+    ns = "t_direct_tls"
+    certs = make_certs(tmp_path)
+    sysm = erlmcp_ray.start(_cfg(tls_cert=certs["cert"], tls_key=certs["key"], tls_ca=certs["ca"]), namespace=ns)
+    try:
+        client = sysm.client()
+        for i in range(20):
+            client.put("reg", f"k{i}", i, consistency="strong")
+        assert [client.get("reg", f"k{i}", consistency="strong") for i in range(20)] == list(range(20))
+        stats = client.stats()["transport"]
+        assert stats["fallback"] == 0 and stats["direct"] >= 40
+        client.close()
+        secret = _ray.kv_get(secret_key(ns))
+        with pytest.raises((ConnectionError, ProtocolError, OSError)):
+            DirectConnection(_endpoint(0, ns), secret, timeout=5)  # the right secret, no TLS: not served
+        wait_for(lambda: _direct_stats(0, ns)["closed"].get("tls", 0) >= 1, what="the plaintext peer counted")
+    finally:
+        erlmcp_ray.shutdown(ns)

@@ -22,6 +22,7 @@ from erlmcp_ray.core.wire import Progress
 from erlmcp_ray.direct import DirectServer
 from erlmcp_ray.errors import MemoryPressureError, OperationTimeoutError, UnavailableError
 from erlmcp_ray.testing import FakeTransport
+from tests.conftest import wait_for
 
 SECRET = os.urandom(32)
 CFG = {"domains": {"reg": {"backend": "replicated", "replication_factor": 2, "min_insync": 2, "shards": 2,
@@ -259,3 +260,39 @@ def test_a_pool_holding_an_earlier_secret_reads_the_new_one_when_refused(plane):
     assert isinstance(transport.call(Copy("reg", 0, 0), "progress", timeout=2), Progress)
     stats = transport.transport_stats()
     assert stats["refused"] == 1 and stats["connects"] == 1 and stats["fallback"] == 0
+
+
+def test_tls_both_ways_and_a_peer_outside_the_cluster_ca_is_refused(plane, tmp_path):
+    """transport.tls_*: the endpoint speaks TLS only and both sides must present a certificate of
+    the cluster's CA. A plaintext peer, or one with another CA's certificate, is closed (counted
+    ``tls``); the calls of a client with the right one go direct, encrypted."""
+    from erlmcp_ray.direct import client_context, server_context
+    from tests.tls import make_certs
+
+    ours, theirs = make_certs(tmp_path / "ours"), make_certs(tmp_path / "theirs")
+    owner = Copy("reg", 0, 0)
+    plane.servers[owner].close()
+    tls_server = DirectServer(SECRET, lambda m, a: plane.fake.call(owner, m, *a, timeout=5), tls=server_context(ours))
+    plane.servers[owner], plane.endpoints[owner] = tls_server, tls_server.address
+    try:
+        good = DirectTransport(plane.fake, DirectPool(lambda: SECRET, tls=client_context(ours)), lookup=plane.lookup)
+        assert isinstance(good.call(owner, "progress", timeout=5), Progress)
+        assert good.transport_stats()["direct"] == 1
+        plain = DirectTransport(plane.fake, DirectPool(lambda: SECRET), lookup=plane.lookup)
+        assert isinstance(plain.call(owner, "progress", timeout=5), Progress)  # over the fallback
+        assert plain.transport_stats()["fallback"] == 1
+        stranger = DirectTransport(plane.fake, DirectPool(lambda: SECRET, tls=client_context(theirs)),
+                                   lookup=plane.lookup)
+        assert isinstance(stranger.call(owner, "progress", timeout=5), Progress)  # over the fallback
+        stats = stranger.transport_stats()
+        assert stats["fallback"] == 1 and stats["refused"] == 1
+        wait_for(lambda: tls_server.closed.get("tls", 0) >= 2, what="both refusals counted")
+        # what crosses the wire is not msgpack: a raw look at the first bytes of the server's answer
+        raw = socket.create_connection(tls_server.address, timeout=5)
+        raw.sendall(b"\x16\x03\x01\x00\x05hello")  # not a valid ClientHello: the server alerts or closes
+        raw.settimeout(5)
+        first = raw.recv(64)
+        assert not first.startswith(b"\x93\xaderlmcp-direct")  # never the plaintext greeting
+        raw.close()
+    finally:
+        tls_server.close()
