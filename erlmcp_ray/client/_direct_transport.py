@@ -28,12 +28,12 @@ import ssl
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from erlmcp_ray import errors
 from erlmcp_ray.core.wire import Progress, ReadAnswer, WriteAnswer
 from erlmcp_ray.direct import DirectConnection, FrameTooLarge, ProtocolError, RemoteCallError
+from erlmcp_ray.direct._client import Reply
 from erlmcp_ray.errors import (
     ConfigError,
     ErlmcpRayError,
@@ -221,7 +221,7 @@ class _Pending:
 
     __slots__ = ("conn", "future", "method", "target")
 
-    def __init__(self, conn: DirectConnection, future: Future, target: Any, method: str) -> None:
+    def __init__(self, conn: DirectConnection, future: Reply, target: Any, method: str) -> None:
         self.conn, self.future, self.target, self.method = conn, future, target, method
 
     def wait(self, timeout: float) -> bool:
@@ -234,7 +234,7 @@ class _Chained(_Pending):
     __slots__ = ("args", "dep", "sent")
 
     def __init__(self, conn: DirectConnection, target: Any, method: str, dep: _Pending, args: tuple) -> None:
-        super().__init__(conn, Future(), target, method)
+        super().__init__(conn, Reply(), target, method)
         self.dep, self.args = dep, args
         self.sent = threading.Event()
 
@@ -305,7 +305,7 @@ class DirectTransport:
     def _chain(self, conn: DirectConnection, target: Any, method: str, args: tuple, dep: _Pending) -> _Chained:
         chained = _Chained(conn, target, method, dep, args)
 
-        def send(done: Future) -> None:
+        def send(done: Reply) -> None:
             try:
                 value = done.result()
                 chained.future = conn.call_async(method, *(value if a is dep else a for a in args))

@@ -11,7 +11,6 @@ import socket
 import ssl
 import threading
 import time
-from concurrent.futures import Future
 from typing import Any
 
 from erlmcp_ray.direct._protocol import (
@@ -24,7 +23,7 @@ from erlmcp_ray.direct._protocol import (
     unpacker,
 )
 
-__all__ = ["DirectConnection", "FrameTooLarge", "RemoteCallError"]
+__all__ = ["DirectConnection", "FrameTooLarge", "RemoteCallError", "Reply"]
 
 
 class RemoteCallError(Exception):
@@ -40,6 +39,55 @@ class RemoteCallError(Exception):
 
 #: the largest answer a client reads (msgpack's Unpacker takes at most 2**31 - 1)
 _ANSWER_LIMIT = 2**31 - 1
+
+
+class Reply:
+    """The answer of one call, once it came: a lighter ``concurrent.futures.Future`` (no condition
+    variable: the connection's own waits do the waiting) with ``done``, ``result``, ``set_result``,
+    ``set_exception`` and ``add_done_callback`` (called once it is done, in the thread that sets it)."""
+
+    __slots__ = ("_callbacks", "_done", "_ok", "_value")
+    _lock = threading.Lock()  # callbacks only: added and taken under it
+
+    def __init__(self) -> None:
+        self._done = False
+        self._ok = False
+        self._value: Any = None
+        self._callbacks: list | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def result(self) -> Any:
+        if not self._done:
+            raise RuntimeError("the call has not answered yet")
+        if self._ok:
+            return self._value
+        raise self._value
+
+    def set_result(self, value: Any) -> None:
+        self._ok, self._value = True, value
+        self._finish()
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._ok, self._value = False, exc
+        self._finish()
+
+    def _finish(self) -> None:
+        with Reply._lock:
+            self._done = True
+            callbacks, self._callbacks = self._callbacks, None
+        for fn in callbacks or ():
+            fn(self)
+
+    def add_done_callback(self, fn: Any) -> None:
+        with Reply._lock:
+            if not self._done:
+                if self._callbacks is None:
+                    self._callbacks = []
+                self._callbacks.append(fn)
+                return
+        fn(self)
 
 
 class FrameTooLarge(ValueError):
@@ -84,7 +132,7 @@ class DirectConnection:
             self._sock.close()
             raise
         self._ids = itertools.count(1)
-        self._pending: dict[int, Future] = {}
+        self._pending: dict[int, Reply] = {}
         self._cond = threading.Condition()
         self._leading = False
         self.broken: BaseException | None = None
@@ -131,9 +179,9 @@ class DirectConnection:
         with self._send_lock:
             return sock.recv(1 << 20)
 
-    def call_async(self, method: str, *args: Any) -> Future:
+    def call_async(self, method: str, *args: Any) -> Reply:
         """Send the request; its answer's future (``result`` waits for it)."""
-        future: Future = Future()
+        future = Reply()
         with self._cond:
             if self.broken is not None:
                 raise ConnectionError(f"connection broken: {self.broken}")
@@ -153,13 +201,13 @@ class DirectConnection:
     def call(self, method: str, *args: Any, timeout: float = 30.0) -> Any:
         return self.result(self.call_async(method, *args), timeout)
 
-    def result(self, future: Future, timeout: float = 30.0) -> Any:
+    def result(self, future: Reply, timeout: float = 30.0) -> Any:
         """The answer of ``future`` (raises its error; ``TimeoutError`` after ``timeout`` s)."""
         if not self.wait(future, timeout):
             raise TimeoutError(f"no answer within {timeout} s")
         return future.result()
 
-    def wait(self, future: Future, timeout: float) -> bool:
+    def wait(self, future: Reply, timeout: float) -> bool:
         """Wait up to ``timeout`` s for ``future`` (reading the socket while no one else does);
         whether it is done."""
         deadline = time.monotonic() + timeout
@@ -182,7 +230,7 @@ class DirectConnection:
                     self._cond.notify_all()
         return True
 
-    def _lead(self, future: Future, deadline: float) -> bool:
+    def _lead(self, future: Reply, deadline: float) -> bool:
         """Read answers until ``future``'s came (True) or the deadline passed (False)."""
         try:
             polled = False

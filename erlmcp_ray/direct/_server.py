@@ -88,9 +88,14 @@ class DirectServer:
 
     def _send(self, conn: Any, data: bytes) -> bool:
         try:
-            conn.setblocking(True)  # replies are small; a slow reader only holds this one thread briefly
-            conn.sendall(data)
-            conn.setblocking(False)
+            try:
+                sent = conn.send(data)  # usually all of it: the socket's buffer is empty
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                sent = 0
+            if sent < len(data):
+                conn.setblocking(True)  # the rest, waiting: a slow reader only holds this one thread briefly
+                conn.sendall(memoryview(data)[sent:])
+                conn.setblocking(False)
             return True
         except OSError:
             return False
