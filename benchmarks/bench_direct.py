@@ -237,7 +237,9 @@ def report(cmd: str, base: dict, res: dict) -> list[str]:
               (f"16-caller CPU per put: direct {ds[16]['cpu_us']:.0f} us, ray {ys[16]['cpu_us']:.0f} us; "
                f"1 caller: direct {ds[1]['cpu_us']:.0f} us, ray {ys[1]['cpu_us']:.0f} us"),
               f"direct client's transport stats at the end: {d['transport']}",
-              "invalidate goes through the coordinator actor on both transports (not on the direct channel)."]
+              ("invalidate: the invalidating call and the 8 holders' long polls (their acknowledgements) reach the "
+               "coordinator over its direct endpoint on the direct transport, as Ray calls on the other; the 9 "
+               "clients share this one driver process.")]
     return lines
 
 

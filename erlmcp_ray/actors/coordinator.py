@@ -57,6 +57,9 @@ def _incarnation_epoch(epoch: int | None) -> int:
     return epoch
 
 
+_NOT_STARTED = object()
+
+
 class CoordinatorActor:
     def __init__(self, config: dict, namespace: str, epoch: int | None = None, *, rng: Any = None,
                  system_id: str = "") -> None:
@@ -83,6 +86,8 @@ class CoordinatorActor:
         # its generation rides on every poll answer, so clients learn of a migration at once.
         self._layout_key = layout_key(namespace)
         self._layout = _read_layout(self._layout_key)
+        self._direct: Any = _NOT_STARTED  # see endpoint()
+        self._direct_calls = 0
 
     # ------------------------------------------------------------------ writes
     async def publish(self, items: list) -> int:
@@ -339,7 +344,10 @@ class CoordinatorActor:
         return self._config
 
     async def stats(self) -> dict:
-        return {**self._log.stats(), "waiting_polls": self._waiting}
+        server = self._direct if self._direct is not _NOT_STARTED else None
+        direct = None if server is None else {"address": list(server.address), "requests": self._direct_calls,
+                                              "connections": server.connections, "closed": dict(server.closed)}
+        return {**self._log.stats(), "waiting_polls": self._waiting, "direct": direct}
 
     async def client_info(self) -> dict:
         return self._log.client_info()
@@ -350,3 +358,45 @@ class CoordinatorActor:
 
     async def ping(self) -> int:
         return self._log.epoch
+
+    # ------------------------------------------------------------ the direct data plane
+    #: what the coordinator's direct endpoint serves: the coherence path (long polls, and the
+    #: invalidations that wait for their acknowledgements)
+    DIRECT_METHODS = ("poll", "invalidate", "ping")
+
+    async def endpoint(self) -> dict | None:
+        """Where the coordinator's direct endpoint listens (``{"host", "port", "incarnation"}``),
+        started on first asking (it runs this actor's coroutines on this actor's event loop); None
+        with ``transport.kind = "ray"``, no secret, or when it cannot start."""
+        if self._direct is _NOT_STARTED:
+            self._direct = self._start_direct(asyncio.get_running_loop())
+        if self._direct is None:
+            return None
+        host, port = self._direct.address
+        return {"host": host, "port": port, "incarnation": self._log.epoch}
+
+    def _start_direct(self, loop: asyncio.AbstractEventLoop) -> Any:
+        from erlmcp_ray.config import MemoryConfig
+        from erlmcp_ray.direct import DirectServer, secret_key, server_context
+
+        transport = MemoryConfig.load(self._config).transport
+        if transport.kind.value != "direct":
+            return None
+        try:
+            secret = _ray.kv_get(secret_key(self.namespace))
+            if not secret:
+                return None
+            tls = server_context(transport.tls()) if transport.tls() else None
+
+            def serve(method: str, args: list) -> Any:
+                if method not in self.DIRECT_METHODS:
+                    raise ValueError(f"{method!r} is not served by the coordinator's direct endpoint")
+                self._direct_calls += 1
+                # on this actor's event loop, as a Ray call would run: the answer goes out when done
+                return asyncio.run_coroutine_threadsafe(getattr(self, method)(*args), loop)
+
+            return DirectServer(secret, serve, host=ray.util.get_node_ip_address(),
+                                max_frame=transport.max_frame, tls=tls)
+        except Exception as exc:  # noqa: BLE001 - Ray calls still work
+            log.warning("the coordinator's direct endpoint did not start (%s); serving Ray calls only", exc)
+            return None

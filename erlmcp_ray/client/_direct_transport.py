@@ -31,7 +31,8 @@ from collections.abc import Callable
 from typing import Any
 
 from erlmcp_ray import errors
-from erlmcp_ray.core.wire import Progress, ReadAnswer, WriteAnswer
+from erlmcp_ray.client._transport import COORDINATOR
+from erlmcp_ray.core.wire import PollAnswer, Progress, ReadAnswer, WriteAnswer
 from erlmcp_ray.direct import DirectConnection, FrameTooLarge, ProtocolError, RemoteCallError
 from erlmcp_ray.direct._client import Reply
 from erlmcp_ray.errors import (
@@ -48,9 +49,11 @@ log = logging.getLogger(__name__)
 
 #: the calls that go over the direct endpoint (the shard actor serves the same set)
 DIRECT_METHODS = frozenset(("read", "write", "apply_write", "progress", "find", "ping", "sync"))
+#: the coordinator's calls that go over its direct endpoint (the coherence path)
+COORDINATOR_METHODS = frozenset(("poll", "invalidate"))
 #: msgpack carries named tuples as arrays: the client's named types again
 _DECODE: dict[str, Callable[[Any], Any]] = {"read": ReadAnswer._make, "write": WriteAnswer._make,
-                                            "progress": Progress._make}
+                                            "progress": Progress._make, "poll": PollAnswer._make}
 _NO_ENDPOINT_RECHECK_S = 5.0
 #: ready_any waits this long on one call before looking at the others
 _ANY_SLICE_S = 0.002
@@ -274,7 +277,10 @@ class DirectTransport:
 
     # ------------------------------------------------------------------ calls
     def submit(self, target: Any, method: str, *args: Any) -> Any:
-        if method not in DIRECT_METHODS or type(target) is str:
+        if type(target) is str:
+            if target != COORDINATOR or method not in COORDINATOR_METHODS:
+                return self._fallback.submit(target, method, *args)
+        elif method not in DIRECT_METHODS:
             return self._fallback.submit(target, method, *args)
         check = getattr(self._fallback, "check_partition", None)
         if check is not None:
@@ -386,8 +392,7 @@ class DirectTransport:
 
     def forget(self, target: Any) -> None:
         self._fallback.forget(target)
-        if type(target) is not str:
-            self._pool.forget(target)
+        self._pool.forget(target)
 
     # ---------------------------------------------------------- everything else
     def is_actor(self, obj: Any) -> bool:

@@ -28,12 +28,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import msgpack
 
 __all__ = ["MAX_FRAME", "REQUEST", "RESPONSE", "VERSION", "ClientHandshake", "ProtocolError", "ServerConnection",
-           "error_response", "pack", "unpacker"]
+           "deferred_response", "error_response", "pack", "unpacker"]
 
 VERSION = 1
 REQUEST, RESPONSE = 0, 1
@@ -52,6 +53,14 @@ class ProtocolError(Exception):
 
 def pack(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
+
+
+def deferred_response(rid: int, future: Future) -> bytes:
+    """The response for a handler's answer that came later (``future`` is done)."""
+    try:
+        return pack([RESPONSE, rid, True, future.result()])
+    except Exception as exc:  # noqa: BLE001 - its error, or a result msgpack cannot carry
+        return error_response(rid, exc)
 
 
 def error_response(rid: int, exc: BaseException) -> bytes:
@@ -75,10 +84,13 @@ class ServerConnection:
     """One connection, server side (see the module docstring)."""
 
     def __init__(self, secret: bytes, handler: Callable[[str, list], Any], nonce: bytes, *,
-                 max_frame: int = MAX_FRAME) -> None:
+                 max_frame: int = MAX_FRAME, on_deferred: Callable[[int, Future], None] | None = None) -> None:
         if len(secret) < 16 or len(nonce) != _NONCE:
             raise ValueError("a secret of at least 16 bytes and a 32-byte nonce are needed")
         self._secret, self._handler, self._nonce = secret, handler, nonce
+        #: a handler may answer later: it returns a ``concurrent.futures.Future`` and this is told
+        #: ``(request id, future)``; the answer goes out when the future is done (``deferred_response``)
+        self.on_deferred = on_deferred
         self._unpacker = _unpacker(max_frame)
         self.authenticated = False
         self.closed_for: str | None = None
@@ -115,7 +127,13 @@ class ServerConnection:
         _kind, rid, method, args = message
         self.requests += 1
         try:
-            return pack([RESPONSE, rid, True, self._handler(method, args)])
+            result = self._handler(method, args)
+            if isinstance(result, Future):
+                if self.on_deferred is None:
+                    raise TypeError(f"{method} answers later, and this server sends only immediate answers")
+                self.on_deferred(rid, result)
+                return b""
+            return pack([RESPONSE, rid, True, result])
         except Exception as exc:  # noqa: BLE001 - the caller gets it; the connection stays
             return error_response(rid, exc)
 

@@ -13,9 +13,11 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from erlmcp_ray.direct._protocol import MAX_FRAME, ServerConnection
+from erlmcp_ray.direct._protocol import MAX_FRAME, ServerConnection, deferred_response
 
 __all__ = ["DirectServer"]
+
+_WAKE = object()  # the selector key of the wake-up socket
 
 
 class _Peer:
@@ -39,6 +41,15 @@ class DirectServer:
         self.address = self._sock.getsockname()[:2]
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._sock, selectors.EVENT_READ, None)
+        # Answers that came later (a handler returned a Future, e.g. an asyncio long poll): queued by
+        # whichever thread finished them, sent by this server's thread (one writer per socket),
+        # which the wake-up socket rouses.
+        self._later: list[tuple[Any, bytes]] = []
+        self._later_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
         self._stop = threading.Event()
         self.closed: dict[str, int] = {}
         self.connections = 0
@@ -55,12 +66,42 @@ class DirectServer:
                 for key, _mask in self._selector.select(timeout=0.1):
                     if key.data is None:
                         self._accept()
+                    elif key.data is _WAKE:
+                        self._send_later()
                     else:
                         self._read(key.fileobj, key.data)
         finally:
             for key in list(self._selector.get_map().values()):
                 key.fileobj.close()
             self._selector.close()
+            self._wake_w.close()
+
+    def _later_for(self, conn: Any) -> Any:
+        def on_deferred(rid: int, future: Any) -> None:
+            def done(f: Any) -> None:
+                data = deferred_response(rid, f)
+                with self._later_lock:
+                    self._later.append((conn, data))
+                try:
+                    self._wake_w.send(b"\0")
+                except OSError:  # the wake-up socket is full: a wake-up is pending anyway
+                    pass
+
+            future.add_done_callback(done)
+
+        return on_deferred
+
+    def _send_later(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError, OSError):
+            pass
+        with self._later_lock:
+            later, self._later = self._later, []
+        for conn, data in later:
+            if conn.fileno() >= 0 and not self._send(conn, data):  # closed meanwhile: the answer goes nowhere
+                self._drop(conn)
 
     def _accept(self) -> None:
         try:
@@ -79,7 +120,9 @@ class DirectServer:
                 conn.close()
                 return
             peer = _Peer(state, handshaken=False)
+            state.on_deferred = self._later_for(conn)
         else:
+            state.on_deferred = self._later_for(conn)
             peer = _Peer(state, handshaken=True)
             if not self._send(conn, state.hello()):
                 conn.close()

@@ -88,6 +88,29 @@ def test_replication_rounds_go_over_the_endpoints(system):
         client.close()
 
 
+def test_coherence_polls_and_waiting_invalidations_go_over_the_coordinators_endpoint(system):
+    """The clients' long polls and a synchronous invalidate reach the coordinator over its endpoint
+    (its coroutines answer there when done); the invalidation still waits for every holder."""
+    from erlmcp_ray.actors.options import COORDINATOR
+
+    coordinator = ray.get_actor(COORDINATOR, namespace=NS)
+    holders = [system.client() for _ in range(3)]
+    try:
+        holders[0].put("reg", "inv", "v", consistency="strong")
+        for h in holders:
+            assert h.get("reg", "inv") == "v"  # cached now
+        before = ray.get(coordinator.stats.remote(), timeout=30)["direct"]["requests"]
+        result = holders[0].coordinator.invalidate("reg", "inv")
+        assert set(result.acked) >= {h.client_id for h in holders[1:]} and not result.missing
+        after = ray.get(coordinator.stats.remote(), timeout=30)["direct"]
+        assert after["requests"] >= before + 3  # the invalidate and the holders' polls past it
+        assert after["closed"] == {}
+        assert all(h._cache.lookup("reg", "inv") is None for h in holders[1:])  # noqa: SLF001 - dropped
+    finally:
+        for h in holders:
+            h.close()
+
+
 def test_transport_kind_ray_serves_no_endpoint(ray_local):
     ns = "t_direct_ray"
     sysm = erlmcp_ray.start(_cfg(kind="ray"), namespace=ns)

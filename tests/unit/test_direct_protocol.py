@@ -163,3 +163,33 @@ def test_over_sockets_a_flooded_connection_is_closed_and_the_others_go_on():
         assert [good.result(f, 10) for f in reversed(pending)] == [[i] for i in reversed(range(20))]
     finally:
         server.close()
+
+
+def test_a_handler_may_answer_later_and_answers_come_in_any_order():
+    """A handler that returns a Future (an asyncio long poll run elsewhere, say) is answered when
+    it is done, by the server's thread; other requests on the connection are served meanwhile."""
+    import concurrent.futures
+    import threading
+
+    held: dict[str, concurrent.futures.Future] = {}
+
+    def handler(method, args):
+        if method == "later":
+            held[args[0]] = f = concurrent.futures.Future()
+            return f
+        return args
+
+    server = DirectServer(SECRET, handler)
+    conn = DirectConnection(server.address, SECRET)
+    try:
+        a, b = conn.call_async("later", "a"), conn.call_async("later", "b")
+        assert conn.call("now", 1, timeout=5) == [1]  # not held up by the two waiting
+        threading.Timer(0.05, lambda: held["b"].set_result("B")).start()
+        assert conn.result(b, timeout=5) == "B" and not a.done()
+        held["a"].set_exception(KeyError("gone"))
+        with pytest.raises(RemoteCallError, match="KeyError"):
+            conn.result(a, timeout=5)
+        assert conn.call("now", 2, timeout=5) == [2]
+    finally:
+        conn.close()
+        server.close()
