@@ -105,7 +105,7 @@ def test_coherence_polls_and_waiting_invalidations_go_over_the_coordinators_endp
         after = ray.get(coordinator.stats.remote(), timeout=30)["direct"]
         assert after["requests"] >= before + 3  # the invalidate and the holders' polls past it
         assert after["closed"] == {}
-        assert all(h._cache.lookup("reg", "inv") is None for h in holders[1:])  # noqa: SLF001 - dropped
+        assert all(h._cache.lookup("reg", "inv") is None for h in holders[1:])
     finally:
         for h in holders:
             h.close()
