@@ -16,8 +16,8 @@ acknowledged only after the store holds it; if the store fails, the caller gets 
 retry applies the write again), every ``flush_s`` for write_behind.
 
 Strong writes do not wait on this thread: the client passes the owner's answer
-straight to each replica's ``apply_write`` (one Ray dependency, no extra hop
-through the owner's Python), and returns once all have applied it.
+to each replica's ``apply_write`` itself (no extra hop through the owner's Python),
+and returns once all have applied it.
 """
 
 from __future__ import annotations

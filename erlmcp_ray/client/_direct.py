@@ -1,8 +1,12 @@
 """Writes that go to the owner at once: bounded_stale (one call) and strong (group commit, chained).
 
-A strong round submits the owner's write and, chained on its answer (a dependency the
-transport resolves without this process), every replica's ``apply_write``; it is acknowledged
-when ``min_insync`` copies hold it, else ``ReplicationError``. A bounded_stale write returns
+A strong round submits the owner's write and every replica's ``apply_write`` of its answer; it is
+acknowledged when ``min_insync`` copies hold it, else ``ReplicationError``. On a transport that
+``chains_safely`` (the direct one: a chained call is sent the moment the owner's answer is read) the
+replicas' calls are submitted with the owner's pending answer; otherwise once the answer is here --
+on Ray, a call whose argument is another's pending answer waits in its actor's queue and holds up
+every later call from this client to that actor: an owner paused (SIGSTOP) after the call was sent
+kept the promoted replica from taking this client's next writes until the old owner woke. A bounded_stale write returns
 once the owner applied it, and is kept by the write-behind until the owner confirms it
 replicated (so an owner restart before that resends it).
 """
@@ -64,20 +68,17 @@ class DirectWrites:
         topo = self._topology
 
         def start() -> tuple[Any, list, Any, DomainRoute]:
-            # Submit the owner's write and, chained on its answer, every replica's apply. The route is
+            # Submit the owner's write and every replica's apply of its answer. The route is
             # read once per attempt, and its copies, owner and min_insync go together: after a failover
             # the owner is the promoted replica, after a migration the copies changed.
             d = self._routes[domain]
             owner = Copy(domain, shard, d.owner(shard))
             answer = self._transport.submit(owner, "write", self.client_id, seq, ops, True, True)
-            replicas = []
-            for slot in d.replicas(shard):
-                target = Copy(domain, shard, slot)
-                try:
-                    replicas.append((target, self._transport.submit(target, "apply_write", answer)))
-                except UnavailableError:
-                    replicas.append((target, None))
+            chain = getattr(self._transport, "chains_safely", False)
+            replicas = self._apply_to(domain, shard, d.replicas(shard), answer) if chain else []
             result = topo.wait_owner(owner, answer, max(0.001, deadline - time.monotonic()), "write")
+            if not chain:
+                replicas = self._apply_to(domain, shard, d.replicas(shard), result)
             return result, replicas, owner, d
 
         # Retried while Ray restarts the owner (or the supervisor promotes another), with the same
@@ -97,12 +98,7 @@ class DirectWrites:
                     or topo.owner(domain, shard) != owner):
                 break
             time.sleep(pause)
-            replicas = []
-            for target in waiting:
-                try:
-                    replicas.append((target, self._transport.submit(target, "apply_write", result)))
-                except UnavailableError:
-                    replicas.append((target, None))
+            replicas = self._apply_to(domain, shard, [t.slot for t in waiting], result)
         if acked < d.min_insync:
             raise ReplicationError(
                 f"{domain} shard {shard}: applied by {acked} of {d.copies} copies, {d.min_insync} required; "
@@ -111,6 +107,18 @@ class DirectWrites:
         out: list[Any] = [rec for _key, rec in result.items]
         for i, error in self._op_failure(d, result) or ():  # these ops were not written: their callers get the error
             out[i] = error
+        return out
+
+    def _apply_to(self, domain: str, shard: int, slots: list[int], answer: Any) -> list[tuple[Copy, Any]]:
+        """Each replica's ``apply_write`` of the owner's answer (or of its pending answer, on a
+        transport that ``chains_safely``); ``(copy, None)`` for one that cannot be reached now."""
+        out = []
+        for slot in slots:
+            target = Copy(domain, shard, slot)
+            try:
+                out.append((target, self._transport.submit(target, "apply_write", answer)))
+            except UnavailableError:
+                out.append((target, None))
         return out
 
     def _collect_acks(self, replicas: list, acked: int, failures: dict, needed: int,

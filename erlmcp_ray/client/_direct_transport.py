@@ -256,6 +256,9 @@ class DirectTransport:
     process's connections; ``lookup(target)``: a copy's endpoint (default: ask the copy over
     ``fallback``)."""
 
+    #: a call given another's pending answer is sent once that answer is here (see client._direct)
+    chains_safely = True
+
     def __init__(self, fallback: Any, pool: DirectPool, *,
                  lookup: Callable[[Any], dict | None] | None = None, lookup_timeout_s: float = 10.0) -> None:
         self._fallback, self._pool = fallback, pool

@@ -136,14 +136,19 @@ class MemoryClient:
         self._refresh_topology()
 
     def _refresh_topology(self) -> None:
+        """Take the newest layout of two sources: the coordinator's, and Ray's key-value store, which
+        the supervisor writes first (a promotion whose announcement to the coordinator failed or is
+        late is still seen; so is one made while the coordinator is down or slow to answer)."""
         try:
-            raw = self._transport.call(COORDINATOR, "get_layout", timeout=self._timeout)
-        except UnavailableError:
-            # The coordinator is down too (its node died with the owner's): Ray's KV store has the layout.
-            raw = self._transport.stored_layout()
-            if raw is None:
-                raise
-        layout = Layout.decode(raw)
+            found = [self._transport.call(COORDINATOR, "get_layout", timeout=min(self._timeout, _LAYOUT_CALL_S))]
+        except UnavailableError:  # down, restarting, or slow (a timeout is one too)
+            found = []
+        stored = self._transport.stored_layout()
+        if stored is not None:
+            found.append(stored)
+        if not found:
+            raise UnavailableError("the layout: the coordinator did not answer and Ray's key-value store has none")
+        layout = max((Layout.decode(raw) for raw in found), key=lambda lay: lay.generation)
         if layout.generation <= self._layout.generation:
             return
         self._layout = layout
@@ -537,3 +542,5 @@ async def _in_thread(fn: Callable, *args: Any, **kwargs: Any) -> Any:
     return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
 
+#: how long a topology refresh waits for the coordinator before it reads Ray's key-value store alone
+_LAYOUT_CALL_S = 2.0
