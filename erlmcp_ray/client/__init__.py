@@ -25,8 +25,8 @@ from __future__ import annotations
 import threading
 
 from erlmcp_ray.client._coordinator import CacheCoordinator, InvalidationResult
-from erlmcp_ray.client._facade import MemoryClient
 from erlmcp_ray.client._direct_transport import DirectTransport, default_transport
+from erlmcp_ray.client._facade import MemoryClient
 from erlmcp_ray.client._transport import COORDINATOR, Copy, RayTransport, Retry, Transport
 from erlmcp_ray.config import MemoryConfig
 from erlmcp_ray.core.entry import Subscription

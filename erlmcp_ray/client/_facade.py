@@ -24,6 +24,7 @@ from erlmcp_ray.client._cache import LocalCache
 from erlmcp_ray.client._coherence import Coherence
 from erlmcp_ray.client._coordinator import CacheCoordinator
 from erlmcp_ray.client._direct import DirectWrites
+from erlmcp_ray.client._direct_transport import DirectTransport, default_transport
 from erlmcp_ray.client._group_commit import GroupCommit
 from erlmcp_ray.client._inspect import Inspector
 from erlmcp_ray.client._reads import OwnWrites, ReadPath
@@ -32,7 +33,6 @@ from erlmcp_ray.client._selector import Selector
 from erlmcp_ray.client._settings import ClientSettings, DomainRoute, domain_routes
 from erlmcp_ray.client._stats import Counters, Latencies
 from erlmcp_ray.client._topology import Topology
-from erlmcp_ray.client._direct_transport import DirectTransport, default_transport
 from erlmcp_ray.client._transport import COORDINATOR, SUPERVISOR, RayTransport, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.config import CoherenceLevel, Consistency, MemoryConfig
