@@ -176,15 +176,16 @@ class DirectPool:
             self._endpoints.clear()
 
 
-_pools: dict[str, DirectPool] = {}
+_pools: dict[tuple, DirectPool] = {}
 _pools_lock = threading.Lock()
 
 
 def shared_pool(namespace: str, max_frame: int, tls: dict | None = None) -> DirectPool:
     """This process's pool for the system in ``namespace`` (made on first use). ``tls``: the
     ``{"cert", "key", "ca"}`` paths when the system runs TLS (``ConfigError`` when they are unusable
-    here)."""
-    pool = _pools.get(namespace)
+    here). A later system in the namespace with other transport settings gets a pool of its own."""
+    key = (namespace, max_frame, tuple(sorted(tls.items())) if tls else None)
+    pool = _pools.get(key)
     if pool is None:
         from erlmcp_ray import _ray
         from erlmcp_ray.direct import client_context, secret_key
@@ -194,17 +195,18 @@ def shared_pool(namespace: str, max_frame: int, tls: dict | None = None) -> Dire
         except (OSError, ssl.SSLError) as exc:
             raise ConfigError(f"transport TLS files unusable on this node: {exc}", path="transport.tls_cert") from exc
         with _pools_lock:
-            pool = _pools.get(namespace)
+            pool = _pools.get(key)
             if pool is None:
-                pool = _pools[namespace] = DirectPool(lambda: _ray.kv_get(secret_key(namespace)), max_frame=max_frame,
+                pool = _pools[key] = DirectPool(lambda: _ray.kv_get(secret_key(namespace)), max_frame=max_frame,
                                                       tls=context)
     return pool
 
 
 def close_shared_pool(namespace: str) -> None:
+    """Close this process's connections to the system in ``namespace`` (it is shutting down)."""
     with _pools_lock:
-        pool = _pools.pop(namespace, None)
-    if pool is not None:
+        pools = [_pools.pop(key) for key in [k for k in _pools if k[0] == namespace]]
+    for pool in pools:
         pool.close()
 
 

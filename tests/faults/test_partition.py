@@ -21,8 +21,13 @@ from tests.conftest import running_system, wait_for
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def _config(tmp_path) -> dict:
-    return {"durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
+#: both data paths: the direct endpoints (the default) and Ray actor calls
+TRANSPORTS = pytest.mark.parametrize("transport", ["direct", "ray"])
+
+
+def _config(tmp_path, transport: str = "direct") -> dict:
+    return {"transport": {"kind": transport},
+            "durable": {"kind": "sqlite", "data_dir": str(tmp_path)},
             "distributed_memory": {"checkpoint_interval": 0, "failure_timeout_ms": 1000},
             "persistence_selector": {"auto_select": False},
             "domains": {"reg": {"backend": "replicated", "max_bytes": "10MB", "shards": 1,
@@ -34,9 +39,10 @@ def _owner(client) -> int:
     return client.recovery.get_failover_status()["owners"].get("reg/0", {"slot": 0})["slot"]
 
 
-def test_both_sides_take_eventual_writes_and_the_heal_merges_them(ray_local, tmp_path):
-    ns = "t_partition"
-    with running_system(_config(tmp_path), ns) as sysm:
+@TRANSPORTS
+def test_both_sides_take_eventual_writes_and_the_heal_merges_them(ray_local, tmp_path, transport):
+    ns = f"t_partition_{transport}"
+    with running_system(_config(tmp_path, transport), ns) as sysm:
         cut, main = sysm.client(), sysm.client()  # `cut` is on the old owner's (minority) side
         updates, conflicts = [], []
         main.subscribe("reg", lambda ev: (conflicts if isinstance(ev, MemoryConflict) else updates).append(ev))

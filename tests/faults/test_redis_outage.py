@@ -17,11 +17,13 @@ from tests.workloads import strong_history_through
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 
-def test_a_redis_outage_loses_no_acknowledged_write(ray_local, tmp_path):
+@pytest.mark.parametrize("transport", ["direct", "ray"])
+def test_a_redis_outage_loses_no_acknowledged_write(ray_local, tmp_path, transport):
     # appendfsync always: Redis acknowledges a write only once it is on disk, as a write-through
     # deployment must run it (with Redis' default everysec, a kill loses up to 1 s of its acks)
     server = RedisServer(tmp_path, appendfsync="always").start()
-    cfg = {"durable": {"kind": "redis", "redis_url": server.url, "flush_ms": 50},
+    cfg = {"transport": {"kind": transport},
+           "durable": {"kind": "redis", "redis_url": server.url, "flush_ms": 50},
            "distributed_memory": {"checkpoint_interval": 0},
            "persistence_selector": {"auto_select": False},
            "domains": {"kept": {"backend": "replicated", "max_bytes": "10MB", "shards": 2, "durable": "write_through"}},
@@ -34,7 +36,7 @@ def test_a_redis_outage_loses_no_acknowledged_write(ray_local, tmp_path):
         restarted.append(RedisServer(tmp_path, port=server.port, appendfsync="always").start())
 
     try:
-        with running_system(cfg, "t_redis_outage") as sysm:
+        with running_system(cfg, f"t_redis_outage_{transport}") as sysm:
             clients = [sysm.client() for _ in range(2)]
             try:
                 history = strong_history_through(outage, clients, threads=4, ops=30, keys=3, domain="kept",

@@ -114,6 +114,11 @@ def plane():
     p.close()
 
 
+def _transport(plane: Plane, **pool) -> DirectTransport:
+    """A transport of its own (its own pool) to the plane's endpoints."""
+    return DirectTransport(plane.fake, DirectPool(lambda: SECRET, **pool), lookup=plane.lookup)
+
+
 def _client(plane: Plane, secret: bytes = SECRET) -> tuple[MemoryClient, DirectTransport]:
     transport = DirectTransport(plane.fake, DirectPool(lambda: secret), lookup=plane.lookup)
     return MemoryClient("fake", plane.fake.config, transport=transport), transport
@@ -213,7 +218,7 @@ def test_a_wrong_secret_is_refused_and_the_calls_go_over_the_fallback(plane):
 
 
 def test_a_silent_copy_times_out_and_its_connection_stays_usable(plane):
-    transport = DirectTransport(plane.fake, DirectPool(lambda: SECRET), lookup=plane.lookup)
+    transport = _transport(plane)
     owner = Copy("reg", 0, 0)
     transport.call(owner, "progress", timeout=2)
     plane.hold.clear()  # the copy stops answering
@@ -227,7 +232,7 @@ def test_a_silent_copy_times_out_and_its_connection_stays_usable(plane):
 def test_ready_finds_an_answer_behind_a_copy_that_does_not_answer(plane):
     """A stuck copy first in the list must not hide another's answer (a strong write with one
     replica paused is acknowledged by the others)."""
-    transport = DirectTransport(plane.fake, DirectPool(lambda: SECRET), lookup=plane.lookup)
+    transport = _transport(plane)
     stuck, fine = Copy("reg", 0, 0), Copy("reg", 1, 0)
     transport.call(stuck, "progress", timeout=2)
     transport.call(fine, "progress", timeout=2)
@@ -243,7 +248,7 @@ def test_ready_finds_an_answer_behind_a_copy_that_does_not_answer(plane):
 
 
 def test_a_dead_copy_fails_as_unavailable(plane):
-    transport = DirectTransport(plane.fake, DirectPool(lambda: SECRET), lookup=plane.lookup)
+    transport = _transport(plane)
     owner = Copy("reg", 0, 0)
     transport.call(owner, "progress", timeout=2)
     plane.fake.down(owner)
@@ -275,14 +280,13 @@ def test_tls_both_ways_and_a_peer_outside_the_cluster_ca_is_refused(plane, tmp_p
     tls_server = DirectServer(SECRET, lambda m, a: plane.fake.call(owner, m, *a, timeout=5), tls=server_context(ours))
     plane.servers[owner], plane.endpoints[owner] = tls_server, tls_server.address
     try:
-        good = DirectTransport(plane.fake, DirectPool(lambda: SECRET, tls=client_context(ours)), lookup=plane.lookup)
+        good = _transport(plane, tls=client_context(ours))
         assert isinstance(good.call(owner, "progress", timeout=5), Progress)
         assert good.transport_stats()["direct"] == 1
-        plain = DirectTransport(plane.fake, DirectPool(lambda: SECRET), lookup=plane.lookup)
+        plain = _transport(plane)
         assert isinstance(plain.call(owner, "progress", timeout=5), Progress)  # over the fallback
         assert plain.transport_stats()["fallback"] == 1
-        stranger = DirectTransport(plane.fake, DirectPool(lambda: SECRET, tls=client_context(theirs)),
-                                   lookup=plane.lookup)
+        stranger = _transport(plane, tls=client_context(theirs))
         assert isinstance(stranger.call(owner, "progress", timeout=5), Progress)  # over the fallback
         stats = stranger.transport_stats()
         assert stats["fallback"] == 1 and stats["refused"] == 1
