@@ -87,7 +87,6 @@ class CoordinatorActor:
         self._layout_key = layout_key(namespace)
         self._layout = _read_layout(self._layout_key)
         self._direct: Any = _NOT_STARTED  # see endpoint()
-        self._direct_calls = 0
 
     # ------------------------------------------------------------------ writes
     async def publish(self, items: list) -> int:
@@ -345,8 +344,7 @@ class CoordinatorActor:
 
     async def stats(self) -> dict:
         server = self._direct if self._direct is not _NOT_STARTED else None
-        direct = None if server is None else {"address": list(server.address), "requests": self._direct_calls,
-                                              "connections": server.connections, "closed": dict(server.closed)}
+        direct = None if server is None else server.describe()
         return {**self._log.stats(), "waiting_polls": self._waiting, "direct": direct}
 
     async def client_info(self) -> dict:
@@ -376,27 +374,18 @@ class CoordinatorActor:
         return {"host": host, "port": port, "incarnation": self._log.epoch}
 
     def _start_direct(self, loop: asyncio.AbstractEventLoop) -> Any:
+        from erlmcp_ray.actors._endpoint import start_endpoint
         from erlmcp_ray.config import MemoryConfig
-        from erlmcp_ray.direct import DirectServer, secret_key, server_context
 
         transport = MemoryConfig.load(self._config).transport
         if transport.kind.value != "direct":
             return None
-        try:
-            secret = _ray.kv_get(secret_key(self.namespace))
-            if not secret:
-                return None
-            tls = server_context(transport.tls()) if transport.tls() else None
 
-            def serve(method: str, args: list) -> Any:
-                if method not in self.DIRECT_METHODS:
-                    raise ValueError(f"{method!r} is not served by the coordinator's direct endpoint")
-                self._direct_calls += 1
-                # on this actor's event loop, as a Ray call would run: the answer goes out when done
-                return asyncio.run_coroutine_threadsafe(getattr(self, method)(*args), loop)
+        def serve(method: str, args: list) -> Any:
+            if method not in self.DIRECT_METHODS:
+                raise ValueError(f"{method!r} is not served by the coordinator's direct endpoint")
+            # on this actor's event loop, as a Ray call would run: the answer goes out when done
+            return asyncio.run_coroutine_threadsafe(getattr(self, method)(*args), loop)
 
-            return DirectServer(secret, serve, host=ray.util.get_node_ip_address(),
-                                max_frame=transport.max_frame, tls=tls)
-        except Exception as exc:  # noqa: BLE001 - Ray calls still work
-            log.warning("the coordinator's direct endpoint did not start (%s); serving Ray calls only", exc)
-            return None
+        return start_endpoint(self.namespace, serve, max_frame=transport.max_frame, tls=transport.tls(),
+                              who="the coordinator")

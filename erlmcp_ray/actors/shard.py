@@ -34,6 +34,7 @@ import psutil
 import ray
 
 from erlmcp_ray import _faults, _ray
+from erlmcp_ray.actors._endpoint import start_endpoint
 from erlmcp_ray.actors.options import CONTROL, COORDINATOR, shard_name
 from erlmcp_ray.client._transport import Copy
 from erlmcp_ray.config import DurableConfig, DurableKind
@@ -85,7 +86,6 @@ class ShardActor:
         self._settings = settings
         self._lock = threading.RLock()
         self._serial = threading.RLock()  # see _serve
-        self._direct_calls = 0
         # The topology says which slot owns the shard (not slot 0 after a failover), and from which epoch.
         self._copy = ShardCopy(domain, shard, slot, copies, max(epoch, layout.epoch(domain, shard)), settings)
         self._copy.owner_slot = layout.owner(domain, shard)
@@ -143,20 +143,8 @@ class ShardActor:
         (clients then use Ray calls)."""
         if not self._settings.direct:
             return None
-        from erlmcp_ray.direct import DirectServer, secret_key, server_context
-
-        try:
-            secret = _ray.kv_get(secret_key(self.namespace))
-            if not secret:
-                log.warning("%s: no direct secret in Ray's key-value store; serving Ray calls only", self._place)
-                return None
-            # TLS asked for and its files unusable here: no endpoint at all (never a plaintext one)
-            tls = server_context(self._settings.tls) if self._settings.tls else None
-            return DirectServer(secret, self._serve, host=ray.util.get_node_ip_address(),
-                                max_frame=self._settings.max_frame, tls=tls)
-        except Exception as exc:  # noqa: BLE001 - never fail the constructor: Ray calls still work
-            log.warning("%s: the direct endpoint did not start (%s); serving Ray calls only", self._place, exc)
-            return None
+        return start_endpoint(self.namespace, self._serve, max_frame=self._settings.max_frame,
+                              tls=self._settings.tls, who=self._place)
 
     def _replica_transport(self) -> Any:
         """How this copy, as owner, sends replication rounds to its replicas: over their direct
@@ -177,7 +165,6 @@ class ShardActor:
         (promote, set_layout, recover, absorb, apply_staged) hold ``_serial``, which this takes too."""
         if method not in self.DIRECT_METHODS:
             raise InvalidValueError(f"{method!r} is not served by the direct endpoint")
-        self._direct_calls += 1
         with self._serial:
             return getattr(self, method)(*args)
 
@@ -712,16 +699,8 @@ class ShardActor:
                     "durable_location": None if self._store is None else self._store.location,
                     "durable_pending": len(self._copy.state.dirty or ()) + self._flushing + self._catching_up,
                     "durable_stale_rows_failed": self._stale_failed, "durable_failing": self._store_failing,
-                    "restored_from_checkpoint": self._restored, "direct": self._direct_stats()}
-
-    def _direct_stats(self) -> dict | None:
-        """The direct endpoint: where, requests served, connections accepted and closed for a breach
-        of the protocol (by reason); None when there is none."""
-        server = self._direct
-        if server is None:
-            return None
-        return {"address": list(server.address), "requests": self._direct_calls, "connections": server.connections,
-                "closed": dict(server.closed)}
+                    "restored_from_checkpoint": self._restored,
+                    "direct": None if self._direct is None else self._direct.describe()}
 
     def memory(self) -> dict:
         """This copy's data and its process's memory, for ``get_cluster_memory``."""

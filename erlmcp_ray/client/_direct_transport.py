@@ -31,7 +31,7 @@ from collections.abc import Callable
 from typing import Any
 
 from erlmcp_ray import errors
-from erlmcp_ray.client._transport import COORDINATOR
+from erlmcp_ray.client._transport import COORDINATOR, _what
 from erlmcp_ray.core.wire import PollAnswer, Progress, ReadAnswer, WriteAnswer
 from erlmcp_ray.direct import DirectConnection, FrameTooLarge, ProtocolError, RemoteCallError
 from erlmcp_ray.direct._client import Reply
@@ -266,6 +266,8 @@ class DirectTransport:
         self._fallback, self._pool = fallback, pool
         self._lookup = lookup or (lambda target: fallback.call(target, "endpoint", timeout=lookup_timeout_s))
         self.stats = {"direct": 0, "fallback": 0, "broken": 0}
+        # the fault seam's check (a partition cuts direct calls too); none on a fallback without it
+        self._check_partition = getattr(fallback, "check_partition", None)
 
     # The fault seam names this client (a partition cuts its direct calls too).
     @property
@@ -287,9 +289,8 @@ class DirectTransport:
                 return self._fallback.submit(target, method, *args)
         elif method not in DIRECT_METHODS:
             return self._fallback.submit(target, method, *args)
-        check = getattr(self._fallback, "check_partition", None)
-        if check is not None:
-            check(target)
+        if self._check_partition is not None:
+            self._check_partition(target)
         dep = next((a for a in args if isinstance(a, _Pending)), None)
         conn = self._pool.connection(target, self._lookup)
         if conn is None:
@@ -425,9 +426,3 @@ def _remote_error(exc: RemoteCallError, what: str) -> ErlmcpRayError:
             pass
         return err
     return RemoteError(f"{what} failed remotely: {exc.kind}: {exc.message}")
-
-
-def _what(target: Any) -> str:
-    if type(target) is str:
-        return f"the {target}"
-    return f"{target[0]} shard {target[1]} slot {target[2]}"

@@ -35,7 +35,14 @@ class DirectServer:
 
     def __init__(self, secret: bytes, handler: Callable[[str, list], Any], *, host: str = "127.0.0.1",
                  port: int = 0, max_frame: int = MAX_FRAME, tls: ssl.SSLContext | None = None) -> None:
-        self._secret, self._handler, self._max_frame, self._tls = secret, handler, max_frame, tls
+        self._secret, self._max_frame, self._tls = secret, max_frame, tls
+        self.requests = 0  # requests handed to the handler
+
+        def counted(method: str, args: list) -> Any:
+            self.requests += 1  # this server's one thread only
+            return handler(method, args)
+
+        self._handler = counted
         self._sock = socket.create_server((host, port))
         self._sock.setblocking(False)
         self.address = self._sock.getsockname()[:2]
@@ -55,6 +62,12 @@ class DirectServer:
         self.connections = 0
         self._thread = threading.Thread(target=self._run, name="erlmcp-direct-server", daemon=True)
         self._thread.start()
+
+    def describe(self) -> dict:
+        """Where it listens, requests served, connections accepted, and those closed for a breach
+        of the protocol, by reason."""
+        return {"address": list(self.address), "requests": self.requests, "connections": self.connections,
+                "closed": dict(self.closed)}
 
     def close(self) -> None:
         self._stop.set()
