@@ -27,18 +27,22 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import threading
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
 import msgpack
 
-__all__ = ["MAX_FRAME", "REQUEST", "RESPONSE", "VERSION", "ClientHandshake", "ProtocolError", "ServerConnection",
+__all__ = ["MAX_FRAME", "READ_SIZE", "REQUEST", "RESPONSE", "VERSION", "ClientHandshake", "ProtocolError", "ServerConnection",
            "deferred_response", "error_response", "pack", "unpacker"]
 
 VERSION = 1
 REQUEST, RESPONSE = 0, 1
 MAX_FRAME = 64 * 1024 * 1024
+#: how much one read takes from a socket, into a buffer kept for the purpose: ``socket.recv(n)``
+#: allocates n bytes per call, and from 128 KiB on that is an mmap/munmap pair (~20 us a read here)
+READ_SIZE = 1 << 20
 _HELLO = "erlmcp-direct"
 _NONCE = 32
 
@@ -51,8 +55,20 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
+_local = threading.local()
+
+
 def pack(value: Any) -> bytes:
-    return msgpack.packb(value, use_bin_type=True)
+    # one Packer per thread: it keeps its buffer (packb makes a Packer, and a 1 MiB buffer, per call)
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(use_bin_type=True, autoreset=True)
+    try:
+        return packer.pack(value)
+    except Exception:
+        del _local.packer  # a failed pack may leave its buffer dirty
+        raise
 
 
 def deferred_response(rid: int, future: Future) -> bytes:

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from erlmcp_ray.direct._protocol import MAX_FRAME, ServerConnection, deferred_response
+from erlmcp_ray.direct._protocol import MAX_FRAME, READ_SIZE, ServerConnection, deferred_response
 
 __all__ = ["DirectServer"]
 
@@ -57,6 +57,7 @@ class DirectServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, _WAKE)
+        self._view = memoryview(bytearray(READ_SIZE))
         self._stop = threading.Event()
         self.closed: dict[str, int] = {}
         self.connections = 0
@@ -170,21 +171,24 @@ class DirectServer:
             if not self._send(conn, peer.state.hello()):
                 self._drop(conn)
             return
-        chunks = []
+        view, n = self._view, 0  # one read buffer: this thread alone reads
         try:
-            chunks.append(conn.recv(1 << 20))
-            while chunks[-1] and isinstance(conn, ssl.SSLSocket) and conn.pending():
-                chunks.append(conn.recv(conn.pending()))  # decrypted already: select() would not say so
+            n = conn.recv_into(view)
+            while n and n < len(view) and isinstance(conn, ssl.SSLSocket) and conn.pending():
+                # decrypted already: select() would not say so
+                got = conn.recv_into(view[n:], min(conn.pending(), len(view) - n))
+                if not got:
+                    break
+                n += got
         except (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
-            if not chunks:
+            if not n:
                 return
         except OSError:
-            chunks.append(b"")
-        data = b"".join(chunks)
-        if not data:
+            pass  # what was read is served; nothing read: the connection is gone
+        if not n:
             self._drop(conn)
             return
-        out, close = peer.state.receive(data)
+        out, close = peer.state.receive(view[:n])  # the unpacker copies what it keeps
         if out and not self._send(conn, out):
             close = True
         if close:

@@ -193,3 +193,28 @@ def test_a_handler_may_answer_later_and_answers_come_in_any_order():
     finally:
         conn.close()
         server.close()
+
+
+def test_a_wait_ends_at_its_deadline_not_at_a_read_slice():
+    """A waiting caller reads blocking, a slice (``_RECV_SLICE_S``) at a time: an answer later than
+    a slice still arrives, a deadline between slices is still kept, and a value larger than one
+    read arrives whole."""
+    from erlmcp_ray.direct._client import _RECV_SLICE_S
+    from erlmcp_ray.direct._protocol import READ_SIZE
+
+    server = DirectServer(SECRET, handler)
+    try:
+        conn = DirectConnection(server.address, SECRET)
+        assert conn.call("sleep", 4 * _RECV_SLICE_S, timeout=5) == "slept"  # several slices with nothing
+        t0 = time.monotonic()
+        with pytest.raises(TimeoutError):
+            conn.call("sleep", 1.0, timeout=1.5 * _RECV_SLICE_S)
+        took = time.monotonic() - t0
+        assert 1.5 * _RECV_SLICE_S <= took < 1.5 * _RECV_SLICE_S + 0.1, took
+        with pytest.raises(TimeoutError):  # no time at all: what arrived, without waiting
+            conn.call("sleep", 0.2, timeout=0)
+        big = os.urandom(3 * READ_SIZE + 17)
+        assert conn.call("echo", big, timeout=10) == [big]
+        assert conn.call("echo", "after", timeout=5) == ["after"]  # the late answers were dropped
+    finally:
+        server.close()
