@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mmap
 import threading
 
 import pytest
@@ -43,6 +44,18 @@ class FakeExit:
     def __call__(self, code):
         self.codes.append(code)
         self.called.set()
+
+
+def fresh_private_memory(size: int) -> mmap.mmap:
+    """``size`` bytes of new, written, private memory of this process.
+
+    A fresh anonymous private mapping, not a ``bytes``: malloc may serve a large block from heap
+    pages an earlier test freed but that are still resident, and then the process's memory does
+    not grow at all (this made these tests fail in a full run). Python's default mmap is shared.
+    """
+    block = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    block.write(b"x" * size)
+    return block
 
 
 def limits(heap=100, bin_heap=50):
@@ -141,11 +154,11 @@ def test_get_memory_usage_measures_this_process():
     mg.enable_context_guard()
     before, _ = mg.get_memory_usage()  # growth since enabling: small
     assert 0 <= before < 20 * MB
-    block = b"x" * (40 * MB)  # written, so resident: private memory of this process
+    block = fresh_private_memory(40 * MB)
     after, after_bin = mg.get_memory_usage()
     assert after - before > 30 * MB and after_bin >= 0
     assert mg.check().heap >= after - 1 * MB
-    del block
+    block.close()
 
 
 # --------------------------------------------------------------------------- enforcement
@@ -184,10 +197,10 @@ def test_guard_current_actor_thread_exits_the_process(capsys):
 def test_guard_current_actor_with_the_real_measure():
     exit_ = FakeExit()
     watcher = mg.guard_current_actor("tool", 0.005, max_heap_size=2 * MB, exit_process=exit_)
-    block = b"y" * (30 * MB)
+    block = fresh_private_memory(30 * MB)
     assert exit_.called.wait(10), "30 MB over a 2 MB heap limit was not caught"
     assert watcher.guard.excursions == 1 and exit_.codes == [1]
-    del block
+    block.close()
 
 
 def test_disable_guard_stops_the_watcher():
