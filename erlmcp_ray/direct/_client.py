@@ -8,10 +8,11 @@ import itertools
 import os
 import select
 import socket
-import struct
 import ssl
+import struct
 import threading
 import time
+from _thread import allocate_lock as _allocate_lock
 from typing import Any
 
 from erlmcp_ray.direct._protocol import (
@@ -102,8 +103,9 @@ class DirectConnection:
     """One authenticated connection. ``call`` sends a request and waits for its answer; ``call_async``
     sends and returns a future that ``result`` waits for. There is no reader thread: a waiting
     caller reads the socket itself (the *leader*), handing every other caller's answer to its future;
-    the others wait until their answer arrives or the leader leaves (leader/follower), so a lone
-    caller reads its own answer without a thread switch."""
+    the others sleep until their answer arrives or the leader leaves (leader/follower), each on a
+    lock of its own, so an answer wakes only the caller it is for and a lone caller reads its own
+    answer without a thread switch."""
 
     def __init__(self, address: tuple[str, int], secret: bytes, *, timeout: float = 10.0,
                  max_frame: int = MAX_FRAME, tls: ssl.SSLContext | None = None) -> None:
@@ -145,7 +147,9 @@ class DirectConnection:
             raise
         self._ids = itertools.count(1)
         self._pending: dict[int, Reply] = {}
-        self._cond = threading.Condition(threading.Lock())  # never taken twice by one thread
+        self._lock = threading.Lock()  # guards _pending, _leading and _followers
+        #: callers waiting while another reads: each sleeps on its own lock (see ``wait``)
+        self._followers: dict[Reply, Any] = {}
         self._leading = False
         self.broken: BaseException | None = None
 
@@ -203,7 +207,7 @@ class DirectConnection:
         frame = pack([REQUEST, rid, method, list(args)])  # TypeError for what msgpack cannot carry
         if len(frame) > self.max_frame:
             raise FrameTooLarge(f"a {method} request of {len(frame)} bytes; the endpoint takes {self.max_frame}")
-        with self._cond:
+        with self._lock:
             if self.broken is not None:
                 raise ConnectionError(f"connection broken: {self.broken}")
             self._pending[rid] = future
@@ -225,26 +229,44 @@ class DirectConnection:
 
     def wait(self, future: Reply, timeout: float) -> bool:
         """Wait up to ``timeout`` s for ``future`` (reading the socket while no one else does);
-        whether it is done."""
+        whether it is done. A caller that finds another reading sleeps on a lock of its own, which
+        the reader releases when its answer came, or to hand the reading over as it leaves: one
+        thread woken per answer, never every waiting caller."""
         deadline = time.monotonic() + timeout
-        while not future.done():
-            with self._cond:
-                while not future.done() and self._leading:
+        while True:
+            with self._lock:
+                if future.done():
+                    if not self._leading:
+                        self._hand_over()  # we may have been woken to read: someone else must
+                    return True
+                if self._leading:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
-                    self._cond.wait(remaining)
-                if future.done():
-                    break
-                self._leading = True
+                    wake = _allocate_lock()
+                    wake.acquire()
+                    self._followers[future] = wake
+                else:
+                    self._leading = True
+                    wake = None
+            if wake is not None:
+                wake.acquire(True, remaining)
+                with self._lock:
+                    self._followers.pop(future, None)
+                continue
             try:
-                if not self._lead(future, deadline):
-                    return future.done()
+                answered = self._lead(future, deadline)
             finally:
-                with self._cond:
+                with self._lock:
                     self._leading = False
-                    self._cond.notify_all()
-        return True
+                    self._hand_over()
+            return True if answered else future.done()
+
+    def _hand_over(self) -> None:
+        """Wake one sleeping caller to read in our place (caller holds ``_lock``)."""
+        if self._followers:
+            _future, wake = self._followers.popitem()
+            wake.release()
 
     def _lead(self, future: Reply, deadline: float) -> bool:
         """Read answers until ``future``'s came (True) or the deadline passed (False)."""
@@ -264,7 +286,7 @@ class DirectConnection:
                 if not (isinstance(message, list) and len(message) == 4 and message[0] == RESPONSE):
                     raise ProtocolError("bad_response", str(message)[:80])
                 _kind, rid, ok, value = message
-                with self._cond:
+                with self._lock:
                     waiting = self._pending.pop(rid, None)
                 if waiting is not None:
                     if ok:
@@ -272,8 +294,10 @@ class DirectConnection:
                     else:
                         waiting.set_exception(RemoteCallError(*value))
                     if waiting is not future:
-                        with self._cond:
-                            self._cond.notify_all()
+                        with self._lock:
+                            wake = self._followers.pop(waiting, None)
+                        if wake is not None:
+                            wake.release()
         except BaseException as exc:  # noqa: BLE001 - every waiting call learns it
             self._fail(exc)
         return True
@@ -286,11 +310,14 @@ class DirectConnection:
         self._sock.close()
 
     def _fail(self, exc: BaseException) -> None:
-        with self._cond:
+        with self._lock:
             if self.broken is None:
                 self.broken = exc
             pending, self._pending = self._pending, {}
-            self._cond.notify_all()
         for future in pending.values():
             if not future.done():
                 future.set_exception(ConnectionError(f"connection broken: {exc}"))
+        with self._lock:  # every sleeping caller: its call failed
+            followers, self._followers = self._followers, {}
+        for wake in followers.values():
+            wake.release()

@@ -218,3 +218,81 @@ def test_a_wait_ends_at_its_deadline_not_at_a_read_slice():
         assert conn.call("echo", "after", timeout=5) == ["after"]  # the late answers were dropped
     finally:
         server.close()
+
+
+def test_callers_waiting_behind_a_reader_take_over_when_it_leaves():
+    """Leader/follower: the caller reading the socket leaves once its own answer came; a caller still
+    waiting must read next at once (not sleep until its own timeout), also when the one woken to read
+    had its answer already. Many threads, answers in every order, some calls timing out."""
+    import random
+
+    server = DirectServer(SECRET, handler)
+    try:
+        conn = DirectConnection(server.address, SECRET)
+        # A reads first (short call), B waits behind it for a longer one: B's answer comes right after.
+        took: dict[str, float] = {}
+
+        def timed(name: str, seconds: float) -> None:
+            t0 = time.monotonic()
+            assert conn.call("sleep", seconds, timeout=20) == "slept"
+            took[name] = time.monotonic() - t0
+
+        a = threading.Thread(target=timed, args=("a", 0.05))
+        a.start()
+        time.sleep(0.01)
+        b = threading.Thread(target=timed, args=("b", 0.3))
+        b.start()
+        a.join(10)
+        b.join(10)
+        assert took["b"] < 1.0, took  # not its 20 s timeout: it took over the reading
+
+        rng = random.Random(7)
+        errors: list[BaseException] = []
+        done = []
+
+        def caller(n: int) -> None:
+            r = random.Random(n)
+            try:
+                for i in range(40):
+                    if r.random() < 0.1:
+                        try:
+                            conn.call("sleep", 0.02, timeout=0.001)  # times out; its answer comes late
+                        except TimeoutError:
+                            pass
+                    else:
+                        assert conn.call("echo", n, i, timeout=20) == [n, i]
+                done.append(n)
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+
+        threads = [threading.Thread(target=caller, args=(rng.randrange(10**6) + n,)) for n in range(16)]
+        t0 = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        assert not errors and len(done) == 16, errors
+        assert time.monotonic() - t0 < 15  # no caller sat out a 20 s timeout
+
+        # The connection breaks while callers wait: every one learns it at once.
+        outcomes: list[BaseException | None] = []
+
+        def stuck() -> None:
+            try:
+                conn.call("sleep", 5, timeout=20)
+                outcomes.append(None)
+            except BaseException as exc:  # noqa: BLE001
+                outcomes.append(exc)
+
+        waiting = [threading.Thread(target=stuck) for _ in range(6)]
+        for t in waiting:
+            t.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        conn.close()
+        for t in waiting:
+            t.join(10)
+        assert len(outcomes) == 6 and all(isinstance(o, (ConnectionError, OSError)) for o in outcomes), outcomes
+        assert time.monotonic() - t0 < 3
+    finally:
+        server.close()
