@@ -69,9 +69,9 @@ def _catch(errors, fn, *args):
         errors.append(exc)
 
 
-def _partition(clients) -> None:
+def _partition(clients) -> threading.Timer:
     """reg/0's owner and the second client are cut off from everything else for four seconds."""
-    partition_owner(NS, "reg", 0, owner_slot(clients[0], "reg", 0), cut_clients=clients[1:],
+    return partition_owner(NS, "reg", 0, owner_slot(clients[0], "reg", 0), cut_clients=clients[1:],
                     main_clients=clients[:1], seconds=4.0)
 
 
@@ -86,9 +86,9 @@ FAULTS = {
 }
 
 
-def _strike(fault: str, clients: list) -> None:
+def _strike(fault: str, clients: list, heals: list) -> None:
     if fault == "partition_and_heal":
-        _partition(clients)
+        heals.append(_partition(clients))
     else:
         FAULTS[fault](clients[0])
 
@@ -96,16 +96,21 @@ def _strike(fault: str, clients: list) -> None:
 @pytest.mark.parametrize("fault", list(FAULTS))
 def test_strong_history_stays_linearizable_through(system, fault):
     clients = [system.client() for _ in range(2)]
+    heals: list[threading.Timer] = []  # a partition's heal: waited for, so it never outlives the test
     try:
         # fresh keys (initial value None), all on the shard the fault strikes
         keys = keys_on_shard(f"{fault}:", 3, 1 if fault == "replica_kill" else 0, 2)
-        history = strong_history_through(lambda: _strike(fault, clients), clients, threads=4, ops=40, keys=keys,
+        history = strong_history_through(lambda: _strike(fault, clients, heals), clients, threads=4, ops=40, keys=keys,
                                          domain="reg")
         result = check_linearizable(history)
         assert result.ok, result.explanation
         acked = sum(1 for op in history if op.kind == "put" and op.completed != float("inf"))
         assert acked > 20  # the workload really ran through the fault
+        for heal in heals:
+            heal.join(30)
         wait_consistent(clients[0])  # every copy agrees after the fault
     finally:
+        for heal in heals:
+            heal.join(30)
         for c in clients:
             c.close()
