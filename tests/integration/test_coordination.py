@@ -222,7 +222,7 @@ def test_concurrent_misses_make_one_fetch(system, client):
     client.put("shared", "hot", "x", consistency="strong")
     reader = system.client()
     try:
-        before = dict(reader.stats()["tiers"])
+        before, hits_before = dict(reader.stats()["tiers"]), reader.stats()["cache"]["hits"]
         barrier = threading.Barrier(16)
         out = []
 
@@ -235,11 +235,14 @@ def test_concurrent_misses_make_one_fetch(system, client):
             t.start()
         for t in threads:
             t.join(30)
-        after = reader.stats()["tiers"]
+        after, hits = reader.stats()["tiers"], reader.stats()["cache"]["hits"] - hits_before
         remote = (after["owner_reads"] - before["owner_reads"]) + (after["replica_reads"] - before["replica_reads"])
+        shared = after["shared_fetches"] - before["shared_fetches"]
         assert out == ["x"] * 16
-        assert after["shared_fetches"] > before["shared_fetches"]
         assert remote < 16
+        # Every read that did not fetch shared a fetch, or found what a finished one cached (when the
+        # first fetch answers before the other threads miss, they hit the cache: about 1 round in 15).
+        assert shared + hits >= 16 - remote and shared + hits > 0
     finally:
         reader.close()
 
