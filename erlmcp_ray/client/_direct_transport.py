@@ -291,7 +291,11 @@ class DirectTransport:
             return self._fallback.submit(target, method, *args)
         if self._check_partition is not None:
             self._check_partition(target)
-        dep = next((a for a in args if isinstance(a, _Pending)), None)
+        dep = None
+        for a in args:
+            if isinstance(a, _Pending):
+                dep = a
+                break
         conn = self._pool.connection(target, self._lookup)
         if conn is None:
             self.stats["fallback"] += 1
@@ -334,6 +338,8 @@ class DirectTransport:
         return self.result(self.submit(target, method, *args), timeout, f"{_what(target)} {method}")
 
     def ready(self, pending: list, timeout: float) -> list:
+        if len(pending) == 1 and isinstance(pending[0], _Pending):  # one owner call: the common case
+            return pending if pending[0].wait(timeout) else []
         direct = [p for p in pending if isinstance(p, _Pending)]
         if not direct:
             return self._fallback.ready(pending, timeout)
