@@ -99,14 +99,20 @@ def test_a_stale_replica_sends_a_bounded_read_to_the_owner(fake, pair):
     fake.release("session", 0)
 
 
-def test_a_strong_write_short_of_min_insync_raises_replication_error_and_is_indeterminate(fake, pair):
-    a, b = pair
-    fake.down(Copy("session", 0, 1))
-    with pytest.raises(ReplicationError, match="not acknowledged"):
-        a.put("session", "r", "maybe", consistency="strong")
-    # Documented: the owner applied it, so a later read may see it (like a timeout's outcome).
-    assert b.get("session", "r", consistency="strong") == "maybe"
-    fake.up(Copy("session", 0, 1))
+def test_a_strong_write_short_of_min_insync_raises_replication_error_and_is_indeterminate():
+    # The writer retries the missing replica for its call timeout (30 s by default) before giving up.
+    fake = FakeTransport({**CFG, "client": {**CFG["client"], "call_timeout_s": 3.0}})
+    a, b = fake.client(), fake.client()
+    try:
+        fake.down(Copy("session", 0, 1))
+        with pytest.raises(ReplicationError, match="not acknowledged"):
+            a.put("session", "r", "maybe", consistency="strong")
+        # Documented: the owner applied it, so a later read may see it (like a timeout's outcome).
+        assert b.get("session", "r", consistency="strong") == "maybe"
+        fake.up(Copy("session", 0, 1))
+    finally:
+        a.close()
+        b.close()
 
 
 def test_reads_of_a_key_being_written_by_this_client_see_the_write(fake):
