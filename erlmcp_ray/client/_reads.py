@@ -23,7 +23,6 @@ import itertools
 import random
 import threading
 import time
-from _thread import allocate_lock as _allocate_lock
 from collections.abc import Callable
 
 from erlmcp_ray.client._cache import PENDING, LocalCache
@@ -92,7 +91,7 @@ class _Flight:
     def __init__(self, started: int | None) -> None:
         self.started = started  # None: a follow-up fetch that has not started yet
         self.next: _Flight | None = None  # the follow-up, for readers that came after this one started
-        self._gate = _allocate_lock()
+        self._gate = threading.Lock()
         self._gate.acquire()
         self.result: bytes | None = None
         self.error: BaseException | None = None

@@ -12,7 +12,6 @@ import ssl
 import struct
 import threading
 import time
-from _thread import allocate_lock as _allocate_lock
 from typing import Any
 
 from erlmcp_ray.direct._protocol import (
@@ -243,7 +242,7 @@ class DirectConnection:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return False
-                    wake = _allocate_lock()
+                    wake = threading.Lock()
                     wake.acquire()
                     self._followers[future] = wake
                 else:
@@ -260,7 +259,7 @@ class DirectConnection:
                 with self._lock:
                     self._leading = False
                     self._hand_over()
-            return True if answered else future.done()
+            return answered or future.done()
 
     def _hand_over(self) -> None:
         """Wake one sleeping caller to read in our place (caller holds ``_lock``)."""

@@ -72,7 +72,7 @@ def _catch(errors, fn, *args):
 def _partition(clients) -> threading.Timer:
     """reg/0's owner and the second client are cut off from everything else for four seconds."""
     return partition_owner(NS, "reg", 0, owner_slot(clients[0], "reg", 0), cut_clients=clients[1:],
-                    main_clients=clients[:1], seconds=4.0)
+                           main_clients=clients[:1], seconds=4.0)
 
 
 FAULTS = {
