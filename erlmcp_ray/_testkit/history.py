@@ -137,4 +137,15 @@ def _check_register(ops: list[Operation], initial: Any) -> str:
             elif op.value == value:
                 stack.append((placed | 1 << i, value))
     return (f"no order explains the {n} operations on this key; at most {best} of the "
-            f"{required.bit_count()} completed ones could be placed")
+            f"{required.bit_count()} completed ones could be placed:\n{_table(ops)}")
+
+
+def _table(ops: list[Operation]) -> str:
+    """The operations in invocation order, times in ms from the first invocation (what to read when
+    a history fails: which read saw what, and what overlapped it)."""
+    t0 = ops[0].invoked if ops else 0.0
+    rows = []
+    for op in ops:
+        done = "indeterminate" if op.completed == math.inf else f"{(op.completed - t0) * 1e3:9.1f}"
+        rows.append(f"  {(op.invoked - t0) * 1e3:9.1f} .. {done:>13}  p{op.process} {op.kind} {op.value!r}")
+    return "\n".join(rows)
