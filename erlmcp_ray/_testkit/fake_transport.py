@@ -205,7 +205,7 @@ class FakeTransport:
             copy = self.copies[target]
             if method == "write":
                 client_id, seq, ops, full, *rest = args
-                value = copy.write(client_id, seq, ops, full, len(rest) > 1 and rest[1])
+                value = copy.write(client_id, seq, ops, full, len(rest) > 1 and rest[1], strong=bool(rest and rest[0]))
                 if self.auto_replicate and (target.domain, target.shard) not in self._held:
                     self.replicate(target.domain, target.shard)
                 return value
@@ -218,6 +218,9 @@ class FakeTransport:
                         "tombstones": st.tombstone_count}
             if method in ("snapshot", "digest"):
                 return getattr(copy.state, method)()
+            if (method == "read" and args[1] is None and copy.unconfirmed(args[0]) is not None
+                    and (target.domain, target.shard) not in self._held):
+                self.replicate(target.domain, target.shard)  # the shard actor's wait: a round now
             if method in ("read", "progress", "apply_write", "find"):
                 return getattr(copy, method)(*args)
             raise RemoteError(f"the fake transport has no shard method {method!r}")

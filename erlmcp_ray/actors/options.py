@@ -119,6 +119,7 @@ def shard_settings(config: MemoryConfig, domain: str) -> ShardSettings:
         # leaves room for a late one and the transit time.
         heartbeat_ms=min(250.0, max(10.0, staleness / 4)),
         sync_timeout_s=min(5.0, config.client.call_timeout_s),
+        min_insync=dcfg.min_insync,
         lease_s=config.distributed_memory.failure_timeout_ms / 2000.0,
         durable_mode=config.durable_mode_for(domain).value,
         store=config.durable.model_dump(mode="json"),

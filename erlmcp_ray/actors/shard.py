@@ -60,6 +60,10 @@ log = logging.getLogger(__name__)
 #: records per store write when the replication thread flushes a backlog
 _FLUSH_CHUNK = 5000
 
+#: how long an owner read waits for the replicas to confirm the key's last strong write (a round
+#: takes a replica round trip, ~0.1-1 ms) before it answers UnavailableError and the client retries
+CONFIRM_WAIT_S = 0.25
+
 
 def _exclusive(fn: Any) -> Any:
     """The call holds ``ShardActor._serial``: no direct-endpoint request runs beside it (see ``_serve``)."""
@@ -94,6 +98,8 @@ class ShardActor:
         self._place = shard_name(domain, shard, slot)
         self._seam = _faults.seam(namespace)  # a (test) partition cuts some peers off
         self._wake = threading.Event()
+        self._urgent = False  # the wake-up is a read waiting for a confirmation: no linger
+        self._confirmed = threading.Condition(self._lock)  # notified after each replication round
         self._stopping = threading.Event()
         self._held_until = 0.0
         self._strong_dirty = False
@@ -265,7 +271,7 @@ class ShardActor:
         self._ready()
         self._check_backlog()
         with self._lock:
-            answer = self._copy.write(client_id, request_seq, ops, full, stash_ok)
+            answer = self._copy.write(client_id, request_seq, ops, full, stash_ok, strong=chained)
             effects, self._copy.effects = self._copy.effects, []
         if answer.stashed:
             return answer
@@ -391,8 +397,22 @@ class ShardActor:
                         else "accepting writes again")
 
     def read(self, key: str, max_staleness_ms: float | None = None) -> ReadAnswer:
+        """An owner read of a key whose last strong write the replicas have not confirmed yet runs a
+        replication round now and answers once they did (or ``UnavailableError`` after
+        ``CONFIRM_WAIT_S``: the client retries) -- never the unconfirmed value (see
+        ``ShardCopy.unconfirmed``)."""
         self._ready()
         with self._lock:
+            if max_staleness_ms is not None or self._copy.unconfirmed(key) is None:
+                return self._copy.read(key, max_staleness_ms)
+            self._urgent = True
+            self._wake.set()
+            deadline = time.monotonic() + CONFIRM_WAIT_S
+            while self._copy.is_owner and self._copy.unconfirmed(key) is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._confirmed.wait(left)
             return self._copy.read(key, max_staleness_ms)
 
     def find(self, tag: str | None = None, pattern: str | None = None) -> list[str]:
@@ -438,11 +458,12 @@ class ShardActor:
             if not self._copy.is_owner:  # a replica (or a deposed owner): nothing to replicate or flush
                 self._wake.clear()
                 continue
-            if woke and linger_s:
+            if woke and linger_s and not self._urgent:
                 # Woken by a write: linger a moment so the writes right behind it share
                 # this round's calls (as Kafka's linger.ms), instead of one round each.
                 time.sleep(linger_s)
             self._wake.clear()
+            self._urgent = False
             now = time.monotonic()
             if self._store is not None and now - last_flush >= flush_pause:
                 # write_behind: this is its flush; write_through: expiries, evictions, collected
@@ -500,6 +521,7 @@ class ShardActor:
                 self._sync_answer(copy, slot, waiting.pop(slot), sent_at)
         with self._lock:
             copy.finish_round(last)
+            self._confirmed.notify_all()  # reads waiting for a strong write's confirmation
 
     def _sync_answer(self, copy: ShardCopy, slot: int, ref: Any, sent_at: float) -> None:
         try:

@@ -73,6 +73,9 @@ class ShardSettings:
     strong_publish_delay_ms: float = 20.0
     oplog_capacity: int = 65536
     sync_timeout_s: float = 5.0
+    #: copies (the owner among them) that must hold a strong write; None: every copy. An owner read
+    #: serves a strong write once ``min_insync - 1`` replicas acknowledged holding it
+    min_insync: int | None = None
     #: a replica that has not acked for this long is out of sync (no longer waited for)
     out_of_sync_after_s: float = 5.0
     #: the durable tier: "off", "write_behind" or "write_through" (owners only write to it)
@@ -119,6 +122,11 @@ class ShardCopy:
         self.progress_of = {s: ReplicaProgress(s) for s in range(copies) if s != slot}
         self.replicated_seq = 0
         self.published_seq = 0
+        #: owner: key -> op-log seq of its last strong write not yet confirmed (held by ``min_insync``
+        #: copies, as far as this owner knows); an owner read of such a key waits (``unconfirmed``)
+        self._unconfirmed: dict[str, int] = {}
+        #: owner: every op up to this seq is held by the replicas a strong write needs
+        self.confirmed_seq = 0
         self._forget: list[tuple[str, int]] = []
         self._relaxed: set[int] = set()  # op-log seqs written under relaxed coherence
         self._victims: list[str] = []
@@ -218,6 +226,7 @@ class ShardCopy:
             self.owner_slot = -1  # unknown until the supervisor's next health check says
         self._round_gen += 1
         self.progress_of = {}
+        self._confirm_everything()
         self._position = None
         self.freshness.caught_up_at = None
         self.lease_until = float("-inf")
@@ -238,6 +247,7 @@ class ShardCopy:
         self._position = None
         self.progress_of = {s: ReplicaProgress(s) for s in range(copies) if s != self.slot}
         self.replicated_seq = self.published_seq = self.state.last_seq
+        self._confirm_everything()
         self._forget, self._relaxed = [], set()
         self._resend_everything()
         self.not_before = not_before
@@ -290,6 +300,7 @@ class ShardCopy:
         # What the coordinator would announce are the restored records themselves: clients drop
         # their caches on the coordinator's new epoch instead.
         self.replicated_seq = self.published_seq = self.state.last_seq
+        self._confirm_everything()  # the log is a new one: its seqs say nothing of the old one's
         self._resend_everything()
         self._forget, self._relaxed = [], set()
         self.policy = self._new_policy()  # not clear(): a policy's clear() evicts, and that deletes
@@ -345,6 +356,7 @@ class ShardCopy:
         # it, so a second delta from that checkpoint must be refused — a new incarnation does that.
         self.incarnation = uuid.uuid4().hex
         self.published_seq = self.replicated_seq = self.state.last_seq
+        self._confirm_everything()
         self._resend_everything()
         return len(ops)
 
@@ -358,10 +370,12 @@ class ShardCopy:
 
     # ---------------------------------------------------------------- owner
     def write(self, client_id: str, request_seq: int, ops: list[WriteOp], full: bool = True,
-              stash_ok: bool = False) -> WriteAnswer:
+              stash_ok: bool = False, strong: bool = False) -> WriteAnswer:
         """Apply a batch of ``WriteOp``; a retried ``(client_id, request_seq)`` gets the first answer.
         ``stash_ok`` (eventual batches): a copy that may not act as owner now takes them into its
-        stash instead of refusing them (``WriteAnswer.stashed``)."""
+        stash instead of refusing them (``WriteAnswer.stashed``). ``strong``: the client takes the
+        answer to the replicas itself; owner reads of these keys wait until they confirm holding it
+        (``unconfirmed``)."""
         try:
             self.check_owner()
         except UnavailableError:
@@ -402,6 +416,11 @@ class ShardCopy:
                 items.append(0 if res is None else R.record_hlc(res[1]))
         self._evict_victims()
         self._observe_pressure()
+        if strong and self.progress_of and state.last_seq > self.confirmed_seq:
+            unconfirmed, seq = self._unconfirmed, state.last_seq
+            for op, item in zip(ops, items, strict=True):
+                if (type(item[1]) is bytes) if full else item > 0:  # written (not refused, skipped, a no-op)
+                    unconfirmed[op[0]] = seq
         answer = WriteAnswer(self.epoch, state.last_seq, items, self.incarnation, refused, rejected)
         self._dedup.remember(client_id, request_seq, answer)
         return answer
@@ -468,9 +487,16 @@ class ShardCopy:
         return rec is not None and R.record_hlc(rec) >= resend_of
 
     def read(self, key: str, max_staleness_ms: float | None = None) -> ReadAnswer:
-        """A replica staler than ``max_staleness_ms`` answers STALE and no record; the owner is never stale."""
+        """A replica staler than ``max_staleness_ms`` answers STALE and no record; the owner is never stale.
+        An owner read of a key whose last strong write is not confirmed yet raises ``UnavailableError``
+        (the actor waits for the confirmation first)."""
         if max_staleness_ms is None:  # an owner read (strong, or a fallback): only the owner answers
             self.check_owner()
+            seq = self.unconfirmed(key)
+            if seq is not None:
+                raise UnavailableError(
+                    f"{self.domain}/{self.shard}: the last strong write of {key!r} (seq {seq}) is not yet "
+                    f"confirmed by the replicas it needs (held up to seq {self.confirmed_seq})")
         self.reads += 1
         staleness = 0.0 if self.is_owner else self.freshness.staleness_ms()
         if max_staleness_ms is not None and staleness > max_staleness_ms:
@@ -479,6 +505,33 @@ class ShardCopy:
         if rec is not None and self.policy is not None and self.is_owner:
             self.policy.get(key)  # an access, for LRU/LFU/ARC/W-TinyLFU
         return ReadAnswer(OK, rec, staleness, self.incarnation)
+
+    def unconfirmed(self, key: str) -> int | None:
+        """The seq of ``key``'s last strong write if no ``min_insync`` copies are known to hold it yet,
+        else None. An owner that served such a write could show a value that a failover then loses
+        (it was cut off, or died, before the replica had it): a read that goes back in time."""
+        seq = self._unconfirmed.get(key)
+        return None if seq is None or seq <= self.confirmed_seq else seq
+
+    def _update_confirmed(self) -> None:
+        """``confirmed_seq``: the highest position that ``min_insync - 1`` replicas acknowledged."""
+        progress = self.progress_of
+        if not progress:
+            self._confirm_everything()
+            return
+        needed = len(progress) if self.settings.min_insync is None else self.settings.min_insync - 1
+        needed = min(max(needed, 0), len(progress))
+        if needed == 0:
+            self.confirmed_seq = self.state.last_seq
+            return
+        acked = sorted((p.acked_seq or 0 for p in progress.values()), reverse=True)
+        self.confirmed_seq = max(self.confirmed_seq, acked[needed - 1])
+
+    def _confirm_everything(self) -> None:
+        """Nothing waits for a confirmation any more: no replicas, or a new log (a promotion, a
+        restore), or not the owner."""
+        self._unconfirmed = {}
+        self.confirmed_seq = self.state.last_seq
 
     def progress(self) -> Progress:
         self.check_owner()
@@ -637,6 +690,7 @@ class ShardCopy:
         """One round's ``(last seq, tombstones to forget, {slot: (base, ops, snapshot)})``."""
         if not self.progress_of:
             self.replicated_seq = self.state.last_seq
+            self._confirm_everything()
             return self.state.last_seq, [], {}
         forget, self._forget = self._forget, []
         self._inflight_gen = self._round_gen
@@ -660,6 +714,7 @@ class ShardCopy:
         progress = self.progress_of[slot]
         if status == OK:
             progress.acked(pos, self._clock(), rtt_s)
+            self._update_confirmed()
             self.syncs["completed"] += 1
             self.syncs["last_sync_time"] = time.time()
             return False
@@ -679,6 +734,9 @@ class ShardCopy:
             return
         acked = [p.acked_seq or 0 for p in self.progress_of.values() if p.in_sync]
         self.replicated_seq = min([last, *acked])
+        if self._unconfirmed:
+            done = self.confirmed_seq
+            self._unconfirmed = {k: seq for k, seq in self._unconfirmed.items() if seq > done}
         all_acked = min(p.acked_seq or 0 for p in self.progress_of.values())
         self._forget.extend(self.state.gc_tombstones(min(all_acked, self.published_seq)))
 
@@ -704,6 +762,7 @@ class ShardCopy:
         out.update(
             domain=self.domain, shard=self.shard, slot=self.slot, role="owner" if self.is_owner else "replica",
             epoch=self.epoch, replicated_seq=self.replicated_seq, published_seq=self.published_seq,
+            confirmed_seq=self.confirmed_seq, unconfirmed_keys=len(self._unconfirmed),
             evictions=self.evictions, refused_writes=self.refused, rejected_ops=self.rejected,
             node_refusal=self.node_refusal,
             reads=self.reads, writes=self.writes, copies=self.copies, incarnation=self.incarnation,

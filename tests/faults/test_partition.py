@@ -118,7 +118,7 @@ def test_a_stash_lost_with_its_copy_is_counted(ray_local, tmp_path):
                 c.put("reg", f"s{i}", i)
             c.flush()
             assert c.stats()["tiers"]["writes_stashed"] == 10
-            status = lambda: c.recovery.get_failover_status()  # noqa: E731
+            status = lambda: c.recovery.get_failover_status()
             wait_for(lambda: sum(status()["stashed"].values()) == 10, timeout=30, interval=0.5,
                      what="the supervisor to see the stash")
             holder = next(k for k in status()["stashed"])
@@ -128,3 +128,54 @@ def test_a_stash_lost_with_its_copy_is_counted(ray_local, tmp_path):
         finally:
             end_partition(ns)
             c.close()
+
+
+@TRANSPORTS
+def test_a_cut_off_owner_never_serves_a_strong_write_its_replicas_lack(ray_local, tmp_path, transport):
+    """Found by the fault suite's partition_and_heal history: the owner, cut off with one client,
+    took that client's strong write (its replicas unreachable, so it could never be acknowledged)
+    and, while it still held its lease, served it to the same client's strong reads; the promoted
+    replica then served the older value -- a read that went back in time. An owner read of a key
+    serves its last strong write only once the replicas it needs confirmed holding it."""
+    import threading
+
+    import ray
+
+    ns = f"t_partition_unconfirmed_{transport}"
+    cfg = _config(tmp_path, transport)
+    cfg["distributed_memory"]["failure_timeout_ms"] = 6000  # the cut-off owner's lease lasts 3 s
+    with running_system(cfg, ns) as sysm:
+        cut, main = sysm.client(), sysm.client()
+        owner = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
+        outcome: list = []
+        try:
+            cut.put("reg", "k", "before", consistency="strong")
+            writes = ray.get(owner.stats.remote(), timeout=30)["writes"]
+            partition(ns, [shard_name("reg", 0, 0), f"client:{cut.client_id}"],
+                      [shard_name("reg", 0, "[12]"), "erlmcp:supervisor", f"client:{main.client_id}"])
+            started = time.monotonic()
+
+            def strong_put() -> None:
+                try:
+                    cut.put("reg", "k", "cut side", consistency="strong")
+                    outcome.append("acknowledged")
+                except (UnavailableError, ReplicationError, OperationTimeoutError) as exc:
+                    outcome.append(exc)
+
+            writer = threading.Thread(target=strong_put)
+            writer.start()
+            # the owner applied it (its replicas never will: the client cannot reach them)
+            wait_for(lambda: ray.get(owner.stats.remote(), timeout=30)["writes"] > writes, timeout=10,
+                     interval=0.02, what="the owner to apply the cut-off write")
+            assert time.monotonic() - started < 2.5  # asked while the old owner still holds its lease
+            try:
+                seen = cut.get("reg", "k", consistency="strong")
+            except (UnavailableError, OperationTimeoutError):
+                seen = "(no answer)"
+            assert seen != "cut side"  # never served: the replicas do not hold it
+            writer.join(30)
+            assert outcome and outcome[0] != "acknowledged"
+        finally:
+            end_partition(ns)
+            cut.close()
+            main.close()

@@ -10,7 +10,7 @@ import pytest
 
 from erlmcp_ray.client import COORDINATOR, Copy
 from erlmcp_ray.core.invalidation import InvalidationLog
-from erlmcp_ray.errors import ReplicationError
+from erlmcp_ray.errors import ReplicationError, UnavailableError
 from erlmcp_ray.testing import FakeTransport
 from tests.conftest import wait_for
 
@@ -92,7 +92,7 @@ def test_subscribers_get_every_write_in_order(fake, pair):
 def test_a_stale_replica_sends_a_bounded_read_to_the_owner(fake, pair):
     a, b = pair
     fake.hold("session", 0)  # the replica never caught up: its staleness is unbounded
-    a.put("session", "s", "v", consistency="strong")
+    a.put("session", "s", "v", consistency="bounded_stale")
     before = b.counters["stale_replica_fallbacks"]
     assert b.get("session", "s", consistency="bounded_stale") == "v"
     assert b.counters["stale_replica_fallbacks"] == before + 1  # the one replica answered "stale"
@@ -107,9 +107,12 @@ def test_a_strong_write_short_of_min_insync_raises_replication_error_and_is_inde
         fake.down(Copy("session", 0, 1))
         with pytest.raises(ReplicationError, match="not acknowledged"):
             a.put("session", "r", "maybe", consistency="strong")
-        # Documented: the owner applied it, so a later read may see it (like a timeout's outcome).
-        assert b.get("session", "r", consistency="strong") == "maybe"
+        # Documented: the owner applied it, so a later read may see it (like a timeout's outcome) --
+        # once the replicas hold it: never while it could still be lost with the owner.
+        with pytest.raises(UnavailableError):
+            b.get("session", "r", consistency="strong")
         fake.up(Copy("session", 0, 1))
+        assert b.get("session", "r", consistency="strong") == "maybe"  # the owner's next round took it there
     finally:
         a.close()
         b.close()

@@ -1,11 +1,13 @@
 """Failover without Ray: the failure detector, the successor choice, the promotion wait, and a shard
-copy's ownership rules (lease, promotion, deposition) with an injected clock."""
+copy's ownership rules (lease, promotion, deposition, strong writes served only once confirmed) with
+an injected clock."""
 
 from __future__ import annotations
 
 import pytest
 
-from erlmcp_ray.core.codec import encode_value
+from erlmcp_ray.core import record as R
+from erlmcp_ray.core.codec import decode_value, encode_value
 from erlmcp_ray.core.failover import FailureDetector, plan_promotion, promotion_wait
 from erlmcp_ray.core.layout import Layout
 from erlmcp_ray.core.shard_copy import ShardCopy, ShardSettings
@@ -111,8 +113,8 @@ def test_the_topology_survives_encoding_and_a_migrations_new_generation():
 
 
 # ---------------------------------------------------------------- a shard copy's ownership
-def _copy(slot, clock, copies=2, lease_s=1.0, epoch=1):
-    return ShardCopy("d", 0, slot, copies, epoch, ShardSettings(lease_s=lease_s), clock=clock)
+def _copy(slot, clock, copies=2, lease_s=1.0, epoch=1, **settings):
+    return ShardCopy("d", 0, slot, copies, epoch, ShardSettings(lease_s=lease_s, **settings), clock=clock)
 
 
 def _put(copy, key, value, seq=1):
@@ -203,3 +205,87 @@ def test_a_joining_replica_takes_no_strong_write_before_its_first_sync():
     base, ops, snap = payloads[1]
     fresh.sync(1, owner.incarnation, base, owner.state.last_seq, ops, snap, 0.0, [])
     assert fresh.apply_write(answer) == 1
+
+
+# ---------------------------------------------------------------- strong writes: confirmed before served
+def _strong(copy, key, value, seq):
+    return copy.write("c", seq, [write_op(key, encode_value(value))], strong=True)
+
+
+def _round(owner, replicas):
+    """One replication round in which the replicas in ``replicas`` (slot -> copy) answer."""
+    last, forget, payloads = owner.replication_payloads()
+    for slot, (base, ops, snap) in payloads.items():
+        if slot in replicas:
+            status, pos = replicas[slot].sync(owner.epoch, owner.incarnation, base, last, ops, snap, 0.0, forget)
+            owner.sync_answered(slot, status, pos, 0.0)
+        else:
+            owner.replica_failed(slot)
+    owner.finish_round(last)
+
+
+def _value(answer):
+    return decode_value(R.record_value(answer.record))
+
+
+def test_an_owner_reads_a_strong_write_only_once_its_replicas_confirm_holding_it():
+    # The partition_and_heal fault found this: an owner cut off with a client took that client's
+    # strong write, could not get it to its replica, and served it to the client's strong reads;
+    # the promoted replica then served the older value -- a read that went back in time.
+    clock = Clock()
+    owner, replica = _copy(0, clock), _copy(1, clock)
+    _strong(owner, "k", "old", 1)
+    _strong(owner, "other", "x", 2)
+    _round(owner, {1: replica})
+    assert _value(owner.read("k")) == "old"
+    answer = _strong(owner, "k", "new", 3)
+    assert owner.unconfirmed("k") == answer.seq and owner.unconfirmed("other") is None
+    with pytest.raises(UnavailableError, match="not yet confirmed"):
+        owner.read("k")
+    assert _value(owner.read("other")) == "x"  # other keys are served as ever
+    assert _value(owner.read("k", max_staleness_ms=1e9)) == "new"  # a replica-style read promises nothing
+    replica.apply_write(answer)  # the client's chained apply: the owner does not know of it yet
+    with pytest.raises(UnavailableError, match="not yet confirmed"):
+        owner.read("k")
+    _round(owner, {1: replica})  # the replica acknowledges a position at or past the write
+    assert owner.unconfirmed("k") is None
+    assert _value(owner.read("k")) == "new"
+
+
+def test_a_replica_that_went_out_of_sync_confirms_nothing():
+    clock = Clock()
+    owner, replica = _copy(0, clock, out_of_sync_after_s=1.0), _copy(1, clock)
+    _round(owner, {1: replica})
+    _strong(owner, "k", "cut off", 1)
+    clock.t += 2.0
+    owner.renew_lease(clock.t)
+    _round(owner, {})  # the replica does not answer, and is out of sync by now
+    assert not owner.progress_of[1].in_sync
+    assert owner.replicated_seq == owner.state.last_seq  # no in-sync replica holds back replication ...
+    with pytest.raises(UnavailableError, match="not yet confirmed"):
+        owner.read("k")  # ... but nothing confirmed the write: it is not served
+
+
+def test_min_insync_copies_confirm_a_strong_write():
+    clock = Clock()
+    owner = _copy(0, clock, copies=3, min_insync=2)
+    r1, r2 = _copy(1, clock, copies=3), _copy(2, clock, copies=3)
+    _round(owner, {1: r1, 2: r2})
+    _strong(owner, "k", "v", 1)
+    _round(owner, {1: r1})  # slot 2 is away: the owner and slot 1 are the two copies required
+    assert _value(owner.read("k")) == "v"
+    _strong(owner, "k", "w", 2)
+    _round(owner, {})
+    with pytest.raises(UnavailableError, match="not yet confirmed"):
+        owner.read("k")
+
+
+def test_a_deposed_owner_forgets_what_it_waited_for_and_a_one_copy_owner_waits_for_nothing():
+    clock = Clock()
+    owner = _copy(0, clock)
+    _strong(owner, "k", "v", 1)
+    owner.adopt(1, 2)  # deposed: a replica now, which serves no owner reads at all
+    assert owner.unconfirmed("k") is None
+    alone = _copy(0, clock, copies=1)
+    _strong(alone, "k", "v", 1)
+    assert _value(alone.read("k")) == "v"
