@@ -27,6 +27,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -98,8 +99,7 @@ class ShardActor:
         self._place = shard_name(domain, shard, slot)
         self._seam = _faults.seam(namespace)  # a (test) partition cuts some peers off
         self._wake = threading.Event()
-        self._urgent = False  # the wake-up is a read waiting for a confirmation: no linger
-        self._confirmed = threading.Condition(self._lock)  # notified after each replication round
+        self._round_lock = threading.Lock()  # one replication round at a time (the loop's, or a read's)
         self._stopping = threading.Event()
         self._held_until = 0.0
         self._strong_dirty = False
@@ -405,15 +405,32 @@ class ShardActor:
         with self._lock:
             if max_staleness_ms is not None or self._copy.unconfirmed(key) is None:
                 return self._copy.read(key, max_staleness_ms)
-            self._urgent = True
-            self._wake.set()
-            deadline = time.monotonic() + CONFIRM_WAIT_S
-            while self._copy.is_owner and self._copy.unconfirmed(key) is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._confirmed.wait(left)
+        self._confirm(key)
+        with self._lock:
             return self._copy.read(key, max_staleness_ms)
+
+    def _confirm(self, key: str) -> None:
+        """Run replication rounds from this thread (no hand-off to the replication thread: two thread
+        wake-ups cost more than the round) until the replicas confirmed ``key``'s last strong write:
+        two rounds at most (a replica elsewhere in the log needs a second), within ``CONFIRM_WAIT_S``.
+        A round already running finishes first: it may have started before the write, and rounds
+        never overlap."""
+        deadline = time.monotonic() + CONFIRM_WAIT_S
+        for _ in range(2):
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._round_lock.acquire(timeout=left):
+                return
+            try:
+                with self._lock:
+                    if not self._copy.is_owner or self._copy.unconfirmed(key) is None:
+                        return
+                self._replicate_round(lambda: self._copy.unconfirmed(key) is None,
+                                      max(0.0, deadline - time.monotonic()))
+            except Exception as exc:  # noqa: BLE001 - the read answers UnavailableError; the loop goes on
+                log.warning("%s/%s: a confirming replication round failed: %s", self.domain, self.shard, exc)
+                return
+            finally:
+                self._round_lock.release()
 
     def find(self, tag: str | None = None, pattern: str | None = None) -> list[str]:
         """Live keys carrying ``tag`` or matching the glob ``pattern``."""
@@ -458,12 +475,11 @@ class ShardActor:
             if not self._copy.is_owner:  # a replica (or a deposed owner): nothing to replicate or flush
                 self._wake.clear()
                 continue
-            if woke and linger_s and not self._urgent:
+            if woke and linger_s:
                 # Woken by a write: linger a moment so the writes right behind it share
                 # this round's calls (as Kafka's linger.ms), instead of one round each.
                 time.sleep(linger_s)
             self._wake.clear()
-            self._urgent = False
             now = time.monotonic()
             if self._store is not None and now - last_flush >= flush_pause:
                 # write_behind: this is its flush; write_through: expiries, evictions, collected
@@ -492,6 +508,14 @@ class ShardActor:
                 time.sleep(0.05)
 
     def _replicate_once(self) -> None:
+        with self._round_lock:
+            self._replicate_round()
+
+    def _replicate_round(self, enough: Callable[[], bool] | None = None, wait_s: float | None = None) -> None:
+        """One round: each replica's delta (or snapshot), answers taken as they come. A read's round
+        (``enough``, ``wait_s``) ends once ``enough()`` holds or after ``wait_s``, leaving the
+        replicas that did not answer yet to the next round (which finds where they are) instead of
+        failing them."""
         copy = self._copy
         with self._lock:
             last, forget, payloads = copy.replication_payloads()
@@ -508,11 +532,15 @@ class ShardActor:
                 self._replica_failed(slot, exc)
         # Answers are taken as they come: a paused replica must not hold up the others' acks (which
         # renew this owner's lease).
-        deadline = sent_at + self._settings.sync_timeout_s
+        deadline = sent_at + (self._settings.sync_timeout_s if wait_s is None else wait_s)
         waiting = dict(refs)
         while waiting:
+            if enough is not None and enough():
+                break
             ready = self._to_peers.ready_any(list(waiting.values()), max(0.0, deadline - time.monotonic()))
             if not ready:
+                if wait_s is not None:
+                    break  # a read's round: these replicas are only slow so far
                 for slot in waiting:
                     self._replica_failed(slot, UnavailableError(
                         f"replica slot {slot} did not answer a sync within {self._settings.sync_timeout_s} s"))
@@ -521,7 +549,6 @@ class ShardActor:
                 self._sync_answer(copy, slot, waiting.pop(slot), sent_at)
         with self._lock:
             copy.finish_round(last)
-            self._confirmed.notify_all()  # reads waiting for a strong write's confirmation
 
     def _sync_answer(self, copy: ShardCopy, slot: int, ref: Any, sent_at: float) -> None:
         try:
