@@ -8,6 +8,9 @@ system with one shard of ``shared`` (owner + 1 replica, RF 2, min_insync 2). Per
 
   strong get           p50/p99 of ``get(consistency="strong")`` (the owner's copy, every time)
   strong put RF 2      p50/p99 of ``put(consistency="strong")`` (owner and replica hold it on return)
+  get after put        p50/p99 of a strong get of the key a strong put of another client just wrote:
+                       the owner serves it once the replica confirmed holding it, so the get waits
+                       for one replication round (the put's own acknowledgement came from the replica)
   eventual sustained   N distinct eventual puts, then ``flush()`` (owner + replica): puts per second
   16 callers vs 1      strong puts per second from 16 threads of one client against 1 thread
   invalidate           synchronous ``coordinator.invalidate`` while 8 other clients cache the key
@@ -127,6 +130,7 @@ def run_transport(kind: str, n: int, sustained: int, seconds: float) -> dict:
         client.put(DOMAIN, "k", VALUE, consistency="strong")
         out["get"] = _lat(lambda i: client.get(DOMAIN, "k", consistency="strong"), n)
         out["put"] = _lat(lambda i: client.put(DOMAIN, f"p{i % 100}", VALUE, consistency="strong"), n)
+        out["get_after_put"] = _get_after_put(system, client, max(200, n // 5))
         # eventual puts reaching owner and replica, sustained to flush()
         with Cpu() as cpu:
             t0 = time.perf_counter()
@@ -142,6 +146,23 @@ def run_transport(kind: str, n: int, sustained: int, seconds: float) -> dict:
         client.close()
         erlmcp_ray.shutdown(ns)
     return out
+
+
+def _get_after_put(system, client, n: int) -> dict:
+    writer = system.client()
+    try:
+        samples: list[float] = []
+        with Cpu() as cpu:
+            for i in range(n + 50):
+                writer.put(DOMAIN, f"rw{i % 100}", i, consistency="strong")
+                t0 = time.perf_counter_ns()
+                client.get(DOMAIN, f"rw{i % 100}", consistency="strong")
+                if i >= 50:
+                    samples.append((time.perf_counter_ns() - t0) / 1000)
+        return {"p50": pct(samples, 0.5), "p99": pct(samples, 0.99), "cpu_us": cpu.seconds / (n + 50) * 1e6,
+                "n": n}
+    finally:
+        writer.close()
 
 
 def _concurrent(client, callers: int, seconds: float) -> dict:
@@ -220,6 +241,9 @@ def report(cmd: str, base: dict, res: dict) -> list[str]:
     lines.append(f"{'strong put RF 2 p50 / p99':34} | {lat(d['put']):26} | {lat(y['put']):26} | "
                  f"{d['put']['p50'] / raw:.2f}x TCP, {d['put']['p50'] / rset if rset else float('nan'):.2f}x SET"
                  f"{'':3} | {TARGETS['put']} | {'yes' if put_ok else 'NO'}")
+    g = d["get_after_put"]
+    lines.append(f"{'strong get right after a strong put':34} | {lat(g):26} | {lat(y['get_after_put']):26} | "
+                 f"{g['p50'] / raw:.2f}x TCP{'':16} | - (cpu: the put and the get) | -")
     ev = d["eventual"]
     lines.append(f"{'eventual puts to flush(), owner+repl':34} | {ev['rate']:,.0f}/s, cpu {ev['cpu_us']:.1f} us"
                  f"{'':4} | {y['eventual']['rate']:,.0f}/s, cpu {y['eventual']['cpu_us']:.1f} us{'':4} | "
