@@ -61,6 +61,10 @@ log = logging.getLogger(__name__)
 #: records per store write when the replication thread flushes a backlog
 _FLUSH_CHUNK = 5000
 
+#: how long a replication round waits for answers; a replica slower than that straggles (see
+#: ``ShardActor._replicate_round``)
+ROUND_WAIT_S = 0.1
+
 #: how long an owner read waits for the replicas to confirm the key's last strong write (a round
 #: takes a replica round trip, ~0.1-1 ms) before it answers UnavailableError and the client retries
 CONFIRM_WAIT_S = 0.25
@@ -100,6 +104,7 @@ class ShardActor:
         self._seam = _faults.seam(namespace)  # a (test) partition cuts some peers off
         self._wake = threading.Event()
         self._round_lock = threading.Lock()  # one replication round at a time (the loop's, or a read's)
+        self._straggling: dict[int, tuple[Any, float, int]] = {}  # slot -> (its sync, sent at, round gen)
         self._stopping = threading.Event()
         self._held_until = 0.0
         self._strong_dirty = False
@@ -512,13 +517,17 @@ class ShardActor:
             self._replicate_round()
 
     def _replicate_round(self, enough: Callable[[], bool] | None = None, wait_s: float | None = None) -> None:
-        """One round: each replica's delta (or snapshot), answers taken as they come. A read's round
-        (``enough``, ``wait_s``) ends once ``enough()`` holds or after ``wait_s``, leaving the
-        replicas that did not answer yet to the next round (which finds where they are) instead of
-        failing them."""
+        """One round: each replica's delta (or snapshot), answers taken as they come, for at most
+        ``ROUND_WAIT_S`` (a read's round: ``wait_s``, or until ``enough()`` holds). A replica that has
+        not answered by then *straggles*: later rounds send it nothing until its answer is in (taken
+        then, as if on time) or its ``sync_timeout_s`` ran out (then it failed) -- so a paused
+        replica holds up neither the other replicas' rounds nor what waits on them (lease renewals,
+        confirmations of strong writes)."""
         copy = self._copy
+        self._collect_stragglers(copy)
         with self._lock:
-            last, forget, payloads = copy.replication_payloads()
+            last, forget, payloads = copy.replication_payloads(skip=self._straggling)
+            gen = copy.round_gen
         if not payloads:
             return
         sent_at = time.monotonic()
@@ -530,25 +539,34 @@ class ShardActor:
                                                    copy.incarnation, base, last, ops, snap, transit, forget)
             except UnavailableError as exc:
                 self._replica_failed(slot, exc)
-        # Answers are taken as they come: a paused replica must not hold up the others' acks (which
-        # renew this owner's lease).
-        deadline = sent_at + (self._settings.sync_timeout_s if wait_s is None else wait_s)
+        deadline = sent_at + min(self._settings.sync_timeout_s, ROUND_WAIT_S if wait_s is None else wait_s)
         waiting = dict(refs)
-        while waiting:
-            if enough is not None and enough():
-                break
+        while waiting and not (enough is not None and enough()):
             ready = self._to_peers.ready_any(list(waiting.values()), max(0.0, deadline - time.monotonic()))
             if not ready:
-                if wait_s is not None:
-                    break  # a read's round: these replicas are only slow so far
-                for slot in waiting:
-                    self._replica_failed(slot, UnavailableError(
-                        f"replica slot {slot} did not answer a sync within {self._settings.sync_timeout_s} s"))
                 break
             for slot in [s for s, r in waiting.items() if any(r is x for x in ready)]:
                 self._sync_answer(copy, slot, waiting.pop(slot), sent_at)
+        for slot, ref in waiting.items():
+            self._straggling[slot] = (ref, sent_at, gen)
         with self._lock:
             copy.finish_round(last)
+
+    def _collect_stragglers(self, copy: ShardCopy) -> None:
+        """Take the answers of earlier rounds' syncs that came since (one sent before a reset of the
+        replicas' progress means nothing now), and fail the replicas past their sync timeout."""
+        if not self._straggling:
+            return
+        now = time.monotonic()
+        for slot, (ref, sent_at, gen) in list(self._straggling.items()):
+            if self._to_peers.ready_any([ref], 0.0):
+                del self._straggling[slot]
+                if gen == copy.round_gen:
+                    self._sync_answer(copy, slot, ref, sent_at)
+            elif now - sent_at > self._settings.sync_timeout_s:
+                del self._straggling[slot]
+                self._replica_failed(slot, UnavailableError(
+                    f"replica slot {slot} did not answer a sync within {self._settings.sync_timeout_s} s"))
 
     def _sync_answer(self, copy: ShardCopy, slot: int, ref: Any, sent_at: float) -> None:
         try:

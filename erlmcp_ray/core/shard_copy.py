@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from typing import Any
 
@@ -686,15 +686,27 @@ class ShardCopy:
         return OK, last_seq
 
     # ---------------------------------------------------------- replication
-    def replication_payloads(self) -> tuple[int, list, dict[int, tuple]]:
-        """One round's ``(last seq, tombstones to forget, {slot: (base, ops, snapshot)})``."""
+    def replication_payloads(self, skip: Container[int] = ()) -> tuple[int, list, dict[int, tuple]]:
+        """One round's ``(last seq, tombstones to forget, {slot: (base, ops, snapshot)})``, for every
+        replica but those in ``skip`` (an earlier round's sync to them is still unanswered); the
+        tombstones to forget are sent again next round while some replica is skipped."""
         if not self.progress_of:
             self.replicated_seq = self.state.last_seq
             self._confirm_everything()
             return self.state.last_seq, [], {}
-        forget, self._forget = self._forget, []
+        forget = self._forget
         self._inflight_gen = self._round_gen
-        return self.state.last_seq, forget, {slot: self._payload_for(p) for slot, p in self.progress_of.items()}
+        payloads = {slot: self._payload_for(p) for slot, p in self.progress_of.items() if slot not in skip}
+        if len(payloads) == len(self.progress_of):
+            self._forget = []
+        else:
+            forget = list(forget)
+        return self.state.last_seq, forget, payloads
+
+    @property
+    def round_gen(self) -> int:
+        """Bumped by every reset of the replicas' progress: an answer to a sync sent before one means nothing."""
+        return self._round_gen
 
     def _payload_for(self, progress: ReplicaProgress) -> tuple:
         """A replica's delta or snapshot; its size (keys and records) counts in ``syncs["bytes"]``."""

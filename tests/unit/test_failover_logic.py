@@ -289,3 +289,14 @@ def test_a_deposed_owner_forgets_what_it_waited_for_and_a_one_copy_owner_waits_f
     alone = _copy(0, clock, copies=1)
     _strong(alone, "k", "v", 1)
     assert _value(alone.read("k")) == "v"
+
+
+def test_a_round_skips_a_straggling_replica_and_keeps_the_tombstones_to_forget_for_it():
+    clock = Clock()
+    owner = _copy(0, clock, copies=3)
+    owner._forget = [("gone", 1)]
+    _last, forget, payloads = owner.replication_payloads(skip={2})
+    assert payloads.keys() == {1} and forget == [("gone", 1)]
+    _last, forget, payloads = owner.replication_payloads()  # the straggler is back: everyone, once
+    assert payloads.keys() == {1, 2} and forget == [("gone", 1)]
+    assert owner.replication_payloads()[1] == []
