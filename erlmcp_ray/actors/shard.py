@@ -401,13 +401,16 @@ class ShardActor:
             log.warning("%s: %s", effect.subject, "refusing writes that grow it" if isinstance(effect, RefuseGrowth)
                         else "accepting writes again")
 
-    def read(self, key: str, max_staleness_ms: float | None = None) -> ReadAnswer:
+    def read(self, key: str, max_staleness_ms: float | None = None, acked: Any = None) -> ReadAnswer:
         """An owner read of a key whose last strong write the replicas have not confirmed yet runs a
         replication round now and answers once they did (or ``UnavailableError`` after
         ``CONFIRM_WAIT_S``: the client retries) -- never the unconfirmed value (see
-        ``ShardCopy.unconfirmed``)."""
+        ``ShardCopy.unconfirmed``). ``acked``: the reader saw that write acknowledged (it wrote it):
+        no round is needed (``ShardCopy.take_acked``)."""
         self._ready()
         with self._lock:
+            if acked is not None and max_staleness_ms is None:
+                self._copy.take_acked(key, acked)
             if max_staleness_ms is not None or self._copy.unconfirmed(key) is None:
                 return self._copy.read(key, max_staleness_ms)
         self._confirm(key)

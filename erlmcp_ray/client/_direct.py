@@ -104,6 +104,7 @@ class DirectWrites:
                 f"{domain} shard {shard}: applied by {acked} of {d.copies} copies, {d.min_insync} required; "
                 f"the write is not acknowledged and may or may not be visible later "
                 f"({'; '.join(f'slot {slot}: {why}' for slot, why in sorted(failures.items()))})")
+        self._reads.note_acked(domain, [op[0] for op in ops], result.incarnation, result.seq)
         out: list[Any] = [rec for _key, rec in result.items]
         for i, error in self._op_failure(d, result) or ():  # these ops were not written: their callers get the error
             out[i] = error

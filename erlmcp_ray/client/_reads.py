@@ -41,6 +41,9 @@ __all__ = ["OwnWrites", "ReadPath"]
 
 STRONG, BOUNDED = Consistency.STRONG, Consistency.BOUNDED_STALE
 
+#: acknowledged strong writes a client remembers for its own reads (``ReadPath.note_acked``)
+_ACKED_CAPACITY = 100_000
+
 
 class OwnWrites:
     """When this client last wrote each key, for read-your-writes across a cache miss.
@@ -128,6 +131,17 @@ class ReadPath:
         self._flights_lock = threading.Lock()
         self._incarnations: dict[tuple[str, int], str] = {}
         self._inc_lock = threading.Lock()
+        #: (domain, key) -> (owner incarnation, seq) of this client's last acknowledged strong write of
+        #: the key: a strong read passes it on, and the owner need not ask its replicas to confirm it
+        self._acked: dict[tuple[str, str], tuple[str, int]] = {}
+
+    def note_acked(self, domain: str, keys: list[str], incarnation: str, seq: int) -> None:
+        """A strong round was acknowledged: ``min_insync`` copies hold these keys' writes."""
+        if len(self._acked) > _ACKED_CAPACITY:
+            self._acked = {}  # forgotten: a read of one of them costs the owner a replication round
+        acked = self._acked
+        for key in keys:
+            acked[(domain, key)] = (incarnation, seq)
 
     def read(self, d: DomainRoute, key: str, level: Consistency) -> bytes | None:
         """The live record of ``key`` (a pending one for our own buffered write), or None."""
@@ -195,7 +209,8 @@ class ReadPath:
         if to_owner:
             topo = self._topology
             answer = self._retry.run(
-                lambda: topo.call_owner(d.name, shard, "read", key, None, timeout=timeout),
+                lambda: topo.call_owner(d.name, shard, "read", key, None, self._acked.get((d.name, key)),
+                                        timeout=timeout),
                 on_unavailable=lambda: topo.owner_failed(d.name, shard))
             rec, staleness = answer.record, answer.staleness_ms
             self._counters.add("owner_reads")

@@ -486,12 +486,14 @@ class ShardCopy:
         rec = self.state.raw_record(key)
         return rec is not None and R.record_hlc(rec) >= resend_of
 
-    def read(self, key: str, max_staleness_ms: float | None = None) -> ReadAnswer:
+    def read(self, key: str, max_staleness_ms: float | None = None, acked: Any = None) -> ReadAnswer:
         """A replica staler than ``max_staleness_ms`` answers STALE and no record; the owner is never stale.
         An owner read of a key whose last strong write is not confirmed yet raises ``UnavailableError``
-        (the actor waits for the confirmation first)."""
+        (the actor waits for the confirmation first). ``acked``: see ``take_acked``."""
         if max_staleness_ms is None:  # an owner read (strong, or a fallback): only the owner answers
             self.check_owner()
+            if acked is not None:
+                self.take_acked(key, acked)
             seq = self.unconfirmed(key)
             if seq is not None:
                 raise UnavailableError(
@@ -512,6 +514,16 @@ class ShardCopy:
         (it was cut off, or died, before the replica had it): a read that goes back in time."""
         seq = self._unconfirmed.get(key)
         return None if seq is None or seq <= self.confirmed_seq else seq
+
+    def take_acked(self, key: str, acked: Any) -> bool:
+        """``acked``: ``(incarnation, seq)`` of a strong write of ``key`` that the reading client saw
+        acknowledged -- ``min_insync`` copies applied it -- so it is confirmed without asking the
+        replicas, if it is still the key's last strong write here. True if it was."""
+        incarnation, seq = acked
+        if incarnation == self.incarnation and self._unconfirmed.get(key) == seq:
+            del self._unconfirmed[key]
+            return True
+        return False
 
     def _update_confirmed(self) -> None:
         """``confirmed_seq``: the highest position that ``min_insync - 1`` replicas acknowledged."""

@@ -300,3 +300,19 @@ def test_a_round_skips_a_straggling_replica_and_keeps_the_tombstones_to_forget_f
     _last, forget, payloads = owner.replication_payloads()  # the straggler is back: everyone, once
     assert payloads.keys() == {1, 2} and forget == [("gone", 1)]
     assert owner.replication_payloads()[1] == []
+
+
+def test_a_reader_that_saw_the_write_acknowledged_needs_no_confirmation_round():
+    clock = Clock()
+    owner, replica = _copy(0, clock), _copy(1, clock)
+    answer = _strong(owner, "k", "mine", 1)
+    replica.apply_write(answer)  # the writer collected the acknowledgements itself
+    with pytest.raises(UnavailableError, match="not yet confirmed"):
+        owner.read("k", None, ("another incarnation", answer.seq))  # not this owner's log
+    with pytest.raises(UnavailableError, match="not yet confirmed"):
+        owner.read("k", None, (owner.incarnation, answer.seq - 1))  # not the key's last strong write
+    assert _value(owner.read("k", None, (owner.incarnation, answer.seq))) == "mine"
+    later = _strong(owner, "k", "theirs", 2)  # another client's write, unconfirmed: the old hint is moot
+    with pytest.raises(UnavailableError, match="not yet confirmed"):
+        owner.read("k", None, (owner.incarnation, answer.seq))
+    assert owner.unconfirmed("k") == later.seq
