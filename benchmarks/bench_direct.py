@@ -8,9 +8,10 @@ system with one shard of ``shared`` (owner + 1 replica, RF 2, min_insync 2). Per
 
   strong get           p50/p99 of ``get(consistency="strong")`` (the owner's copy, every time)
   strong put RF 2      p50/p99 of ``put(consistency="strong")`` (owner and replica hold it on return)
-  get after put        p50/p99 of a strong get of the key a strong put of another client just wrote:
+  get after put        p50/p99 of a strong get of the key a strong put just wrote: by another client,
                        the owner serves it once the replica confirmed holding it, so the get waits
-                       for one replication round (the put's own acknowledgement came from the replica)
+                       for one replication round (the put's acknowledgement came from the replica,
+                       to the writer); by the writer itself, the get says it saw the write acknowledged
   eventual sustained   N distinct eventual puts, then ``flush()`` (owner + replica): puts per second
   16 callers vs 1      strong puts per second from 16 threads of one client against 1 thread
   invalidate           synchronous ``coordinator.invalidate`` while 8 other clients cache the key
@@ -130,7 +131,8 @@ def run_transport(kind: str, n: int, sustained: int, seconds: float) -> dict:
         client.put(DOMAIN, "k", VALUE, consistency="strong")
         out["get"] = _lat(lambda i: client.get(DOMAIN, "k", consistency="strong"), n)
         out["put"] = _lat(lambda i: client.put(DOMAIN, f"p{i % 100}", VALUE, consistency="strong"), n)
-        out["get_after_put"] = _get_after_put(system, client, max(200, n // 5))
+        out["get_after_put"] = _get_after_put(system, client, max(200, n // 5), same=False)
+        out["get_after_own_put"] = _get_after_put(system, client, max(200, n // 5), same=True)
         # eventual puts reaching owner and replica, sustained to flush()
         with Cpu() as cpu:
             t0 = time.perf_counter()
@@ -148,8 +150,8 @@ def run_transport(kind: str, n: int, sustained: int, seconds: float) -> dict:
     return out
 
 
-def _get_after_put(system, client, n: int) -> dict:
-    writer = system.client()
+def _get_after_put(system, client, n: int, same: bool) -> dict:
+    writer = client if same else system.client()
     try:
         samples: list[float] = []
         with Cpu() as cpu:
@@ -162,7 +164,8 @@ def _get_after_put(system, client, n: int) -> dict:
         return {"p50": pct(samples, 0.5), "p99": pct(samples, 0.99), "cpu_us": cpu.seconds / (n + 50) * 1e6,
                 "n": n}
     finally:
-        writer.close()
+        if writer is not client:
+            writer.close()
 
 
 def _concurrent(client, callers: int, seconds: float) -> dict:
@@ -241,9 +244,11 @@ def report(cmd: str, base: dict, res: dict) -> list[str]:
     lines.append(f"{'strong put RF 2 p50 / p99':34} | {lat(d['put']):26} | {lat(y['put']):26} | "
                  f"{d['put']['p50'] / raw:.2f}x TCP, {d['put']['p50'] / rset if rset else float('nan'):.2f}x SET"
                  f"{'':3} | {TARGETS['put']} | {'yes' if put_ok else 'NO'}")
-    g = d["get_after_put"]
-    lines.append(f"{'strong get right after a strong put':34} | {lat(g):26} | {lat(y['get_after_put']):26} | "
-                 f"{g['p50'] / raw:.2f}x TCP{'':16} | - (cpu: the put and the get) | -")
+    for label, key in (("strong get after another's put", "get_after_put"),
+                       ("strong get after its own put", "get_after_own_put")):
+        g = d[key]
+        lines.append(f"{label:34} | {lat(g):26} | {lat(y[key]):26} | "
+                     f"{g['p50'] / raw:.2f}x TCP{'':16} | - (cpu: the put and the get) | -")
     ev = d["eventual"]
     lines.append(f"{'eventual puts to flush(), owner+repl':34} | {ev['rate']:,.0f}/s, cpu {ev['cpu_us']:.1f} us"
                  f"{'':4} | {y['eventual']['rate']:,.0f}/s, cpu {y['eventual']['cpu_us']:.1f} us{'':4} | "
