@@ -556,16 +556,18 @@ class ShardActor:
             copy.finish_round(last)
 
     def _collect_stragglers(self, copy: ShardCopy) -> None:
-        """Take the answers of earlier rounds' syncs that came since (one sent before a reset of the
-        replicas' progress means nothing now), and fail the replicas past their sync timeout."""
+        """Take the answers of earlier rounds' syncs that came since, and fail the replicas past their
+        sync timeout. A sync sent before a reset of the replicas' progress (a promotion, a restore)
+        means nothing now: dropped, answered or not."""
         if not self._straggling:
             return
         now = time.monotonic()
         for slot, (ref, sent_at, gen) in list(self._straggling.items()):
-            if self._to_peers.ready_any([ref], 0.0):
+            if gen != copy.round_gen:
                 del self._straggling[slot]
-                if gen == copy.round_gen:
-                    self._sync_answer(copy, slot, ref, sent_at)
+            elif self._to_peers.ready_any([ref], 0.0):
+                del self._straggling[slot]
+                self._sync_answer(copy, slot, ref, sent_at)
             elif now - sent_at > self._settings.sync_timeout_s:
                 del self._straggling[slot]
                 self._replica_failed(slot, UnavailableError(
