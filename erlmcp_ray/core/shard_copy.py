@@ -528,13 +528,10 @@ class ShardCopy:
     def _update_confirmed(self) -> None:
         """``confirmed_seq``: the highest position that ``min_insync - 1`` replicas acknowledged."""
         progress = self.progress_of
-        if not progress:
-            self._confirm_everything()
-            return
         needed = len(progress) if self.settings.min_insync is None else self.settings.min_insync - 1
         needed = min(max(needed, 0), len(progress))
-        if needed == 0:
-            self.confirmed_seq = self.state.last_seq
+        if needed == 0:  # no replicas, or min_insync 1: the owner's copy is enough
+            self._confirm_everything()
             return
         acked = sorted((p.acked_seq or 0 for p in progress.values()), reverse=True)
         self.confirmed_seq = max(self.confirmed_seq, acked[needed - 1])
