@@ -87,6 +87,7 @@ class CoordinatorActor:
         self._layout_key = layout_key(namespace)
         self._layout = _read_layout(self._layout_key)
         self._direct: Any = _NOT_STARTED  # see endpoint()
+        self._direct_starting: asyncio.Future | None = None
 
     # ------------------------------------------------------------------ writes
     async def publish(self, items: list) -> int:
@@ -364,17 +365,21 @@ class CoordinatorActor:
 
     async def endpoint(self) -> dict | None:
         """Where the coordinator's direct endpoint listens (``{"host", "port", "incarnation"}``),
-        started on first asking (it runs this actor's coroutines on this actor's event loop); None
-        with ``transport.kind = "ray"``, no secret, or when it cannot start."""
+        started on first asking, on this actor's event loop (a request runs there as a Ray call
+        would, with no thread between); None with ``transport.kind = "ray"``, no secret, or when it
+        cannot start."""
         if self._direct is _NOT_STARTED:
-            self._direct = self._start_direct(asyncio.get_running_loop())
+            if self._direct_starting is None:  # concurrent first askers share one start
+                self._direct_starting = asyncio.ensure_future(self._start_direct())
+            server = await self._direct_starting
+            self._direct = server
         if self._direct is None:
             return None
         host, port = self._direct.address
         return {"host": host, "port": port, "incarnation": self._log.epoch}
 
-    def _start_direct(self, loop: asyncio.AbstractEventLoop) -> Any:
-        from erlmcp_ray.actors._endpoint import start_endpoint
+    async def _start_direct(self) -> Any:
+        from erlmcp_ray.actors._endpoint import start_async_endpoint
         from erlmcp_ray.config import MemoryConfig
 
         transport = MemoryConfig.load(self._config).transport
@@ -384,8 +389,7 @@ class CoordinatorActor:
         def serve(method: str, args: list) -> Any:
             if method not in self.DIRECT_METHODS:
                 raise ValueError(f"{method!r} is not served by the coordinator's direct endpoint")
-            # on this actor's event loop, as a Ray call would run: the answer goes out when done
-            return asyncio.run_coroutine_threadsafe(getattr(self, method)(*args), loop)
+            return getattr(self, method)(*args)  # a coroutine: the loop runs it, the answer goes out when done
 
-        return start_endpoint(self.namespace, serve, max_frame=transport.max_frame, tls=transport.tls(),
-                              who="the coordinator")
+        return await start_async_endpoint(self.namespace, serve, max_frame=transport.max_frame, tls=transport.tls(),
+                                          who="the coordinator")

@@ -25,6 +25,7 @@ A handler's own exception is returned to the caller as an error response; the co
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import threading
@@ -75,7 +76,7 @@ def deferred_response(rid: int, future: Future) -> bytes:
     """The response for a handler's answer that came later (``future`` is done)."""
     try:
         return pack([RESPONSE, rid, True, future.result()])
-    except Exception as exc:  # noqa: BLE001 - its error, or a result msgpack cannot carry
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - its error, or a result msgpack cannot carry
         return error_response(rid, exc)
 
 
@@ -104,7 +105,8 @@ class ServerConnection:
         if len(secret) < 16 or len(nonce) != _NONCE:
             raise ValueError("a secret of at least 16 bytes and a 32-byte nonce are needed")
         self._secret, self._handler, self._nonce = secret, handler, nonce
-        #: a handler may answer later: it returns a ``concurrent.futures.Future`` and this is told
+        #: a handler may answer later: it returns a ``concurrent.futures.Future`` (or an asyncio one,
+        #: on a server running on that loop) and this is told
         #: ``(request id, future)``; the answer goes out when the future is done (``deferred_response``)
         self.on_deferred = on_deferred
         self._unpacker = _unpacker(max_frame)
@@ -144,7 +146,7 @@ class ServerConnection:
         self.requests += 1
         try:
             result = self._handler(method, args)
-            if isinstance(result, Future):
+            if isinstance(result, (Future, asyncio.Future)):
                 if self.on_deferred is None:
                     raise TypeError(f"{method} answers later, and this server sends only immediate answers")
                 self.on_deferred(rid, result)

@@ -264,6 +264,11 @@ def test_transport_tls_encrypts_the_data_plane_and_refuses_plaintext(ray_local, 
         assert [client.get("reg", f"k{i}", consistency="strong") for i in range(20)] == list(range(20))
         stats = client.stats()["transport"]
         assert stats["fallback"] == 0 and stats["direct"] >= 40
+        from erlmcp_ray.actors.options import COORDINATOR
+
+        # the coherence polls too: the coordinator's endpoint (on its event loop) speaks TLS
+        coordinator = ray.get(ray.get_actor(COORDINATOR, namespace=ns).stats.remote(), timeout=30)["direct"]
+        assert coordinator["requests"] >= 1 and coordinator["closed"] == {}
         client.close()
         secret = _ray.kv_get(secret_key(ns))
         with pytest.raises((ConnectionError, ProtocolError, OSError)):

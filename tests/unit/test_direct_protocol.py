@@ -1,11 +1,13 @@
 """The direct data plane's protocol (erlmcp_ray.direct): the handshake proves both sides know the
 secret, requests are answered by id, and nothing a peer sends -- random bytes, truncated or
 oversized values, wrong shapes, a wrong secret -- raises out of the server side: the connection is
-closed and the reason counted. Then the same over real sockets: a server keeps serving its other
-connections while one is flooded with garbage."""
+closed and the reason counted. Then the same over real sockets, on both servers (``DirectServer``'s
+own thread, ``AsyncDirectServer`` on an event loop): a server keeps serving its other connections
+while one is flooded with garbage."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import threading
@@ -17,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from erlmcp_ray.direct import (
+    AsyncDirectServer,
     ClientHandshake,
     DirectConnection,
     DirectServer,
@@ -38,6 +41,65 @@ def handler(method: str, args: list):
     if method == "boom":
         raise KeyError("no such key")
     raise ValueError(f"unknown method {method}")
+
+
+def async_handler(method: str, args: list):
+    """``handler`` for a server on an event loop: a sleep is a coroutine there, as the coordinator's are."""
+    if method == "sleep":
+        return asyncio.sleep(args[0], "slept")
+    return handler(method, args)
+
+
+class _LoopServer:
+    """An ``AsyncDirectServer`` on an event loop in a thread of its own (in an actor, the actor's loop)."""
+
+    def __init__(self, handler, **kwargs) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server = asyncio.run_coroutine_threadsafe(
+            AsyncDirectServer.start(SECRET, handler, **kwargs), self.loop).result(10)
+        self.address = self.server.address
+
+    @property
+    def closed(self) -> dict:
+        return self.server.closed
+
+    def buffered(self) -> int:
+        return asyncio.run_coroutine_threadsafe(self._buffered(), self.loop).result(10)
+
+    async def _buffered(self) -> int:
+        return sum(c._transport.get_write_buffer_size() for c in self.server._open if c._transport is not None)
+
+    def close(self) -> None:
+        self.server.close()
+
+        def stop() -> None:  # what still runs (a timed-out call's sleep) is cancelled first
+            for task in asyncio.all_tasks(self.loop):
+                task.cancel()
+            self.loop.call_soon(self.loop.stop)
+
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(stop)
+        self._thread.join(10)
+
+
+@pytest.fixture(params=["thread", "asyncio"])
+def make_server(request):
+    """Builds the server under test: ``make_server(handler)``; the asyncio one gets coroutine sleeps."""
+    made: list = []
+
+    def make(h=None, **kwargs):
+        if request.param == "thread":
+            server = DirectServer(SECRET, h or handler, **kwargs)
+        else:
+            server = _LoopServer(async_handler if h is None else h, **kwargs)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
 
 
 def _connected(max_frame: int = 1 << 20) -> ServerConnection:
@@ -125,8 +187,8 @@ def test_fuzz_valid_msgpack_of_any_shape_is_answered_or_closes(value):
     assert close or _replies(out)
 
 
-def test_over_sockets_a_flooded_connection_is_closed_and_the_others_go_on():
-    server = DirectServer(SECRET, handler)
+def test_over_sockets_a_flooded_connection_is_closed_and_the_others_go_on(make_server):
+    server = make_server()
     try:
         good = DirectConnection(server.address, SECRET)
         assert good.call("echo", 1, "two") == [1, "two"]
@@ -165,21 +227,22 @@ def test_over_sockets_a_flooded_connection_is_closed_and_the_others_go_on():
         server.close()
 
 
-def test_a_handler_may_answer_later_and_answers_come_in_any_order():
+def test_a_handler_may_answer_later_and_answers_come_in_any_order(make_server):
     """A handler that returns a Future (an asyncio long poll run elsewhere, say) is answered when
-    it is done, by the server's thread; other requests on the connection are served meanwhile."""
+    it is done, by the server's thread (on the asyncio server: on its loop, whichever thread
+    finished the future); other requests on the connection are served meanwhile."""
     import concurrent.futures
     import threading
 
     held: dict[str, concurrent.futures.Future] = {}
 
-    def handler(method, args):
+    def later(method, args):
         if method == "later":
             held[args[0]] = f = concurrent.futures.Future()
             return f
         return args
 
-    server = DirectServer(SECRET, handler)
+    server = make_server(later)
     conn = DirectConnection(server.address, SECRET)
     try:
         a, b = conn.call_async("later", "a"), conn.call_async("later", "b")
@@ -192,6 +255,45 @@ def test_a_handler_may_answer_later_and_answers_come_in_any_order():
         assert conn.call("now", 2, timeout=5) == [2]
     finally:
         conn.close()
+        server.close()
+
+
+def test_an_oversized_value_closes_its_connection_on_either_server(make_server):
+    server = make_server(max_frame=4096)
+    good = DirectConnection(server.address, SECRET)
+    big = DirectConnection(server.address, SECRET)
+    with pytest.raises((ConnectionError, TimeoutError)):
+        big.call("echo", b"x" * 10_000, timeout=5)
+    assert server.closed.get("oversized") == 1
+    assert good.call("echo", b"y" * 1000, timeout=5) == [b"y" * 1000]
+
+
+def test_the_asyncio_server_reads_no_more_from_a_peer_that_does_not_read_its_answers():
+    """A peer sends requests with large answers and reads none: once the loop's write buffer for it
+    is full the server stops reading its requests (flow control), so what it buffers stays bounded
+    -- not every answer asked for (here 400 x 64 KiB) -- and other peers are still served."""
+    server = _LoopServer(async_handler)
+    try:
+        greedy = DirectConnection(server.address, SECRET)
+        blob = b"z" * 65536
+        sent = threading.Event()
+
+        def ask() -> None:
+            try:
+                for _ in range(400):
+                    greedy.call_async("echo", blob)
+            except (ConnectionError, OSError):
+                pass
+            sent.set()
+
+        threading.Thread(target=ask, daemon=True).start()
+        sent.wait(2.0)  # blocks in sendall once the server stops reading: it does not finish
+        peak = max(server.buffered() for _ in range(20) if time.sleep(0.02) is None)
+        assert peak < 4 * 1024 * 1024, peak  # 400 answers would be 26 MB
+        other = DirectConnection(server.address, SECRET)
+        assert other.call("echo", "served", timeout=5) == ["served"]
+        greedy.close()
+    finally:
         server.close()
 
 
