@@ -60,6 +60,44 @@ def _incarnation_epoch(epoch: int | None) -> int:
 _NOT_STARTED = object()
 
 
+class _Signal:
+    """``await signal.wait(timeout)`` until the next ``fire()`` (which wakes exactly the coroutines
+    waiting then) or the timeout. What ``asyncio.Event`` swapped per fire and ``asyncio.wait_for``
+    did, without the task and the extra loop turns ``wait_for`` costs per wait: a poll woken by a
+    publish resumes in one turn of the loop."""
+
+    __slots__ = ("_waiters",)
+
+    def __init__(self) -> None:
+        self._waiters: dict[asyncio.Future, None] = {}  # in order of waiting
+
+    def __len__(self) -> int:
+        return len(self._waiters)
+
+    def fire(self) -> None:
+        waiters, self._waiters = self._waiters, {}
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self, timeout_s: float) -> None:
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        waiters = self._waiters
+        waiters[waiter] = None
+        timer = loop.call_later(max(0.0, timeout_s), _settle, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            waiters.pop(waiter, None)  # timed out or cancelled: not kept until the next fire
+
+
+def _settle(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class CoordinatorActor:
     def __init__(self, config: dict, namespace: str, epoch: int | None = None, *, rng: Any = None,
                  system_id: str = "") -> None:
@@ -69,13 +107,13 @@ class CoordinatorActor:
         self._log = InvalidationLog(epoch=_incarnation_epoch(epoch), lease_ms=lease_ms)
         self._lease_s = lease_ms / 1000.0
         self._next_prune = time.monotonic() + self._lease_s
-        # Swapped on every publish: setting the old one wakes exactly the polls waiting then.
-        self._published = asyncio.Event()
+        # Fired on every publish: wakes exactly the polls waiting then.
+        self._published = _Signal()
         self._waiting = 0
         self._watched: dict[str, asyncio.Future] = {}  # sub_id -> the one delivery we check
         self._rng = rng if rng is not None else random.Random()
-        # Set (and swapped) whenever a poll acknowledges: synchronous invalidations wait on it.
-        self._acked = asyncio.Event()
+        # Fired whenever a poll acknowledges: synchronous invalidations wait on it.
+        self._acked = _Signal()
         self._kinds: dict[str, str] = {}  # sub_id -> "update" | "invalidation"
         # Per start() of the system (Ray reruns a restarted actor's constructor with the same
         # arguments): a restarted coordinator finds its clients, a new system never does.
@@ -100,8 +138,7 @@ class CoordinatorActor:
             return self._log.last_seq
         first = self._log.last_seq + 1
         last_seq = self._log.publish(items)
-        event, self._published = self._published, asyncio.Event()
-        event.set()
+        self._published.fire()
         self._deliver(items, first)
         return last_seq
 
@@ -127,14 +164,10 @@ class CoordinatorActor:
             remaining = deadline - loop.time()
             if not missing or remaining <= 0:
                 return seq, acked, missing
-            try:
-                await asyncio.wait_for(self._acked.wait(), remaining)
-            except asyncio.TimeoutError:
-                pass
+            await self._acked.wait(remaining)
 
     def _ack_changed(self) -> None:
-        event, self._acked = self._acked, asyncio.Event()
-        event.set()
+        self._acked.fire()
 
     def _deliver(self, items: list, first_seq: int) -> None:
         for seq, item in enumerate(items, first_seq):
@@ -223,10 +256,7 @@ class CoordinatorActor:
                 # From here on use what the client registered: a subscribe() made while this
                 # poll waits re-registers its value domains, and must apply to this answer.
                 domains = value_domains = None
-                try:
-                    await asyncio.wait_for(self._published.wait(), remaining)
-                except asyncio.TimeoutError:
-                    pass  # answer with whatever there is (likely nothing)
+                await self._published.wait(remaining)  # then answer with whatever there is (maybe nothing)
         finally:
             self._waiting -= 1
 
@@ -322,8 +352,7 @@ class CoordinatorActor:
         than it): a new epoch does that — each client's next poll sees it, drops its caches and
         registers again. Waiting polls are answered at once. Returns the new epoch."""
         self._log.epoch = max(self._log.epoch + 1, time.time_ns())
-        event, self._published = self._published, asyncio.Event()
-        event.set()
+        self._published.fire()
         return self._log.epoch
 
     # ------------------------------------------------------------------ layout
@@ -335,8 +364,7 @@ class CoordinatorActor:
         """The selector wrote a new layout to the KV store: take it, and answer every waiting poll
         (each carries the new generation). Returns it."""
         self._layout = _read_layout(self._layout_key)
-        event, self._published = self._published, asyncio.Event()
-        event.set()
+        self._published.fire()
         return self._layout.generation
 
     # ------------------------------------------------------------------ inspection

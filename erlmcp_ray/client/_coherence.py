@@ -36,12 +36,15 @@ class Coherence:
                  client_id: str, domains: list[str], poll_hook: Callable[[list], list] | None = None,
                  rng: random.Random | None = None, clock: Callable[[], float] = time.monotonic,
                  layout: int = 0, on_layout: Callable[[int], None] | None = None,
-                 report: Callable[[], dict | None] | None = None) -> None:
+                 report: Callable[[], dict | None] | None = None, poll_transport: Transport | None = None) -> None:
         """``layout``: the generation of the layout the client routes by; ``on_layout(generation)``
         is called (on this part's thread) when a poll announces another one. ``report()``: this
         client's counters for the coordinator (``erlmcp_ray.telemetry`` reads every client's there),
-        sent with a poll when it returns a dict."""
+        sent with a poll when it returns a dict. ``poll_transport``: what the long polls go over (a
+        transport with a connection of its own, which ``close`` closes: that ends a waiting poll at
+        once); everything else goes over ``transport``."""
         self._report = report
+        self._poll_transport = poll_transport or transport
         self._transport, self._settings, self._cache = transport, settings, cache
         self.layout, self._on_layout = layout, on_layout
         self._counters, self._client_id, self._domains = counters, client_id, list(domains)
@@ -63,6 +66,8 @@ class Coherence:
 
     def close(self, join_s: float) -> None:
         self._closed = True
+        if self._poll_transport is not self._transport:
+            self._poll_transport.close()  # the waiting poll fails now, rather than at its timeout
         self._thread.join(timeout=join_s)
         try:  # else synchronous invalidations wait for us until our lease runs out
             self._transport.call(COORDINATOR, "unregister_client", self._client_id,
@@ -92,7 +97,7 @@ class Coherence:
                 # Domains travel with register_client, not with every poll: a poll sent just
                 # before a subscribe() must not overwrite the registration it made.
                 report = self._report() if self._report is not None else None
-                answer = self._transport.call(COORDINATOR, "poll", self._client_id, self.since, None, None, timeout,
+                answer = self._poll_transport.call(COORDINATOR, "poll", self._client_id, self.since, None, None, timeout,
                                               report,
                                               timeout=timeout + self._settings.call_timeout_s)
             except ErlmcpRayError as exc:
@@ -101,7 +106,7 @@ class Coherence:
                 log.debug("coherence poll failed: %s", exc)
                 time.sleep(backoff + self._rng.random() * backoff)  # jitter: clients must not retry in step
                 backoff = min(backoff * 2, 1.0)
-                self._transport.forget(COORDINATOR)
+                self._poll_transport.forget(COORDINATOR)
                 continue
             backoff = 0.05
             epoch, last, gap, messages, layout = answer

@@ -78,6 +78,11 @@ class DirectPool:
         self._connecting: dict[Any, threading.Lock] = {}
         self.stats = {"connects": 0, "connect_failures": 0, "refused": 0, "broken": 0}
 
+    def private(self) -> DirectPool:
+        """A pool of the same system with connections of its own (``DirectTransport.dedicated``)."""
+        return DirectPool(self._read_secret, max_frame=self._max_frame, connect_timeout_s=self._connect_timeout,
+                          clock=self._clock, tls=self._tls)
+
     def connection(self, target: Any, lookup: Callable[[Any], dict | None]) -> DirectConnection | None:
         conn = self._conns.get(target)
         if conn is not None and conn.broken is None:
@@ -266,6 +271,7 @@ class DirectTransport:
         self._fallback, self._pool = fallback, pool
         self._lookup = lookup or (lambda target: fallback.call(target, "endpoint", timeout=lookup_timeout_s))
         self.stats = {"direct": 0, "fallback": 0, "broken": 0}
+        self._closed = False
         # the fault seam's check (a partition cuts direct calls too); none on a fallback without it
         self._check_partition = getattr(fallback, "check_partition", None)
 
@@ -283,7 +289,22 @@ class DirectTransport:
         return {"kind": "direct", **self.stats, "connections": self._pool.connections(), **self._pool.stats}
 
     # ------------------------------------------------------------------ calls
+    def dedicated(self) -> DirectTransport:
+        """The same transport with connections of its own, not the process's shared ones: for a
+        client's long poll (its answers do not queue behind data calls on a shared connection, nor
+        theirs behind it), as Redis's client-side caching takes a connection of its own for its
+        invalidation messages. ``close()`` ends its connections, and a call waiting on one at once."""
+        return DirectTransport(self._fallback, self._pool.private(), lookup=self._lookup)
+
+    def close(self) -> None:
+        """Close this transport's connections (only a ``dedicated`` one's are its own); later calls
+        raise ``UnavailableError``."""
+        self._closed = True
+        self._pool.close()
+
     def submit(self, target: Any, method: str, *args: Any) -> Any:
+        if self._closed:
+            raise UnavailableError(f"{_what(target)}: this transport was closed")
         if type(target) is str:
             if target != COORDINATOR or method not in COORDINATOR_METHODS:
                 return self._fallback.submit(target, method, *args)

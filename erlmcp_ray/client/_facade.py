@@ -109,10 +109,14 @@ class MemoryClient:
                                     reads=self._reads, write_behind=self._wb, client_id=self.client_id,
                                     next_seq=self._next_seq, timeout_s=s.call_timeout_s, topology=self._topology)
         self._group = GroupCommit(self._direct.strong_round, timeout_s=s.call_timeout_s)
+        # The long poll on a connection of its own (see DirectTransport.dedicated)
+        self._poll_transport = (self._transport.dedicated() if isinstance(self._transport, DirectTransport)
+                                else self._transport)
         self._coherence = Coherence(transport=self._transport, settings=s, cache=self._cache,
                                     counters=self._counters, client_id=self.client_id, domains=list(self._routes),
                                     poll_hook=poll_hook, layout=self._layout.generation,
-                                    on_layout=self._refresh_layout, report=self._report)
+                                    on_layout=self._refresh_layout, report=self._report,
+                                    poll_transport=self._poll_transport)
         self.coordinator = CacheCoordinator(
             domain=self._domain, routes=self._routes, cache=self._cache, transport=self._transport,
             retry=self._retry, write_behind=self._wb, coherence=self._coherence, settings=s,
@@ -349,7 +353,12 @@ class MemoryClient:
         """How this client reaches the copies: ``kind`` (direct / ray) and, direct, its calls that went
         direct and that fell back to Ray, and the process's connections."""
         stats = getattr(self._transport, "transport_stats", None)
-        return stats() if stats is not None else {"kind": "ray"}
+        if stats is None:
+            return {"kind": "ray"}
+        out = stats()
+        if self._poll_transport is not self._transport:  # the long polls' own connection
+            out["polls"] = {k: v for k, v in self._poll_transport.transport_stats().items() if k != "kind"}
+        return out
 
     def _l2_size(self) -> int | None:
         now = time.monotonic()

@@ -241,3 +241,43 @@ def test_restored_clients_must_ack_again():
     seq = new.publish([("cache", "k", None)])
     assert new.ack_status(seq, ["cache"]) == ([], ["a"])
     assert new.client_info()["a"]["value_domains"] == ["cache"]
+
+
+# ------------------------------------------------- the coordinator's wake-up of waiting polls
+def test_a_signal_wakes_exactly_the_waits_begun_before_it_fired_and_keeps_none_that_timed_out():
+    """The coordinator's ``_Signal``: ``fire()`` wakes every coroutine waiting then, at once; one
+    that starts waiting after it sleeps until the next fire or its timeout; waits that timed out
+    or were cancelled are not kept (a coordinator with no publish for hours must not pile them up)."""
+    import asyncio
+
+    from erlmcp_ray.actors.coordinator import _Signal
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        signal = _Signal()
+        woke: list[tuple[str, float]] = []
+
+        async def waiter(name: str, timeout_s: float) -> None:
+            t0 = loop.time()
+            await signal.wait(timeout_s)
+            woke.append((name, loop.time() - t0))
+
+        early = [asyncio.ensure_future(waiter(f"early{i}", 5.0)) for i in range(3)]
+        await asyncio.sleep(0.01)
+        assert len(signal) == 3
+        signal.fire()
+        late = asyncio.ensure_future(waiter("late", 0.2))
+        await asyncio.gather(*early)
+        assert sorted(n for n, _ in woke) == ["early0", "early1", "early2"]
+        assert all(took < 1.0 for _, took in woke)
+        await late  # not woken by the fire before it: its timeout ended it
+        assert woke[-1][0] == "late" and woke[-1][1] >= 0.19
+        for _ in range(50):
+            await signal.wait(0.0)
+        cancelled = asyncio.ensure_future(signal.wait(5.0))
+        await asyncio.sleep(0.01)
+        cancelled.cancel()
+        await asyncio.sleep(0.01)
+        assert len(signal) == 0
+
+    asyncio.run(scenario())
