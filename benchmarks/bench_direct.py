@@ -124,7 +124,10 @@ def baselines(n: int) -> dict:
 
 def run_transport(kind: str, n: int, sustained: int, seconds: float) -> dict:
     ns = f"bench_direct_{kind}_{uuid.uuid4().hex[:6]}"
-    system = erlmcp_ray.start({"transport": {"kind": kind}, "domains": {DOMAIN: {"shards": 1}}}, namespace=ns)
+    # the full run's 200k eventual keys x 2 copies on this one node pass the default node limit
+    # (100k entries), and the node then refuses growing writes: raised for the benchmark
+    system = erlmcp_ray.start({"transport": {"kind": kind}, "domains": {DOMAIN: {"shards": 1}},
+                               "limits": {"max_entries": 2_000_000}}, namespace=ns)
     client = system.client()
     out: dict = {}
     try:
