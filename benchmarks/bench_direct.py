@@ -14,7 +14,8 @@ system with one shard of ``shared`` (owner + 1 replica, RF 2, min_insync 2). Per
                        to the writer); by the writer itself, the get says it saw the write acknowledged
   eventual sustained   N distinct eventual puts, then ``flush()`` (owner + replica): puts per second
   16 callers vs 1      strong puts per second from 16 threads of one client against 1 thread
-  invalidate           synchronous ``coordinator.invalidate`` while 8 other clients cache the key
+  invalidate           synchronous ``coordinator.invalidate`` while 8 other clients cache the key (in this
+                       process; then as 8 Ray actors, each a process of its own)
 
 Baselines, same run: a raw TCP round trip between two Python processes (64 bytes, loopback), a bare
 Ray actor call, redis-py GET/SET against 127.0.0.1:6379. CPU per operation is the whole machine's
@@ -78,6 +79,22 @@ def _lat(fn, n: int) -> dict:
             fn(i)
             out.append((clock() - t0) / 1000)
     return {"p50": pct(out, 0.5), "p99": pct(out, 0.99), "cpu_us": cpu.seconds / n * 1e6, "n": n}
+
+
+@ray.remote(num_cpus=0)
+class Holder:
+    """A caching client in a process of its own (an agent running as a Ray actor)."""
+
+    def __init__(self, namespace: str) -> None:
+        self.client = erlmcp_ray.connect(namespace)
+        self.id = self.client.client_id
+
+    def cache(self, key: str) -> str:
+        self.client.get(DOMAIN, key)  # cached (a miss is cached too)
+        return self.id
+
+    def close(self) -> None:
+        self.client.close()
 
 
 @ray.remote(num_cpus=0)
@@ -146,6 +163,7 @@ def run_transport(kind: str, n: int, sustained: int, seconds: float) -> dict:
         out["eventual"] = {"rate": sustained / took, "cpu_us": cpu.seconds / sustained * 1e6, "n": sustained}
         out["scale"] = {c: _concurrent(client, c, seconds) for c in (1, 16)}
         out["invalidate"] = _invalidate(system, client, max(200, n // 5))
+        out["invalidate_actors"] = _invalidate_actors(ns, client, max(200, n // 5))
         out["transport"] = client.stats()["transport"]
     finally:
         client.close()
@@ -218,6 +236,31 @@ def _invalidate(system, client, n: int) -> dict:
             h.close()
 
 
+def _invalidate_actors(namespace: str, client, n: int) -> dict:
+    """As ``_invalidate``, the 8 holders each in a process of its own (Ray actors); every invalidation
+    must have waited for all 8 (checked)."""
+    holders = [Holder.remote(namespace) for _ in range(8)]
+    try:
+        ids = set(ray.get([h.cache.remote("inv0") for h in holders], timeout=60))
+        samples: list[float] = []
+        with Cpu() as cpu:
+            for i in range(n + 50):
+                key = f"inv{i % 20}"
+                ray.get([h.cache.remote(key) for h in holders], timeout=60)
+                t0 = time.perf_counter_ns()
+                result = client.coordinator.invalidate(DOMAIN, key)
+                took = (time.perf_counter_ns() - t0) / 1000
+                if not ids <= set(result.acked):
+                    raise RuntimeError(f"an invalidation did not wait for every holder: {result}")
+                if i >= 50:
+                    samples.append(took)
+        return {"p50": pct(samples, 0.5), "p99": pct(samples, 0.99), "cpu_us": cpu.seconds / (n + 50) * 1e6, "n": n}
+    finally:
+        ray.get([h.close.remote() for h in holders], timeout=60)
+        for h in holders:
+            ray.kill(h)
+
+
 def report(cmd: str, base: dict, res: dict) -> list[str]:
     raw = base["raw"]["p50"]
     rget, rset = base.get("redis_get", {}).get("p50"), base.get("redis_set", {}).get("p50")
@@ -265,13 +308,18 @@ def report(cmd: str, base: dict, res: dict) -> list[str]:
     lines.append(f"{'invalidate, 8 caching clients':34} | {lat(inv):26} | {lat(y['invalidate']):26} | "
                  f"{inv['p50'] / raw:.1f}x TCP{'':17} | {TARGETS['invalidate']} | "
                  f"{'yes' if inv['p50'] <= 10 * raw else 'NO'}")
+    inva = d["invalidate_actors"]
+    lines.append(f"{'invalidate, 8 holders as Ray actors':34} | {lat(inva):26} | {lat(y['invalidate_actors']):26} | "
+                 f"{inva['p50'] / raw:.1f}x TCP{'':17} | {TARGETS['invalidate']} | "
+                 f"{'yes' if inva['p50'] <= 10 * raw else 'NO'}")
     lines += ["", "CPU: machine-wide user+system per operation (every process: caller, shard copies, coordinator, Ray).",
               (f"16-caller CPU per put: direct {ds[16]['cpu_us']:.0f} us, ray {ys[16]['cpu_us']:.0f} us; "
                f"1 caller: direct {ds[1]['cpu_us']:.0f} us, ray {ys[1]['cpu_us']:.0f} us"),
               f"direct client's transport stats at the end: {d['transport']}",
               ("invalidate: the invalidating call and the 8 holders' long polls (their acknowledgements) reach the "
                "coordinator over its direct endpoint on the direct transport, as Ray calls on the other; the 9 "
-               "clients share this one driver process.")]
+               "clients share this one driver process; in the row after it each holder is a Ray actor, a process "
+               "of its own (CPU there includes the 8 Ray calls per round that make the holders cache the key).")]
     return lines
 
 
