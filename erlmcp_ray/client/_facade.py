@@ -351,7 +351,8 @@ class MemoryClient:
 
     def _transport_stats(self) -> dict[str, Any]:
         """How this client reaches the copies: ``kind`` (direct / ray) and, direct, its calls that went
-        direct and that fell back to Ray, and the process's connections."""
+        direct and that fell back to Ray, and the process's connections; ``polls``: the same for this
+        client's long polls, on a connection of their own."""
         stats = getattr(self._transport, "transport_stats", None)
         if stats is None:
             return {"kind": "ray"}
