@@ -387,9 +387,9 @@ class CoordinatorActor:
         return self._log.epoch
 
     # ------------------------------------------------------------ the direct data plane
-    #: what the coordinator's direct endpoint serves: the coherence path (long polls, and the
-    #: invalidations that wait for their acknowledgements)
-    DIRECT_METHODS = ("poll", "invalidate", "ping")
+    #: what the coordinator's direct endpoint serves: the coherence path (long polls, the
+    #: invalidations that wait for their acknowledgements, and the owners' publications)
+    DIRECT_METHODS = ("poll", "invalidate", "publish", "ping")
 
     async def endpoint(self) -> dict | None:
         """Where the coordinator's direct endpoint listens (``{"host", "port", "incarnation"}``),

@@ -36,8 +36,8 @@ import ray
 
 from erlmcp_ray import _faults, _ray
 from erlmcp_ray.actors._endpoint import start_endpoint
-from erlmcp_ray.actors.options import CONTROL, COORDINATOR, shard_name
-from erlmcp_ray.client._transport import Copy
+from erlmcp_ray.actors.options import CONTROL, shard_name
+from erlmcp_ray.client._transport import COORDINATOR, Copy
 from erlmcp_ray.config import DurableConfig, DurableKind
 from erlmcp_ray.core.checkpoint import (
     PREFIX,
@@ -99,7 +99,6 @@ class ShardActor:
         self._copy = ShardCopy(domain, shard, slot, copies, max(epoch, layout.epoch(domain, shard)), settings)
         self._copy.owner_slot = layout.owner(domain, shard)
         self._peers: dict[int, Any] = {}
-        self._coordinator: Any = None
         self._place = shard_name(domain, shard, slot)
         self._seam = _faults.seam(namespace)  # a (test) partition cuts some peers off
         self._wake = threading.Event()
@@ -138,11 +137,11 @@ class ShardActor:
                 # clients retry, or CorruptDataError naming what is corrupt) -- never an empty shard.
                 log.warning("%s/%s: durable store not loaded, serving nothing until it is: %s", domain,
                             shard, exc)
+        self._direct = self._start_direct()
+        self._to_peers = self._replica_transport()
         # Every copy runs the loop: it works while the copy is the owner (a replica may be promoted).
         self._thread = threading.Thread(target=self._replication_loop, name="erlmcp-replication", daemon=True)
         self._thread.start()
-        self._direct = self._start_direct()
-        self._to_peers = self._replica_transport()
 
     # ------------------------------------------------------------ the direct data plane
     #: what the direct endpoint serves: the data path (everything else stays a Ray call)
@@ -611,18 +610,17 @@ class ShardActor:
             try:
                 self._publish(items)
             except Exception as exc:  # noqa: BLE001 - retried next round
-                self._coordinator = None
+                self._to_peers.forget(COORDINATOR)  # restarted, say: found again next round
                 log.warning("%s/%s: publishing to the coordinator failed: %s", self.domain, self.shard, exc)
                 return
         with self._lock:
             self._copy.published(upto)
 
     def _publish(self, items: list) -> None:
-        self._seam.check(self._place, COORDINATOR)
-        if self._coordinator is None:
-            self._coordinator = _ray.get_actor(COORDINATOR, self.namespace)
-        _ray.get(self._coordinator.publish.remote(items), timeout=self._settings.sync_timeout_s,
-                 what="coordinator publish")
+        # Over the coordinator's direct endpoint when the system runs the direct plane (a Ray call
+        # cost this thread ~1 ms and the owner's endpoint the GIL meanwhile, once per round); else,
+        # or for a batch larger than max_frame, a Ray call. The fault seam is checked either way.
+        self._to_peers.call(COORDINATOR, "publish", items, timeout=self._settings.sync_timeout_s)
 
     def sync_now(self) -> int:
         """Anti-entropy now (``client.sync``): a replication round and a durable flush right away;
@@ -772,7 +770,9 @@ class ShardActor:
                     "durable_pending": len(self._copy.state.dirty or ()) + self._flushing + self._catching_up,
                     "durable_stale_rows_failed": self._stale_failed, "durable_failing": self._store_failing,
                     "restored_from_checkpoint": self._restored,
-                    "direct": None if self._direct is None else self._direct.describe()}
+                    "direct": None if self._direct is None else self._direct.describe(),
+                    # how this copy, as owner, reached its replicas and the coordinator (syncs, publications)
+                    "to_peers": getattr(self._to_peers, "transport_stats", lambda: None)()}
 
     def memory(self) -> dict:
         """This copy's data and its process's memory, for ``get_cluster_memory``."""

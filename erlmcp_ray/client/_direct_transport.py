@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 #: the calls that go over the direct endpoint (the shard actor serves the same set)
 DIRECT_METHODS = frozenset(("read", "write", "apply_write", "progress", "find", "ping", "sync"))
 #: the coordinator's calls that go over its direct endpoint (the coherence path)
-COORDINATOR_METHODS = frozenset(("poll", "invalidate"))
+COORDINATOR_METHODS = frozenset(("poll", "invalidate", "publish"))
 #: msgpack carries named tuples as arrays: the client's named types again
 _DECODE: dict[str, Callable[[Any], Any]] = {"read": ReadAnswer._make, "write": WriteAnswer._make,
                                             "progress": Progress._make, "poll": PollAnswer._make}

@@ -82,7 +82,8 @@ class _Connection(asyncio.Protocol):
 
 class AsyncDirectServer:
     """``await AsyncDirectServer.start(secret, handler, ...)`` on the loop that is to serve; then
-    ``address``, ``describe()`` and ``closed`` as ``DirectServer`` has them. ``close()`` may be
+    ``address``, ``describe()`` and ``closed`` as ``DirectServer`` has them (``describe`` also counts
+    the requests by method). ``close()`` may be
     called from any thread."""
 
     def __init__(self, secret: bytes, handler: Callable[[str, list], Any], *, max_frame: int = MAX_FRAME) -> None:
@@ -94,8 +95,11 @@ class AsyncDirectServer:
         self.closed: dict[str, int] = {}
         self._open: set[_Connection] = set()
 
+        self.methods: dict[str, int] = {}  # requests served, by method
+
         def counted(method: str, args: list) -> Any:
             self.requests += 1  # the loop's thread only
+            self.methods[method] = self.methods.get(method, 0) + 1
             result = handler(method, args)
             return asyncio.ensure_future(result) if inspect.isawaitable(result) else result
 
@@ -114,8 +118,8 @@ class AsyncDirectServer:
         return self
 
     def describe(self) -> dict:
-        return {"address": list(self.address), "requests": self.requests, "connections": self.connections,
-                "closed": dict(self.closed)}
+        return {"address": list(self.address), "requests": self.requests, "methods": dict(self.methods),
+                "connections": self.connections, "closed": dict(self.closed)}
 
     def close(self) -> None:
         if self._server is None or self._loop is None or self._loop.is_closed():

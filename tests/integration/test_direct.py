@@ -84,6 +84,12 @@ def test_replication_rounds_go_over_the_endpoints(system):
         client.flush(timeout=30)
         stats = ray.get([_actor(slot).stats.remote() for slot in (0, 1)], timeout=30)
         assert stats[0]["entries"] == stats[1]["entries"] >= 200
+        # the owner's publications of those writes reached the coordinator over its endpoint too
+        from erlmcp_ray.actors.options import COORDINATOR
+
+        coordinator = ray.get(ray.get_actor(COORDINATOR, namespace=NS).stats.remote(), timeout=30)["direct"]
+        assert coordinator["methods"].get("publish", 0) >= 1
+        assert stats[0]["to_peers"]["fallback"] == 0 and stats[0]["to_peers"]["direct"] >= 3
     finally:
         client.close()
 
