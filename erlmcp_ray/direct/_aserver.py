@@ -90,15 +90,13 @@ class AsyncDirectServer:
         if len(secret) < 16:
             raise ValueError("a secret of at least 16 bytes is needed")
         self._secret, self._max_frame = secret, max_frame
-        self.requests = 0
         self.connections = 0
         self.closed: dict[str, int] = {}
         self._open: set[_Connection] = set()
 
-        self.methods: dict[str, int] = {}  # requests served, by method
+        self.methods: dict[str, int] = {}  # requests served, by method (the loop's thread only)
 
         def counted(method: str, args: list) -> Any:
-            self.requests += 1  # the loop's thread only
             self.methods[method] = self.methods.get(method, 0) + 1
             result = handler(method, args)
             return asyncio.ensure_future(result) if inspect.isawaitable(result) else result
@@ -116,6 +114,10 @@ class AsyncDirectServer:
         self._server = await self._loop.create_server(lambda: _Connection(self), host, port, ssl=tls)
         self.address = self._server.sockets[0].getsockname()[:2]
         return self
+
+    @property
+    def requests(self) -> int:
+        return sum(self.methods.values())
 
     def describe(self) -> dict:
         return {"address": list(self.address), "requests": self.requests, "methods": dict(self.methods),
