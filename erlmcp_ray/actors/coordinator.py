@@ -276,10 +276,11 @@ class CoordinatorActor:
 
     # ------------------------------------------------------------------ clients, subscriptions
     async def register_client(
-        self, client_id: str, domains: list[str], value_domains: list[str]
+        self, client_id: str, domains: list[str], value_domains: list[str], own_writes: bool = True
     ) -> tuple[int, int]:
-        """Returns ``(epoch, last_seq)``, where a client with an empty cache starts polling."""
-        answer = self._log.register(client_id, domains, value_domains)
+        """Returns ``(epoch, last_seq)``, where a client with an empty cache starts polling.
+        ``own_writes`` False: its polls leave out its own writes (``InvalidationLog.register``)."""
+        answer = self._log.register(client_id, domains, value_domains, own_writes)
         self._persist()
         return answer
 

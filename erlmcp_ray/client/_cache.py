@@ -191,8 +191,13 @@ class LocalCache:
                 # nor anything fetched while an unconditional invalidation of the key went by.
                 if seen is not None and (seen[1] > hlc or seen[2] > token):
                     return False
-            e = (data, hlc, self._clock(), stale_ms, record)
             l1 = self._l1.get(domain)
+            # Nor one older than what is cached: our own acknowledged write, say, overtaken by a
+            # read begun before it (the coordinator sends no message of our own writes to undo that).
+            cur = self._l0.get(k) or (None if l1 is None else l1.get(k))
+            if cur is not None and cur[1] > hlc:
+                return False
+            e = (data, hlc, self._clock(), stale_ms, record)
             if l1 is None:
                 l1 = self._l1[domain] = self._l1_factory(domain, self._l1_max_bytes, _entry_size)
             try:

@@ -200,17 +200,26 @@ class Coherence:
 
         with self._lock:
             self._inval_callbacks[sub_id] = deliver
+        self._register()  # from now on our own writes are announced to us too (see _register)
 
         def cancel() -> None:
             with self._lock:
                 self._inval_callbacks.pop(sub_id, None)
+            if not self._closed:
+                self._register()
 
         return Subscription(cancel, sub_id)
 
     def _register(self) -> tuple[int, int]:
-        """Tell the coordinator what we cache and subscribe to; returns its (epoch, last seq)."""
+        """Tell the coordinator what we cache and subscribe to; returns its (epoch, last seq).
+
+        The coordinator does not send us our own writes (Redis's NOLOOP): the write's answer
+        already versioned our cached copy, and every message costs this thread and the
+        coordinator work per write. Only invalidation callbacks want them (they hear of every
+        invalidation, ours included); value subscriptions get them anyway."""
         with self._lock:
             value_domains = [d for d, cbs in self._callbacks.items() if cbs]
+            own_writes = bool(self._inval_callbacks)
         epoch, last = self._transport.call(COORDINATOR, "register_client", self._client_id, self._domains,
-                                           value_domains, timeout=self._settings.call_timeout_s)
+                                           value_domains, own_writes, timeout=self._settings.call_timeout_s)
         return epoch, last

@@ -20,6 +20,12 @@ it), ``CONFLICT`` (a version that lost a conflict when a partition healed: subsc
 ``MemoryConflict``; caches keep the winner, whose own ``WRITE`` follows), or an explicit protocol
 (``INVALIDATE``, ``TAG``, ``PATTERN``).
 
+A write's notification also names the client that made it (an eighth field, kept in the log and
+never sent): a client registered with ``own_writes=False`` is not sent its own writes (Redis's
+``CLIENT TRACKING ... NOLOOP``), since it versioned its own cached copy from the write's answer;
+it still counts as having acknowledged them. Nothing the owner does itself (an eviction, a
+heal's merge) names a client, so every cache hears of that.
+
 Pure: no Ray, time comes from an injected clock. ``actors.coordinator`` holds one of these.
 """
 
@@ -84,6 +90,8 @@ class _Client:
     value_domains: frozenset[str]
     expires_at: float
     acked_seq: int = 0
+    #: False: not sent notifications of its own writes (unless it takes the domain's values)
+    own_writes: bool = True
     #: the client's own counters, as it last sent them with a poll (``erlmcp_ray.telemetry``)
     report: dict | None = None
 
@@ -140,25 +148,29 @@ class InvalidationLog:
         return len(self._log) - self._head
 
     def publish(self, items: Iterable[tuple]) -> int:
-        """Append ``(domain, key, record[, reason[, hlc]])`` items in order; returns the new ``last_seq``.
+        """Append ``(domain, key, record[, reason[, hlc[, origin]]])`` items in order; returns the
+        new ``last_seq``.
 
-        ``hlc`` only counts when ``record`` is None (a record carries its own).
+        ``hlc`` only counts when ``record`` is None (a record carries its own). ``origin``: the id
+        of the client whose write this is (None: no client's).
         """
         for item in items:
             n = len(item)
-            self._append(item[0], item[1], item[2], item[3] if n > 3 else WRITE, item[4] if n > 4 else 0)
+            self._append(item[0], item[1], item[2], item[3] if n > 3 else WRITE, item[4] if n > 4 else 0,
+                         item[5] if n > 5 else None)
         self._trim()
         return self._last_seq
 
-    def _append(self, domain: str, key: str, record: bytes | None, reason: str, hlc: int) -> None:
+    def _append(self, domain: str, key: str, record: bytes | None, reason: str, hlc: int,
+                origin: str | None = None) -> None:
         self._last_seq += 1
         if record is None:
             # No record: drop cached copies older than ``hlc`` (0: whatever version they are).
-            self._log.append((self._last_seq, domain, key, hlc, False, None, reason))
-            return
-        self._log.append(
-            (self._last_seq, domain, key, record_hlc(record), record_is_deleted(record), record, reason))
-        self._bytes += len(record)
+            message = (self._last_seq, domain, key, hlc, False, None, reason)
+        else:
+            message = (self._last_seq, domain, key, record_hlc(record), record_is_deleted(record), record, reason)
+            self._bytes += len(record)
+        self._log.append(message if origin is None else (*message, origin))
 
     def _trim(self) -> None:
         while self._held() > self.capacity or (self._bytes > self.max_bytes and self._held()):
@@ -172,14 +184,15 @@ class InvalidationLog:
 
     # ------------------------------------------------------------------ clients
     def register(
-        self, client_id: str, domains: Iterable[str], value_domains: Iterable[str] = ()
+        self, client_id: str, domains: Iterable[str], value_domains: Iterable[str] = (), own_writes: bool = True
     ) -> tuple[int, int]:
-        """Set the domains a client caches / wants values of, renew its lease.
+        """Set the domains a client caches / wants values of, and whether it is sent notifications of
+        its own writes (see the module doc); renew its lease.
 
         Returns ``(epoch, last_seq)``: a client with an empty cache starts polling there, since
         older messages are about entries it does not hold.
         """
-        self._renew(client_id, domains, value_domains)
+        self._renew(client_id, domains, value_domains).own_writes = bool(own_writes)
         return self.epoch, self._last_seq
 
     def knows(self, client_id: str) -> bool:
@@ -220,10 +233,11 @@ class InvalidationLog:
             # incarnation never had. It drops its caches, so older messages are moot: resume at the head.
             return PollResult(self.epoch, self._last_seq, True, [])
         client.acked_seq = since_seq
-        messages, upto = self._scan(since_seq, client)
+        messages, upto = self._scan(since_seq, client, None if client.own_writes else client_id)
         return PollResult(self.epoch, upto, False, messages)
 
-    def _scan(self, since_seq: int, client: _Client) -> tuple[list[Message], int]:
+    def _scan(self, since_seq: int, client: _Client, skip_origin: str | None) -> tuple[list[Message], int]:
+        """``skip_origin``: leave out that client's own writes (but not in domains it takes values of)."""
         wanted, values = client.receives, client.value_domains
         out: list[Message] = []
         for i in range(self._head + since_seq + 1 - self.first_seq, len(self._log)):
@@ -231,6 +245,10 @@ class InvalidationLog:
             domain = message[1]
             if domain not in wanted:
                 continue
+            if len(message) > 7:  # names the client whose write it is: that never travels
+                if message[7] == skip_origin and domain not in values:
+                    continue
+                message = message[:7]
             if message[5] is not None and domain not in values:
                 message = (*message[:5], None, message[6])  # the client only invalidates: spare it the bytes
             out.append(message)

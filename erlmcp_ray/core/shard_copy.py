@@ -129,6 +129,9 @@ class ShardCopy:
         self.confirmed_seq = 0
         self._forget: list[tuple[str, int]] = []
         self._relaxed: set[int] = set()  # op-log seqs written under relaxed coherence
+        #: owner: ``(first seq, last seq, client id)`` of each write call's ops not yet published;
+        #: their publication names that client, which the coordinator then does not tell of them
+        self._origins: list[tuple[int, int, str]] = []
         self._victims: list[str] = []
         self.policy = self._new_policy()
         self.evictions = 0
@@ -248,7 +251,7 @@ class ShardCopy:
         self.progress_of = {s: ReplicaProgress(s) for s in range(copies) if s != self.slot}
         self.replicated_seq = self.published_seq = self.state.last_seq
         self._confirm_everything()
-        self._forget, self._relaxed = [], set()
+        self._forget, self._relaxed, self._origins = [], set(), []
         self._resend_everything()
         self.not_before = not_before
         self.lease_until = max(self._clock(), not_before) + self.settings.lease_s
@@ -302,7 +305,7 @@ class ShardCopy:
         self.replicated_seq = self.published_seq = self.state.last_seq
         self._confirm_everything()  # the log is a new one: its seqs say nothing of the old one's
         self._resend_everything()
-        self._forget, self._relaxed = [], set()
+        self._forget, self._relaxed, self._origins = [], set(), []
         self.policy = self._new_policy()  # not clear(): a policy's clear() evicts, and that deletes
         if self.policy is not None:
             for key in list(self.state.keys()):
@@ -387,6 +390,7 @@ class ShardCopy:
             return answer
         self.writes += len(ops)
         state, items, refused, rejected = self.state, [], [], []
+        first = state.last_seq + 1
         for i, op in enumerate(ops):
             key, data = op[0], op[1]
             if data is not None and self._refusing and self._would_refuse(key, data, op[3]):
@@ -414,6 +418,8 @@ class ShardCopy:
                 items.append((key, None if res is None else res[1]))
             else:
                 items.append(0 if res is None else R.record_hlc(res[1]))
+        if state.last_seq >= first:  # before the evictions: those are nobody's writes
+            self._origins.append((first, state.last_seq, client_id))
         self._evict_victims()
         self._observe_pressure()
         if strong and self.progress_of and state.last_seq > self.confirmed_seq:
@@ -769,13 +775,25 @@ class ShardCopy:
         ops = self.state.since(self.published_seq)
         if ops is None:
             return upto, None
-        relaxed = self._relaxed
-        return upto, [(self.domain, key, rec, RELAXED if seq in relaxed else WRITE)
-                      for seq, key, rec in ops if seq <= upto]
+        relaxed, origins = self._relaxed, self._origins
+        items, o, n = [], 0, len(origins)
+        for seq, key, rec in ops:
+            if seq > upto:
+                break
+            while o < n and origins[o][1] < seq:
+                o += 1
+            reason = RELAXED if seq in relaxed else WRITE
+            if o < n and origins[o][0] <= seq:
+                items.append((self.domain, key, rec, reason, 0, origins[o][2]))
+            else:
+                items.append((self.domain, key, rec, reason))
+        return upto, items
 
     def published(self, upto: int) -> None:
         self.published_seq = max(self.published_seq, upto)
         self._relaxed = {seq for seq in self._relaxed if seq > upto}
+        if self._origins and self._origins[0][1] <= upto:
+            self._origins = [r for r in self._origins if r[1] > upto]
 
     # ------------------------------------------------------------ inspection
     def stats(self) -> dict:

@@ -124,6 +124,25 @@ def test_tag_and_pattern_remove_exactly_the_matching_entries(system, client, hol
         client.coordinator.invalidate_pattern("")
 
 
+def test_a_writer_is_not_sent_its_own_writes_and_every_other_cache_drops_them(system, client, holders):
+    """Redis's NOLOOP, on by default: the coordinator leaves a client's own writes out of its polls
+    (its copy took the version from the write's answer), while the holders in other processes drop
+    their older copies as before, and the writer reads its last write from its cache."""
+    hs, _ = holders
+    client.put("shared", "own", 0, consistency="strong")
+    prime(hs, "shared", "own", 0)
+    before = client.counters["invalidations_received"]
+    for i in range(1, 21):
+        client.put("shared", "own", i)
+    client.put("shared", "own-strong", "s", consistency="strong")
+    client.flush(timeout=30)
+    wait_for(lambda: all(v in (None, 20) for v in cached_everywhere(hs, "shared", "own")), what="holders to drop")
+    one_coherence_round(client)
+    assert client.counters["invalidations_received"] == before
+    assert client.get("shared", "own", local_only=True) == 20
+    assert client.get("shared", "own-strong", local_only=True) == "s"
+
+
 def test_subscribe_invalidation_callable_and_actor(system, client, holders):
     hs, _ = holders
     seen = []

@@ -139,3 +139,77 @@ def test_reads_of_a_key_being_written_by_this_client_see_the_write(fake):
         c.flush(timeout=5)
     finally:
         c.close()
+
+
+def test_a_client_is_not_sent_its_own_writes_but_others_are_and_listeners_still_hear_them(fake, pair):
+    """A writer's own writes come back to it from the coordinator only when something of its wants
+    them (an invalidation callback, a value subscription): its cached copy took the version from the
+    write's answer. Every other caching client is told, and the writer still reads its writes."""
+    a, b = pair
+    for i in range(50):
+        assert b.get("shared", f"k{i}") is None  # b caches nothing yet, but polls for the domain
+    for i in range(50):
+        a.put("shared", f"k{i}", i)
+    a.put("shared", "s", "strong", consistency="strong")
+    a.flush(timeout=5)
+    wait_for(lambda: b.counters["invalidations_received"] >= 51, what="b to hear of a's writes")
+    marker = b.counters["polls"]
+    wait_for(lambda: a.counters["polls"] >= marker + 2 and b.counters["polls"] >= marker + 2, what="polls")
+    assert a.counters["invalidations_received"] == 0
+    assert [a.get("shared", f"k{i}", local_only=True) for i in range(50)] == list(range(50))
+    assert a.get("shared", "s", local_only=True) == "strong"
+
+    heard, values = [], []
+    sub = a.coordinator.subscribe_invalidation(lambda e: heard.append(e.key), domain="shared")
+    a.put("shared", "k0", "again")
+    a.flush(timeout=5)
+    wait_for(lambda: "k0" in heard, what="a's invalidation listener to hear of a's own write")
+    sub.cancel()
+    vsub = a.subscribe("shared", lambda e: values.append((e.key, e.value)))
+    a.put("shared", "k1", "once more")
+    a.flush(timeout=5)
+    wait_for(lambda: ("k1", "once more") in values, what="a's value subscriber to get a's own write")
+    vsub.cancel()
+    assert a.get("shared", "k0") == "again" and b.get("shared", "k0") == "again"
+
+
+def test_caches_converge_on_the_last_write_under_racing_writers_and_readers(fake, pair):
+    """Two clients write the same keys from two threads each while two more threads read them
+    through both caches (eventual reads race the writers' acknowledgements): once the writes are
+    flushed and a poll round has passed, every cached copy is the owner's version."""
+    a, b = pair
+    keys = [f"r{i}" for i in range(8)]
+    stop = threading.Event()
+    errors = []
+
+    def write(client, tag):
+        try:
+            for n in range(300):
+                client.put("shared", keys[n % len(keys)], f"{tag}{n}")
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    def read(client):
+        while not stop.is_set():
+            for k in keys:
+                client.get("shared", k)
+
+    writers = [threading.Thread(target=write, args=(c, f"{c.client_id[:4]}-{t}-")) for c in (a, b) for t in (0, 1)]
+    readers = [threading.Thread(target=read, args=(c,)) for c in (a, b)]
+    for t in writers + readers:
+        t.start()
+    for t in writers:
+        t.join(60)
+    a.flush(timeout=10)
+    b.flush(timeout=10)
+    stop.set()
+    for t in readers:
+        t.join(10)
+    assert errors == []
+    marker = max(a.counters["polls"], b.counters["polls"])
+    wait_for(lambda: min(a.counters["polls"], b.counters["polls"]) >= marker + 2, what="a poll round")
+    truth = {k: a.get("shared", k, consistency="strong") for k in keys}
+    for client in (a, b):
+        cached = {k: client.get("shared", k, local_only=True) for k in keys}
+        assert {k: v for k, v in cached.items() if v is not None} == {
+            k: truth[k] for k, v in cached.items() if v is not None}

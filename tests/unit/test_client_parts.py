@@ -94,6 +94,24 @@ def test_acknowledge_keeps_own_write_unless_something_newer_was_announced():
     assert cache.lookup("d", "j") is None
 
 
+def test_an_older_fetched_version_never_replaces_a_newer_cached_one():
+    """Our own write, acknowledged at 300 while a read of the key begun before it was in flight:
+    the read's older answer must not take its place (no message about our own write follows to
+    drop it again: the coordinator does not send a client its own writes)."""
+    cache = LocalCache(l0_entries=1)
+    token = cache.begin_fetch()
+    data = b"mine"
+    cache.store_pending("d", "k", data)
+    cache.acknowledge("d", "k", data, 300)
+    assert cache.store("d", "k", b"older", 200, token=token) is False
+    assert cache.lookup("d", "k")[:2] == (b"mine", 300)
+    cache.store("d", "x", b"v", 1)  # k now only in L1: checked there too
+    assert cache.store("d", "k", b"older", 250) is False
+    assert cache.lookup("d", "k")[:2] == (b"mine", 300)
+    assert cache.store("d", "k", b"same", 300) is True  # the same version (a refetch) is fine
+    assert cache.store("d", "k", b"newer", 301) is True and cache.lookup("d", "k")[1] == 301
+
+
 def test_drop_domains():
     cache = LocalCache()
     cache.store("a", "k", b"1", 1)

@@ -64,6 +64,30 @@ def test_only_the_clients_domains_and_values_only_where_asked(log):
     assert res.last_seq == 3  # the skipped "shared" message is covered too
 
 
+def test_a_client_is_not_sent_its_own_writes_unless_it_asks(log):
+    """Redis's NOLOOP: a write's notification skips the client that made it (it versioned its own
+    copy from the write's answer), unless the client registered wanting its own writes or takes
+    the domain's values; the client still counts as having acknowledged them."""
+    log.register("writer", ["cache"], [], own_writes=False)
+    log.register("other", ["cache"], [])
+    log.register("listener", ["cache"], [], own_writes=True)
+    log.register("valued", ["cache"], ["cache"], own_writes=False)
+    log.publish([("cache", "a", rec(1), "write", 0, "writer"), ("cache", "b", rec(2), "write", 0, "other"),
+                 ("cache", "c", rec(3), "write", 0, "valued"), ("cache", "d", rec(4))])
+    assert [m[2] for m in log.poll("writer", 0).messages] == ["b", "c", "d"]
+    assert [m[2] for m in log.poll("other", 0).messages] == ["a", "b", "c", "d"]  # own_writes defaults to True
+    assert [m[2] for m in log.poll("listener", 0).messages] == ["a", "b", "c", "d"]
+    assert [m[2] for m in log.poll("valued", 0).messages] == ["a", "b", "c", "d"]  # values: every write
+    assert all(len(m) == 7 for m in log.poll("other", 0).messages)  # the origin does not travel
+    log.publish([("cache", "e", rec(5), "write", 0, "writer")])
+    res = log.poll("writer", 4)
+    assert res.messages == [] and res.last_seq == 5
+    log.poll("writer", 5)
+    assert "writer" in log.ack_status(5, ["cache"])[0]
+    log.register("writer", ["cache"], [], own_writes=True)  # a re-registration can change it
+    assert [m[2] for m in log.poll("writer", 4).messages] == ["e"]
+
+
 def test_value_domains_alone_still_receive(log):
     log.publish([("shared", "x", rec(3))])
     assert log.poll("c1", 0, [], ["shared"]).messages[0][5] == rec(3)

@@ -66,5 +66,27 @@ def test_a_replication_round_in_flight_across_a_reset_counts_for_nothing():
     owner.finish_round(last)
     assert owner.progress().replicated == 0
     _, _, payloads = owner.replication_payloads()
-    base, ops, snap = payloads[1]
+    base, _ops, snap = payloads[1]
     assert snap is not None and base is None  # a full snapshot, not a delta from the stale position
+
+
+def test_an_owner_publishes_each_write_with_the_client_that_made_it_and_evictions_with_none():
+    """The coordinator skips a write's notification for the client that made it: the owner says
+    who that was. A deletion the owner makes itself (an eviction) has no such client: every cache,
+    the writer's too, must hear of it."""
+    from erlmcp_ray.config import DomainConfig
+
+    d = DomainConfig(max_bytes=10**6, eviction="lru")
+    owner = ShardCopy("d", 0, 0, 1, 1, ShardSettings(domain_config=d.model_dump(mode="json"), max_bytes=400))
+    owner.write("alice", 1, [write_op("a", b"x"), write_op("b", b"y")])
+    owner.write("bob", 1, [write_op("c", b"z")])  # 400 bytes hold two entries: evicts a
+    owner.replication_payloads()  # a round (no replicas): everything is replicated
+    upto, items = owner.publish_batch()
+    got = [(item[1], item[5] if len(item) > 5 else None) for item in items]
+    assert got[:3] == [("a", "alice"), ("b", "alice"), ("c", "bob")]
+    assert got[3:] and all(origin is None for _key, origin in got[3:])  # the eviction's tombstone
+    owner.published(upto)
+    owner.write("carol", 1, [write_op("b", b"w")])
+    owner.replication_payloads()
+    _, items = owner.publish_batch()
+    assert [(item[1], item[5]) for item in items] == [("b", "carol")]
