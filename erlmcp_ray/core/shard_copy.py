@@ -775,18 +775,22 @@ class ShardCopy:
         ops = self.state.since(self.published_seq)
         if ops is None:
             return upto, None
-        relaxed, origins = self._relaxed, self._origins
-        items, o, n = [], 0, len(origins)
-        for seq, key, rec in ops:
-            if seq > upto:
-                break
-            while o < n and origins[o][1] < seq:
-                o += 1
-            reason = RELAXED if seq in relaxed else WRITE
-            if o < n and origins[o][0] <= seq:
-                items.append((self.domain, key, rec, reason, 0, origins[o][2]))
-            else:
-                items.append((self.domain, key, rec, reason))
+        if not ops:
+            return upto, []
+        domain, relaxed = self.domain, self._relaxed
+        base = ops[0][0]  # the log's seqs are consecutive: ops[i] has seq base + i
+        end = min(len(ops), upto - base + 1)
+        items: list[tuple] = []
+        pos = 0
+        for first, last, client in self._origins:  # in seq order, as the ops
+            lo, hi = max(first - base, pos), min(last - base + 1, end)
+            if hi <= lo:
+                continue
+            items += [(domain, key, rec, RELAXED if seq in relaxed else WRITE) for seq, key, rec in ops[pos:lo]]
+            items += [(domain, key, rec, RELAXED if seq in relaxed else WRITE, 0, client)
+                      for seq, key, rec in ops[lo:hi]]
+            pos = hi
+        items += [(domain, key, rec, RELAXED if seq in relaxed else WRITE) for seq, key, rec in ops[pos:end]]
         return upto, items
 
     def published(self, upto: int) -> None:
