@@ -26,6 +26,7 @@ from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 from ray.experimental import internal_kv
 
 from erlmcp_ray import _ray
+from erlmcp_ray.actors._process import gc_stats, tune_gc
 from erlmcp_ray.core.entry import CacheInvalidated, MemoryConflict, MemoryUpdate
 from erlmcp_ray.core.invalidation import CONFLICT, KEEPS_CACHES, WRITE, InvalidationLog
 from erlmcp_ray.core.layout import Layout, layout_key
@@ -101,6 +102,7 @@ def _settle(waiter: asyncio.Future) -> None:
 class CoordinatorActor:
     def __init__(self, config: dict, namespace: str, epoch: int | None = None, *, rng: Any = None,
                  system_id: str = "") -> None:
+        tune_gc()
         self._config = config
         self.namespace = namespace
         lease_ms = (config.get("cache_coordinator") or {}).get("lease_ms", _DEFAULT_LEASE_MS)
@@ -375,7 +377,7 @@ class CoordinatorActor:
     async def stats(self) -> dict:
         server = self._direct if self._direct is not _NOT_STARTED else None
         direct = None if server is None else server.describe()
-        return {**self._log.stats(), "waiting_polls": self._waiting, "direct": direct}
+        return {**self._log.stats(), "waiting_polls": self._waiting, "direct": direct, "gc": gc_stats()}
 
     async def client_info(self) -> dict:
         return self._log.client_info()

@@ -36,6 +36,7 @@ import ray
 
 from erlmcp_ray import _faults, _ray
 from erlmcp_ray.actors._endpoint import start_endpoint
+from erlmcp_ray.actors._process import gc_stats, tune_gc
 from erlmcp_ray.actors.options import CONTROL, shard_name
 from erlmcp_ray.client._transport import COORDINATOR, Copy
 from erlmcp_ray.config import DurableConfig, DurableKind
@@ -84,6 +85,7 @@ def _exclusive(fn: Any) -> Any:
 class ShardActor:
     def __init__(self, domain: str, shard: int, slot: int, copies: int, namespace: str, epoch: int,
                  settings: ShardSettings, joining: bool = False) -> None:
+        tune_gc()
         # Ray reruns this constructor with the arguments of the first start: if the persistence
         # selector has moved the domain since, its copies and durable mode are the layout's.
         layout = Layout.decode(_ray.kv_get(layout_key(namespace)))
@@ -772,7 +774,8 @@ class ShardActor:
                     "restored_from_checkpoint": self._restored,
                     "direct": None if self._direct is None else self._direct.describe(),
                     # how this copy, as owner, reached its replicas and the coordinator (syncs, publications)
-                    "to_peers": getattr(self._to_peers, "transport_stats", lambda: None)()}
+                    "to_peers": getattr(self._to_peers, "transport_stats", lambda: None)(),
+                    "gc": gc_stats()}
 
     def memory(self) -> dict:
         """This copy's data and its process's memory, for ``get_cluster_memory``."""

@@ -94,6 +94,21 @@ def test_replication_rounds_go_over_the_endpoints(system):
         client.close()
 
 
+def test_the_copies_and_the_coordinator_collect_their_young_generation_less_often(system):
+    """Their processes raise the collector's young-generation threshold (what decoding and applying
+    write batches allocate made it run every few hundred ops); this test's process keeps its own."""
+    import gc
+
+    from erlmcp_ray.actors._process import GC_YOUNG
+    from erlmcp_ray.actors.options import COORDINATOR
+
+    stats = ray.get([_actor(slot).stats.remote() for slot in (0, 1)]
+                    + [ray.get_actor(COORDINATOR, namespace=NS).stats.remote()], timeout=30)
+    for s in stats:
+        assert s["gc"]["threshold"][0] == GC_YOUNG and len(s["gc"]["collections"]) == 3
+    assert gc.get_threshold()[0] != GC_YOUNG
+
+
 def test_coherence_polls_and_waiting_invalidations_go_over_the_coordinators_endpoint(system):
     """The clients' long polls and a synchronous invalidate reach the coordinator over its endpoint
     (its coroutines answer there when done); the invalidation still waits for every holder."""
