@@ -212,14 +212,17 @@ def _concurrent(client, callers: int, seconds: float) -> dict:
 
 def _invalidate(system, client, n: int) -> dict:
     holders = [system.client() for _ in range(8)]
+    ids = {h.client_id for h in holders}
     try:
         def once(i: int) -> None:
             key = f"inv{i % 20}"
             for h in holders:
                 h.get(DOMAIN, key)  # cached (a miss is cached too)
             t0 = time.perf_counter_ns()
-            client.coordinator.invalidate(DOMAIN, key)
+            result = client.coordinator.invalidate(DOMAIN, key)
             samples.append((time.perf_counter_ns() - t0) / 1000)
+            if not ids <= set(result.acked):
+                raise RuntimeError(f"an invalidation did not wait for every holder: {result}")
 
         for i in range(20):
             client.put(DOMAIN, f"inv{i}", i, consistency="strong")
@@ -318,8 +321,10 @@ def report(cmd: str, base: dict, res: dict) -> list[str]:
               f"direct client's transport stats at the end: {d['transport']}",
               ("invalidate: the invalidating call and the 8 holders' long polls (their acknowledgements) reach the "
                "coordinator over its direct endpoint on the direct transport, as Ray calls on the other; the 9 "
-               "clients share this one driver process; in the row after it each holder is a Ray actor, a process "
-               "of its own (CPU there includes the 8 Ray calls per round that make the holders cache the key).")]
+               "clients share this one driver process (on the direct transport one long poll for all 9, the "
+               "process's PollHub; on Ray one each); every invalidation is checked to have waited for all 8; in "
+               "the row after it each holder is a Ray actor, a process of its own (CPU there includes the 8 Ray "
+               "calls per round that make the holders cache the key).")]
     return lines
 
 

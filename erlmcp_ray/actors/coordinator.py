@@ -262,6 +262,54 @@ class CoordinatorActor:
         finally:
             self._waiting -= 1
 
+    async def poll_many(self, entries: list, timeout_s: float) -> list:
+        """``poll`` for the caching clients of one process at once (their ``PollHub``): one
+        ``PollAnswer`` per ``[client_id, since_seq, report]`` entry, in order, answered as soon as
+        any of them has news (or must resume after a gap), or at the timeout. Domains always come
+        from what each client registered. A client unregistered while this waits gets a gap (it
+        is closing: its hub drops the answer) and is not registered again."""
+        self._forget_lapsed_clients()
+        log = self._log
+        answers: list = [None] * len(entries)
+        sinces = []
+        for i, (client_id, since_seq, report) in enumerate(entries):
+            if report is not None:
+                log.report(client_id, report)
+            if not log.knows(client_id):
+                answers[i] = PollAnswer(log.epoch, log.last_seq, True, [], self._layout.generation)
+            sinces.append(since_seq)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._wait_s(timeout_s)
+        generation, epoch = self._layout.generation, log.epoch
+        self._waiting += 1
+        try:
+            while True:
+                news = False
+                results: dict[int, Any] = {}
+                for i, entry in enumerate(entries):
+                    if answers[i] is not None:
+                        news = True
+                        continue
+                    if not log.knows(entry[0]):  # unregistered meanwhile
+                        answers[i] = PollAnswer(log.epoch, log.last_seq, True, [], self._layout.generation)
+                        news = True
+                        continue
+                    result = results[i] = log.poll(entry[0], sinces[i])
+                    if result.messages or result.gap:
+                        news = True
+                self._ack_changed()
+                remaining = deadline - loop.time()
+                if news or remaining <= 0 or generation != self._layout.generation or epoch != log.epoch:
+                    layout = self._layout.generation
+                    for i, result in results.items():
+                        answers[i] = result.to_tuple()._replace(layout=layout)
+                    return answers
+                for i, result in results.items():  # nothing for them: don't rescan what was scanned
+                    sinces[i] = result.last_seq
+                await self._published.wait(remaining)
+        finally:
+            self._waiting -= 1
+
     def _wait_s(self, timeout_s: float) -> float:
         # Jittered, as Serve's LongPollHost does: clients started together (a job's tasks, a
         # restart) would otherwise time out and re-poll in lockstep, in bursts. Only ever
@@ -392,7 +440,7 @@ class CoordinatorActor:
     # ------------------------------------------------------------ the direct data plane
     #: what the coordinator's direct endpoint serves: the coherence path (long polls, the
     #: invalidations that wait for their acknowledgements, and the owners' publications)
-    DIRECT_METHODS = ("poll", "invalidate", "publish", "ping")
+    DIRECT_METHODS = ("poll", "poll_many", "invalidate", "publish", "ping")
 
     async def endpoint(self) -> dict | None:
         """Where the coordinator's direct endpoint listens (``{"host", "port", "incarnation"}``),

@@ -10,6 +10,7 @@ Each part owns its state and its lock, and does one job; the facade owns them al
     _write_behind.py  WriteBehind: buffer, batches in flight, confirmation, resend after restarts
     _group_commit.py  GroupCommit: concurrent strong writes to one shard share a round trip
     _coherence.py     Coherence: the coordinator long poll, trust window, subscriptions
+    _poll_hub.py      PollHub: one long poll for every client of this process on one system
     _coordinator.py   CacheCoordinator (``client.coordinator``) and InvalidationResult
     _selector.py      Selector (``client.selector``): the persistence selector's switch and report
     _recovery.py      Recovery (``client.recovery``): checkpoints

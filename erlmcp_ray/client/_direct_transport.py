@@ -50,10 +50,11 @@ log = logging.getLogger(__name__)
 #: the calls that go over the direct endpoint (the shard actor serves the same set)
 DIRECT_METHODS = frozenset(("read", "write", "apply_write", "progress", "find", "ping", "sync"))
 #: the coordinator's calls that go over its direct endpoint (the coherence path)
-COORDINATOR_METHODS = frozenset(("poll", "invalidate", "publish"))
+COORDINATOR_METHODS = frozenset(("poll", "poll_many", "invalidate", "publish"))
 #: msgpack carries named tuples as arrays: the client's named types again
 _DECODE: dict[str, Callable[[Any], Any]] = {"read": ReadAnswer._make, "write": WriteAnswer._make,
-                                            "progress": Progress._make, "poll": PollAnswer._make}
+                                            "progress": Progress._make, "poll": PollAnswer._make,
+                                            "poll_many": lambda answers: [PollAnswer._make(a) for a in answers]}
 _NO_ENDPOINT_RECHECK_S = 5.0
 #: ready_any waits this long on one call before looking at the others
 _ANY_SLICE_S = 0.002
@@ -171,6 +172,13 @@ class DirectPool:
             with self._lock:
                 self._drop(target)
 
+    def reset(self) -> None:
+        """Close the connections but keep the endpoints: the next call connects again, with no lookup."""
+        with self._lock:
+            conns, self._conns = list(self._conns.values()), {}
+        for conn in conns:
+            conn.close()
+
     def connections(self) -> int:
         return sum(1 for c in list(self._conns.values()) if c.broken is None)
 
@@ -275,6 +283,15 @@ class DirectTransport:
         # the fault seam's check (a partition cuts direct calls too); none on a fallback without it
         self._check_partition = getattr(fallback, "check_partition", None)
 
+    @property
+    def pool(self) -> DirectPool:
+        """The connections it uses (the process's shared pool, or a ``dedicated`` one's own)."""
+        return self._pool
+
+    @property
+    def fallback(self) -> Any:
+        return self._fallback
+
     # The fault seam names this client (a partition cuts its direct calls too).
     @property
     def place(self) -> str:
@@ -289,18 +306,32 @@ class DirectTransport:
         return {"kind": "direct", **self.stats, "connections": self._pool.connections(), **self._pool.stats}
 
     # ------------------------------------------------------------------ calls
-    def dedicated(self) -> DirectTransport:
+    def dedicated(self, fallback: Any = None) -> DirectTransport:
         """The same transport with connections of its own, not the process's shared ones: for a
         client's long poll (its answers do not queue behind data calls on a shared connection, nor
         theirs behind it), as Redis's client-side caching takes a connection of its own for its
-        invalidation messages. ``close()`` ends its connections, and a call waiting on one at once."""
-        return DirectTransport(self._fallback, self._pool.private(), lookup=self._lookup)
+        invalidation messages. ``close()`` ends its connections, and a call waiting on one at once.
+        ``fallback``: another transport behind it (one that names no client to the fault seam)."""
+        if fallback is None:
+            return DirectTransport(self._fallback, self._pool.private(), lookup=self._lookup)
+        return DirectTransport(fallback, self._pool.private())
+
+    def check_partition(self, target: Any) -> None:
+        """``UnavailableError`` when the fault seam cuts this client off from ``target``."""
+        if self._check_partition is not None:
+            self._check_partition(target)
 
     def close(self) -> None:
         """Close this transport's connections (only a ``dedicated`` one's are its own); later calls
         raise ``UnavailableError``."""
         self._closed = True
         self._pool.close()
+
+    def interrupt(self) -> None:
+        """End this transport's connections, and with them the calls waiting on them (they raise
+        ``UnavailableError``); the next call connects again. For a ``dedicated`` one: a long poll
+        asked with what has changed since."""
+        self._pool.reset()
 
     def submit(self, target: Any, method: str, *args: Any) -> Any:
         if self._closed:

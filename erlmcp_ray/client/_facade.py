@@ -27,6 +27,7 @@ from erlmcp_ray.client._direct import DirectWrites
 from erlmcp_ray.client._direct_transport import DirectTransport, default_transport
 from erlmcp_ray.client._group_commit import GroupCommit
 from erlmcp_ray.client._inspect import Inspector
+from erlmcp_ray.client._poll_hub import hub_for
 from erlmcp_ray.client._reads import OwnWrites, ReadPath
 from erlmcp_ray.client._recovery import Recovery
 from erlmcp_ray.client._selector import Selector
@@ -109,14 +110,17 @@ class MemoryClient:
                                     reads=self._reads, write_behind=self._wb, client_id=self.client_id,
                                     next_seq=self._next_seq, timeout_s=s.call_timeout_s, topology=self._topology)
         self._group = GroupCommit(self._direct.strong_round, timeout_s=s.call_timeout_s)
-        # The long poll on a connection of its own (see DirectTransport.dedicated)
-        self._poll_transport = (self._transport.dedicated() if isinstance(self._transport, DirectTransport)
-                                else self._transport)
+        # Over the direct transport the process's clients share one long poll (client._poll_hub);
+        # one with a poll_hook (a test freezing or filtering its coherence) polls alone, on a
+        # connection of its own (see DirectTransport.dedicated).
+        self._hub = hub_for(self._transport) if isinstance(self._transport, DirectTransport) and poll_hook is None else None
+        self._poll_transport = (self._transport.dedicated()
+                                if isinstance(self._transport, DirectTransport) and self._hub is None else self._transport)
         self._coherence = Coherence(transport=self._transport, settings=s, cache=self._cache,
                                     counters=self._counters, client_id=self.client_id, domains=list(self._routes),
                                     poll_hook=poll_hook, layout=self._layout.generation,
                                     on_layout=self._refresh_layout, report=self._report,
-                                    poll_transport=self._poll_transport)
+                                    poll_transport=self._poll_transport, hub=self._hub)
         self.coordinator = CacheCoordinator(
             domain=self._domain, routes=self._routes, cache=self._cache, transport=self._transport,
             retry=self._retry, write_behind=self._wb, coherence=self._coherence, settings=s,
@@ -324,7 +328,8 @@ class MemoryClient:
 
     def subscribe(self, domain: str, target: Any) -> Subscription:
         """Deliver a ``MemoryUpdate`` for every write to ``domain``, in per-key order, to ``target``:
-        a callable (called on this client's coherence thread) or a Ray actor handle (its
+        a callable (called on a delivery thread of this client's: one that blocks delays only this
+        client's later events, not its coherence) or a Ray actor handle (its
         ``on_memory_update(event)`` is called by the coordinator). When a partition heals, each
         version that lost a conflict comes as a ``MemoryConflict`` (to an actor: its
         ``on_memory_conflict(event)``, when it has one)."""
@@ -351,13 +356,17 @@ class MemoryClient:
 
     def _transport_stats(self) -> dict[str, Any]:
         """How this client reaches the copies: ``kind`` (direct / ray) and, direct, its calls that went
-        direct and that fell back to Ray, and the process's connections; ``polls``: the same for this
-        client's long polls, on a connection of their own."""
+        direct and that fell back to Ray, and the process's connections; ``polls``: the same for the
+        long polls, on a connection of their own: the process's ``PollHub``'s (``shared_by`` its
+        clients), or this client's alone."""
         stats = getattr(self._transport, "transport_stats", None)
         if stats is None:
             return {"kind": "ray"}
         out = stats()
-        if self._poll_transport is not self._transport:  # the long polls' own connection
+        if self._hub is not None:
+            out["polls"] = {**{k: v for k, v in self._hub.transport_stats().items() if k != "kind"},
+                            "shared_by": self._hub.members()}
+        elif self._poll_transport is not self._transport:  # the long polls' own connection
             out["polls"] = {k: v for k, v in self._poll_transport.transport_stats().items() if k != "kind"}
         return out
 

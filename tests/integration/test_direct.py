@@ -111,7 +111,9 @@ def test_the_copies_and_the_coordinator_collect_their_young_generation_less_ofte
 
 def test_coherence_polls_and_waiting_invalidations_go_over_the_coordinators_endpoint(system):
     """The clients' long polls and a synchronous invalidate reach the coordinator over its endpoint
-    (its coroutines answer there when done); the invalidation still waits for every holder."""
+    (its coroutines answer there when done); the invalidation still waits for every holder. The
+    clients of this process share one long poll (their PollHub): one answer reaches all three,
+    one next poll acknowledges for all three."""
     from erlmcp_ray.actors.options import COORDINATOR
 
     coordinator = ray.get_actor(COORDINATOR, namespace=NS)
@@ -120,16 +122,19 @@ def test_coherence_polls_and_waiting_invalidations_go_over_the_coordinators_endp
         holders[0].put("reg", "inv", "v", consistency="strong")
         for h in holders:
             assert h.get("reg", "inv") == "v"  # cached now
-        before = ray.get(coordinator.stats.remote(), timeout=30)["direct"]["requests"]
+        before = ray.get(coordinator.stats.remote(), timeout=30)["direct"]
         result = holders[0].coordinator.invalidate("reg", "inv")
         assert set(result.acked) >= {h.client_id for h in holders[1:]} and not result.missing
         after = ray.get(coordinator.stats.remote(), timeout=30)["direct"]
-        assert after["requests"] >= before + 3  # the invalidate and the holders' polls past it
+        assert after["methods"]["invalidate"] == before["methods"].get("invalidate", 0) + 1
+        assert after["methods"]["poll_many"] >= before["methods"].get("poll_many", 0) + 1  # past it
+        assert after["methods"].get("poll", 0) == before["methods"].get("poll", 0)  # none polled alone
         assert after["closed"] == {}
         assert all(h._cache.lookup("reg", "inv") is None for h in holders[1:])
-        # each client's long poll has a connection of its own, which close() ends: a poll that just
-        # began (the invalidation answered the last ones) does not hold close() up for its 0.5 s
-        assert all(h.stats()["transport"]["polls"]["connections"] == 1 for h in holders)
+        # the shared long poll has a connection of its own; close() leaves the hub (and ends the
+        # poll in flight): a poll that just began does not hold close() up for its 0.5 s
+        polls = [h.stats()["transport"]["polls"] for h in holders]
+        assert all(p["connections"] == 1 and p["shared_by"] >= 3 for p in polls)
         holders[0].coordinator.invalidate("reg", "inv")
         for h in holders:
             t0 = time.monotonic()
