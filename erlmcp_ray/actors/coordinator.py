@@ -172,6 +172,8 @@ class CoordinatorActor:
         self._acked.fire()
 
     def _deliver(self, items: list, first_seq: int) -> None:
+        if not self._log.subscribed:  # the usual case: no actor subscribes; no per-item lookups
+            return
         for seq, item in enumerate(items, first_seq):
             domain, key, record = item[0], item[1], item[2]
             reason = item[3] if len(item) > 3 else WRITE

@@ -340,6 +340,11 @@ class InvalidationLog:
         """Every ``(sub_id, domain, target)``."""
         return [(sid, domain, self._subs[domain][sid]) for sid, domain in self._sub_domain.items()]
 
+    @property
+    def subscribed(self) -> bool:
+        """Whether any actor subscribes to anything (publishing checks it once per batch)."""
+        return bool(self._subs)
+
     def subscriptions_for(self, domain: str | None) -> list[tuple[str, object]]:
         """``(sub_id, target)`` to deliver an update of ``domain`` to: its own, then all-domain ones."""
         everything = list(self._subs.get(None, {}).items())

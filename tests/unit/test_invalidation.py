@@ -207,7 +207,9 @@ def test_client_info_reports_acks_and_leases(log, clock):
 
 
 def test_subscriptions_for_a_domain_and_for_all(log):
+    assert not log.subscribed
     log.add_subscription("s1", "cache", "t1")
+    assert log.subscribed
     log.add_subscription("s2", None, "t2")
     log.add_subscription("s3", "session", "t3")
     assert log.subscriptions_for("cache") == [("s1", "t1"), ("s2", "t2")]
@@ -218,6 +220,7 @@ def test_subscriptions_for_a_domain_and_for_all(log):
     assert log.remove_subscription("s2") and not log.remove_subscription("s2")
     assert log.subscriptions_for("session") == [("s3", "t3"), ("s1", "t1")]
     assert log.stats()["subscriptions"] == 2
+    assert log.remove_subscription("s1") and log.remove_subscription("s3") and not log.subscribed
 
 
 def test_stats(log):
