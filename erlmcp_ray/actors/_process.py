@@ -12,8 +12,8 @@ __all__ = ["GC_YOUNG", "gc_stats", "tune_gc"]
 #: The young generation's threshold: collect it after this many new container objects, not
 #: CPython's default 700. Decoding a batch of writes and applying it make a few short-lived lists
 #: and dicts per op, and at 700 the collector ran every couple of hundred ops; this process holds
-#: no reference cycles worth collecting that often. Measured (benchmarks/results/direct.txt,
-#: 2026-12-07 A/B): owner CPU per eventual put 7.1 -> 5.3 us, replica 4.5 -> 3.3 us.
+#: no reference cycles worth collecting that often. Measured (an A/B noted at the top of
+#: benchmarks/results/direct.txt, 2026-12-07): owner CPU per eventual put 7.1 -> 5.3 us, replica 4.5 -> 3.3 us.
 GC_YOUNG = 50_000
 
 
