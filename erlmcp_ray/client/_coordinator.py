@@ -114,7 +114,7 @@ class CacheCoordinator:
 
     def subscribe_invalidation(self, target: Any, domain: str | None = None) -> Subscription:
         """Deliver a ``CacheInvalidated`` per invalidation (writes included, relaxed ones not) to a
-        callable (on this client's coherence thread) or an actor handle (``on_cache_invalidated``)."""
+        callable (on a delivery thread of this client's, never the polling thread) or an actor handle (``on_cache_invalidated``)."""
         if domain is not None:
             domain = self._domain(domain).name
         self._check_open()
