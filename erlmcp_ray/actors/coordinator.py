@@ -242,7 +242,7 @@ class CoordinatorActor:
         if domains is None and not self._log.knows(client_id):
             # A client we forgot (its lease lapsed) or never met (we restarted): it may have
             # missed messages, so it gets a gap, drops its caches and registers again.
-            return PollAnswer(self._log.epoch, self._log.last_seq, True, [], self._layout.generation)
+            return self._gap_answer()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s(timeout_s)
         generation, epoch = self._layout.generation, self._log.epoch
@@ -278,7 +278,7 @@ class CoordinatorActor:
             if report is not None:
                 log.report(client_id, report)
             if not log.knows(client_id):
-                answers[i] = PollAnswer(log.epoch, log.last_seq, True, [], self._layout.generation)
+                answers[i] = self._gap_answer()
             sinces.append(since_seq)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s(timeout_s)
@@ -293,7 +293,7 @@ class CoordinatorActor:
                         news = True
                         continue
                     if not log.knows(entry[0]):  # unregistered meanwhile
-                        answers[i] = PollAnswer(log.epoch, log.last_seq, True, [], self._layout.generation)
+                        answers[i] = self._gap_answer()
                         news = True
                         continue
                     result = results[i] = log.poll(entry[0], sinces[i])
@@ -311,6 +311,10 @@ class CoordinatorActor:
                 await self._published.wait(remaining)
         finally:
             self._waiting -= 1
+
+    def _gap_answer(self) -> PollAnswer:
+        """For a client we forgot or never met: it drops its caches and registers again."""
+        return PollAnswer(self._log.epoch, self._log.last_seq, True, [], self._layout.generation)
 
     def _wait_s(self, timeout_s: float) -> float:
         # Jittered, as Serve's LongPollHost does: clients started together (a job's tasks, a

@@ -71,7 +71,9 @@ class Coherence:
         self.trust_s = settings.trust_s
         self.epoch, self.since = self._register()
         self._closed = False
-        self._thread = threading.Thread(target=self._run, name="erlmcp-coherence", daemon=True)
+        # a poll of its own only without a hub
+        self._thread = None if hub is not None else threading.Thread(target=self._run, name="erlmcp-coherence",
+                                                                     daemon=True)
 
     @property
     def client_id(self) -> str:
