@@ -570,6 +570,13 @@ class TransportConfig(_Model):
         64 * MiB, description="Largest message a shard copy's endpoint accepts, in bytes; a larger one closes "
                               "that connection (and is counted).",
     )
+    spin_us: float = Field(
+        300.0, ge=0, le=10_000,
+        description="How long a direct connection's reader busy-polls for an answer before it sleeps, in "
+                    "microseconds (a sleeping reader's wake-up costs more than the round trip on virtual "
+                    "machines); turned off for a while on a connection whose answers keep missing it, and "
+                    "under TLS. 0: never (a node with more busy clients than cores).",
+    )
     tls_cert: str | None = Field(
         None, description="PEM certificate every endpoint and client presents (mutual TLS); None: no TLS.",
     )

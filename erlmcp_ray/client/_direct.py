@@ -14,6 +14,7 @@ replicated (so an owner restart before that resends it).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from erlmcp_ray.client._reads import ReadPath
@@ -22,6 +23,7 @@ from erlmcp_ray.client._topology import Topology
 from erlmcp_ray.client._transport import Copy, Retry, Transport
 from erlmcp_ray.client._write_behind import WriteBehind
 from erlmcp_ray.core import record as R
+from erlmcp_ray.direct import spinning
 from erlmcp_ray.errors import (
     ErlmcpRayError,
     MemoryPressureError,
@@ -36,11 +38,12 @@ __all__ = ["DirectWrites"]
 class DirectWrites:
     def __init__(self, *, transport: Transport, retry: Retry, routes: dict[str, DomainRoute], reads: ReadPath,
                  write_behind: WriteBehind, client_id: str, next_seq: Any, timeout_s: float,
-                 topology: Topology) -> None:
+                 topology: Topology, alone: Callable[[], bool] = lambda: True) -> None:
         self._transport, self._retry, self._routes = transport, retry, routes
         self._topology = topology
         self._reads, self._wb, self.client_id = reads, write_behind, client_id
         self._next_seq, self._timeout = next_seq, timeout_s
+        self._alone = alone  # no other caller of this client is writing now (see strong_round)
 
     def bounded(self, d: DomainRoute, shard: int, op: tuple, stamp: int) -> bytes | None:
         seq, topo = self._next_seq(), self._topology
@@ -82,7 +85,13 @@ class DirectWrites:
             return result, replicas, owner, d
 
         # Retried while Ray restarts the owner (or the supervisor promotes another), with the same
-        # request seq.
+        # request seq. A round with other callers about (its batch's, or those queueing the next)
+        # waits without spinning: they need the GIL (erlmcp_ray.direct.spinning).
+        with spinning(len(ops) == 1 and self._alone()):
+            return self._commit(domain, shard, ops, start, deadline)
+
+    def _commit(self, domain: str, shard: int, ops: list[tuple], start: Any, deadline: float) -> list[Any]:
+        topo = self._topology
         result, replicas, owner, d = self._retry.run(start, on_unavailable=lambda: topo.owner_failed(domain, shard),
                                                      deadline=deadline)
         acked, failures = 1, {}

@@ -64,13 +64,14 @@ _MISSING = object()
 class DirectPool:
     """The process's connections to the copies of one system. ``secret`` reads the system's secret
     (Ray's key-value store); ``connection(target, lookup)`` is the live connection to ``target`` or
-    None (no endpoint, or not reachable now: use the fallback)."""
+    None (no endpoint, or not reachable now: use the fallback). ``spin_s``: how long a connection to a
+    shard copy busy-polls for an answer (``DirectConnection``; never the coordinator's)."""
 
     def __init__(self, secret: Callable[[], bytes | None], *, max_frame: int = 64 * 1024 * 1024,
                  connect_timeout_s: float = 2.0, clock: Callable[[], float] = time.monotonic,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, spin_s: float = 0.0) -> None:
         self._read_secret, self._max_frame, self._connect_timeout = secret, max_frame, connect_timeout_s
-        self._tls = tls
+        self._tls, self._spin_s = tls, spin_s
         self._clock = clock
         self._secret: bytes | None = None
         self._conns: dict[Any, DirectConnection] = {}
@@ -82,7 +83,7 @@ class DirectPool:
     def private(self) -> DirectPool:
         """A pool of the same system with connections of its own (``DirectTransport.dedicated``)."""
         return DirectPool(self._read_secret, max_frame=self._max_frame, connect_timeout_s=self._connect_timeout,
-                          clock=self._clock, tls=self._tls)
+                          clock=self._clock, tls=self._tls, spin_s=self._spin_s)
 
     def connection(self, target: Any, lookup: Callable[[Any], dict | None]) -> DirectConnection | None:
         conn = self._conns.get(target)
@@ -117,8 +118,10 @@ class DirectPool:
             return None
         for attempt in (0, 1):
             try:
+                # The coordinator's answers are long polls and invalidations that wait for other
+                # clients: spinning for them would only burn CPU (and hold this process's GIL).
                 conn = DirectConnection(endpoint, secret, timeout=self._connect_timeout, max_frame=self._max_frame,
-                                        tls=self._tls)
+                                        tls=self._tls, spin_s=0.0 if target == COORDINATOR else self._spin_s)
             except ssl.SSLError as exc:  # the peer's certificate is not the cluster's (or it wants none)
                 self.stats["refused"] += 1
                 log.warning("direct endpoint %s of %s failed the TLS handshake: %s", endpoint, target, exc)
@@ -182,6 +185,11 @@ class DirectPool:
     def connections(self) -> int:
         return sum(1 for c in list(self._conns.values()) if c.broken is None)
 
+    def spins(self) -> dict[str, int]:
+        """The open connections' waits answered while spinning, and those that spun in vain."""
+        conns = list(self._conns.values())
+        return {k: sum(c.spins[k] for c in conns) for k in ("hit", "miss")}
+
     def close(self) -> None:
         with self._lock:
             for target in list(self._conns):
@@ -193,11 +201,12 @@ _pools: dict[tuple, DirectPool] = {}
 _pools_lock = threading.Lock()
 
 
-def shared_pool(namespace: str, max_frame: int, tls: dict | None = None) -> DirectPool:
+def shared_pool(namespace: str, max_frame: int, tls: dict | None = None, spin_s: float = 0.0) -> DirectPool:
     """This process's pool for the system in ``namespace`` (made on first use). ``tls``: the
     ``{"cert", "key", "ca"}`` paths when the system runs TLS (``ConfigError`` when they are unusable
-    here). A later system in the namespace with other transport settings gets a pool of its own."""
-    key = (namespace, max_frame, tuple(sorted(tls.items())) if tls else None)
+    here); ``spin_s``: see ``DirectConnection``. A later system in the namespace with other transport
+    settings gets a pool of its own."""
+    key = (namespace, max_frame, tuple(sorted(tls.items())) if tls else None, spin_s)
     pool = _pools.get(key)
     if pool is None:
         from erlmcp_ray import _ray
@@ -211,7 +220,7 @@ def shared_pool(namespace: str, max_frame: int, tls: dict | None = None) -> Dire
             pool = _pools.get(key)
             if pool is None:
                 pool = _pools[key] = DirectPool(lambda: _ray.kv_get(secret_key(namespace)), max_frame=max_frame,
-                                                      tls=context)
+                                                tls=context, spin_s=spin_s)
     return pool
 
 
@@ -231,7 +240,8 @@ def default_transport(namespace: str, config: Any, base: Any = None) -> Any:
     base = base or RayTransport(namespace)
     if config.transport.kind.value != "direct":
         return base
-    return DirectTransport(base, shared_pool(namespace, config.transport.max_frame, config.transport.tls()))
+    t = config.transport
+    return DirectTransport(base, shared_pool(namespace, t.max_frame, t.tls(), t.spin_us / 1e6))
 
 
 class _Pending:
@@ -249,20 +259,26 @@ class _Pending:
 class _Chained(_Pending):
     """A call sent once the call it depends on answered (its answer is one of the arguments)."""
 
-    __slots__ = ("args", "dep", "sent")
+    __slots__ = ("_sending", "args", "dep")
 
     def __init__(self, conn: DirectConnection, target: Any, method: str, dep: _Pending, args: tuple) -> None:
         super().__init__(conn, Reply(), target, method)
         self.dep, self.args = dep, args
-        self.sent = threading.Event()
+        self._sending = threading.Lock()  # held until the call was sent (or failed): a lighter Event
+        self._sending.acquire()
+
+    def sent(self) -> None:
+        self._sending.release()
 
     def wait(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         if not self.dep.wait(timeout):
             return False
-        # the dependency's callback runs just after its future is done: wait for it to have sent
-        if not self.sent.wait(max(0.0, deadline - time.monotonic())):
+        # the dependency's callback runs just after its future is done (usually in this very thread,
+        # which read the answer): wait for it to have sent
+        if not self._sending.acquire(True, max(0.0, deadline - time.monotonic())):
             return False
+        self._sending.release()
         return self.future.done() or self.conn.wait(self.future, max(0.0, deadline - time.monotonic()))
 
 
@@ -303,7 +319,8 @@ class DirectTransport:
             self._fallback.place = value
 
     def transport_stats(self) -> dict:
-        return {"kind": "direct", **self.stats, "connections": self._pool.connections(), **self._pool.stats}
+        return {"kind": "direct", **self.stats, "connections": self._pool.connections(), **self._pool.stats,
+                "spins": self._pool.spins()}
 
     # ------------------------------------------------------------------ calls
     def dedicated(self, fallback: Any = None) -> DirectTransport:
@@ -380,7 +397,7 @@ class DirectTransport:
             except BaseException as exc:  # noqa: BLE001 - the dependency failed (or the send): this call fails
                 chained.future.set_exception(exc)
             finally:
-                chained.sent.set()
+                chained.sent()
 
         self.stats["direct"] += 1
         dep.future.add_done_callback(send)
@@ -415,6 +432,8 @@ class DirectTransport:
         others = [p for p in pending if not isinstance(p, _Pending)]
         if not direct:
             return self._fallback.ready_any(others, timeout)
+        if len(direct) == 1 and not others:  # one replica: wait on it alone (slices would poll)
+            return direct if direct[0].wait(timeout) else []
         deadline = time.monotonic() + timeout
         while True:
             done = [p for p in direct if p.wait(0.0)]

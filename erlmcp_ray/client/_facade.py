@@ -108,7 +108,8 @@ class MemoryClient:
                                latencies=self._latencies, topology=self._topology)
         self._direct = DirectWrites(transport=self._transport, retry=self._retry, routes=self._routes,
                                     reads=self._reads, write_behind=self._wb, client_id=self.client_id,
-                                    next_seq=self._next_seq, timeout_s=s.call_timeout_s, topology=self._topology)
+                                    next_seq=self._next_seq, timeout_s=s.call_timeout_s, topology=self._topology,
+                                    alone=lambda: self._group.callers <= 1)
         self._group = GroupCommit(self._direct.strong_round, timeout_s=s.call_timeout_s)
         # Over the direct transport the process's clients share one long poll (client._poll_hub);
         # one with a poll_hook (a test freezing or filtering its coherence) polls alone, on a

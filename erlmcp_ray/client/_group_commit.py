@@ -43,19 +43,25 @@ class GroupCommit:
         self._leading: set[tuple[str, int]] = set()
         self.batches = 0
         self.ops = 0
+        #: callers in ``submit`` now, over every shard (1: a lone caller)
+        self.callers = 0
 
     def submit(self, domain: str, shard: int, op: Any) -> Any:
         me = _Waiter(op)
         key = (domain, shard)
         with self._lock:
+            self.callers += 1
             self._queues.setdefault(key, []).append(me)
             lead = key not in self._leading
             if lead:
                 self._leading.add(key)
-        if not lead and not self._follow(key, me):
+        try:
+            if lead or self._follow(key, me):
+                self._lead(key, me)
             return self._outcome(me)
-        self._lead(key, me)
-        return self._outcome(me)
+        finally:
+            with self._lock:
+                self.callers -= 1
 
     def _follow(self, key: tuple[str, int], me: _Waiter) -> bool:
         """Wait for our outcome; True when leadership was handed to us instead."""

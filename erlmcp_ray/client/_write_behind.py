@@ -39,6 +39,7 @@ from erlmcp_ray.client._topology import Topology
 from erlmcp_ray.client._transport import Retry, Transport
 from erlmcp_ray.core.routing import shard_for
 from erlmcp_ray.core.wire import WriteOp
+from erlmcp_ray.direct import spinning
 from erlmcp_ray.errors import ErlmcpRayError, OperationTimeoutError, RemoteError, UnavailableError
 
 __all__ = ["WriteBehind", "WriteBuffer"]
@@ -252,10 +253,12 @@ class WriteBehind:
 
     # ------------------------------------------------------------ the thread
     def _run(self) -> None:
-        # A bug here must not silently stop every later write: log it and carry on.
+        # A bug here must not silently stop every later write: log it and carry on. Its waits never
+        # spin: the callers putting meanwhile need the GIL (``erlmcp_ray.direct.spinning``).
         while True:
             try:
-                self._loop()
+                with spinning(False):
+                    self._loop()
                 return
             except Exception:
                 log.exception("write-behind thread failed; restarting it")

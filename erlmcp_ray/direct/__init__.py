@@ -6,13 +6,13 @@ secret is made by ``erlmcp_ray.start`` and kept in Ray's key-value store under `
 processes admitted to the Ray cluster can read it."""
 
 from erlmcp_ray.direct._aserver import AsyncDirectServer
-from erlmcp_ray.direct._client import DirectConnection, FrameTooLarge, RemoteCallError
+from erlmcp_ray.direct._client import DirectConnection, FrameTooLarge, RemoteCallError, spinning
 from erlmcp_ray.direct._protocol import ClientHandshake, ProtocolError, ServerConnection
 from erlmcp_ray.direct._server import DirectServer
 from erlmcp_ray.direct._tls import client_context, server_context
 
 __all__ = ["AsyncDirectServer", "ClientHandshake", "DirectConnection", "DirectServer", "FrameTooLarge", "ProtocolError", "RemoteCallError",
-           "ServerConnection", "client_context", "secret_key", "server_context"]
+           "ServerConnection", "client_context", "secret_key", "server_context", "spinning"]
 
 
 def secret_key(namespace: str) -> bytes:

@@ -160,6 +160,32 @@ def test_transport_kind_ray_serves_no_endpoint(ray_local):
         erlmcp_ray.shutdown(ns)
 
 
+def test_transport_spin_us_busy_polls_for_the_copies_answers_never_the_coordinators(system):
+    """transport.spin_us: a client's connections to the shard copies spin before they sleep (each
+    wait either caught its answer spinning or missed it; how many are caught depends on the machine),
+    its coherence polls to the coordinator never do; with 0 nothing spins."""
+    def spins(sysm) -> tuple[dict, dict]:
+        client = sysm.client()
+        try:
+            for i in range(20):
+                client.put("reg", f"s{i}", i, consistency="strong")
+                assert client.get("reg", f"s{i}", consistency="strong") == i
+            stats = client.stats()["transport"]
+            return stats["spins"], stats["polls"]["spins"]
+        finally:
+            client.close()
+
+    copies, polls = spins(system)
+    assert copies["hit"] + copies["miss"] > 0, copies
+    assert polls == {"hit": 0, "miss": 0}
+    ns = "t_direct_nospin"
+    quiet = erlmcp_ray.start(_cfg(spin_us=0), namespace=ns)
+    try:
+        assert spins(quiet) == ({"hit": 0, "miss": 0}, {"hit": 0, "miss": 0})
+    finally:
+        erlmcp_ray.shutdown(ns)
+
+
 def test_a_wrong_secret_is_refused_and_counted(system):
     before = _direct_stats(0)["closed"].get("bad_secret", 0)
     with pytest.raises(ProtocolError, match="refused"):

@@ -213,3 +213,73 @@ def test_caches_converge_on_the_last_write_under_racing_writers_and_readers(fake
         cached = {k: client.get("shared", k, local_only=True) for k in keys}
         assert {k: v for k, v in cached.items() if v is not None} == {
             k: truth[k] for k, v in cached.items() if v is not None}
+
+
+def test_who_may_spin_waiting_for_an_answer():
+    """A direct connection's reader spins only for a lone caller's own call (``erlmcp_ray.direct.
+    spinning``): the transport sees, per call, whether the calling thread may. A lone strong put and
+    a get may; the write-behind thread's batches never; strong puts while other callers of the client
+    are writing (one group-commit round for several, or a lone op with others queueing) never."""
+    from erlmcp_ray.direct import _client as direct_client
+
+    seen: list[tuple[str, str, bool]] = []
+
+    def record(target, method, args):
+        if method in ("write", "read"):
+            seen.append((threading.current_thread().name, method, not getattr(direct_client._threads, "quiet", False)))
+
+    fake = FakeTransport(CFG, before_call=record)
+    client = fake.client()
+    try:
+        client.put("session", "lone", 1, consistency="strong")
+        assert seen[-1] == (threading.current_thread().name, "write", True)
+        assert client.get("session", "lone", consistency="strong") == 1
+        assert seen[-1][1:] == ("read", True)
+        seen.clear()
+        client.put("session", "later", 2, consistency="eventual")  # the write-behind thread sends it
+        wait_for(lambda: any(s[1] == "write" for s in seen), what="the write-behind's batch")
+        assert [s for s in seen if s[1] == "write"] == [("erlmcp-write-behind", "write", False)]
+
+        seen.clear()
+        gate = threading.Event()
+
+        holding = [True]
+
+        def hold(target, method, args):  # the first write waits (until the gate opens); the rest pass
+            record(target, method, args)
+            if method == "write" and holding[0]:
+                holding[0] = False
+                gate.wait(5)
+
+        fake.before_call = hold
+        threads = [threading.Thread(target=client.put, args=("session", f"c{i}", i),
+                                    kwargs={"consistency": "strong"}) for i in range(4)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: client._group.callers == 4, what="4 callers writing")
+        gate.set()
+        for t in threads:
+            t.join(10)
+        writes = [s for s in seen if s[1] == "write"]
+        # the first round began before the others came; every later one had company
+        assert len(writes) >= 2 and not any(may for _t, _m, may in writes[1:]), writes
+        assert client._group.callers == 0
+        assert [client.get("session", f"c{i}", consistency="strong") for i in range(4)] == list(range(4))
+
+        # A lone op of its shard's round while another caller writes to another shard: no spin either.
+        from erlmcp_ray.core.routing import shard_for
+
+        k0 = next(f"a{i}" for i in range(100) if shard_for(f"a{i}", 2) == 0)
+        k1 = next(f"b{i}" for i in range(100) if shard_for(f"b{i}", 2) == 1)
+        gate.clear()
+        seen.clear()
+        holding[0] = True
+        first = threading.Thread(target=client.put, args=("shared", k0, 0), kwargs={"consistency": "strong"})
+        first.start()
+        wait_for(lambda: any(s[1] == "write" for s in seen), what="the first write held")
+        client.put("shared", k1, 1, consistency="strong")  # its round: this one op, with company
+        gate.set()
+        first.join(10)
+        assert [may for _t, m, may in seen if m == "write"] == [True, False], seen
+    finally:
+        client.close()

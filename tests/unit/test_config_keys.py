@@ -148,6 +148,9 @@ KEY_TESTS: dict[str, list[str]] = {
     "transport.max_frame": [
         "tests/integration/test_direct.py::test_transport_max_frame_cuts_a_larger_frame_and_the_client_sends_such_a_call_over_ray",
     ],
+    "transport.spin_us": [
+        "tests/integration/test_direct.py::test_transport_spin_us_busy_polls_for_the_copies_answers_never_the_coordinators",
+    ],
     **{f"transport.tls_{part}": [
         "tests/integration/test_direct.py::test_transport_tls_encrypts_the_data_plane_and_refuses_plaintext",
         "tests/unit/test_direct_transport.py::test_tls_both_ways_and_a_peer_outside_the_cluster_ca_is_refused",

@@ -28,6 +28,7 @@ from erlmcp_ray.direct import (
     ServerConnection,
 )
 from erlmcp_ray.direct._protocol import REQUEST, RESPONSE, pack, unpacker
+from tests.conftest import wait_for
 
 SECRET = b"s" * 32
 
@@ -297,16 +298,17 @@ def test_the_asyncio_server_reads_no_more_from_a_peer_that_does_not_read_its_ans
         server.close()
 
 
-def test_a_wait_ends_at_its_deadline_not_at_a_read_slice():
+@pytest.mark.parametrize("spin_s", [0.0, 0.004])
+def test_a_wait_ends_at_its_deadline_not_at_a_read_slice(spin_s):
     """A waiting caller reads blocking, a slice (``_RECV_SLICE_S``) at a time: an answer later than
     a slice still arrives, a deadline between slices is still kept, and a value larger than one
-    read arrives whole."""
+    read arrives whole. The same with a spin before each wait."""
     from erlmcp_ray.direct._client import _RECV_SLICE_S
     from erlmcp_ray.direct._protocol import READ_SIZE
 
     server = DirectServer(SECRET, handler)
     try:
-        conn = DirectConnection(server.address, SECRET)
+        conn = DirectConnection(server.address, SECRET, spin_s=spin_s)
         assert conn.call("sleep", 4 * _RECV_SLICE_S, timeout=5) == "slept"  # several slices with nothing
         t0 = time.monotonic()
         with pytest.raises(TimeoutError):
@@ -322,15 +324,17 @@ def test_a_wait_ends_at_its_deadline_not_at_a_read_slice():
         server.close()
 
 
-def test_callers_waiting_behind_a_reader_take_over_when_it_leaves():
+@pytest.mark.parametrize("spin_s", [0.0, 0.0005])
+def test_callers_waiting_behind_a_reader_take_over_when_it_leaves(spin_s):
     """Leader/follower: the caller reading the socket leaves once its own answer came; a caller still
     waiting must read next at once (not sleep until its own timeout), also when the one woken to read
-    had its answer already. Many threads, answers in every order, some calls timing out."""
+    had its answer already. Many threads, answers in every order, some calls timing out; the same
+    with the reader spinning before it sleeps."""
     import random
 
     server = DirectServer(SECRET, handler)
     try:
-        conn = DirectConnection(server.address, SECRET)
+        conn = DirectConnection(server.address, SECRET, spin_s=spin_s)
         # A reads first (short call), B waits behind it for a longer one: B's answer comes right after.
         took: dict[str, float] = {}
 
@@ -396,5 +400,90 @@ def test_callers_waiting_behind_a_reader_take_over_when_it_leaves():
             t.join(10)
         assert len(outcomes) == 6 and all(isinstance(o, (ConnectionError, OSError)) for o in outcomes), outcomes
         assert time.monotonic() - t0 < 3
+    finally:
+        server.close()
+
+
+def test_a_spinning_reader_stops_spinning_for_answers_that_keep_missing_it():
+    """``spin_s``: a reader busy-polls before it sleeps. Quick answers are caught by the spin; after
+    ``_SPIN_MISSES`` waits in a row that it missed, the connection rests from spinning for
+    ``_SPIN_REST`` waits, then tries again; a wait of no time does not spin; answers stay right."""
+    from erlmcp_ray.direct._client import _SPIN_MISSES, _SPIN_REST
+
+    server = DirectServer(SECRET, handler)
+    try:
+        conn = DirectConnection(server.address, SECRET, spin_s=0.2)  # long enough to catch any echo here
+        conn.spins.update(hit=0, miss=0)  # (the handshake's reads spun too)
+        for i in range(20):
+            assert conn.call("echo", i, timeout=5) == [i]
+        assert conn.spins == {"hit": 20, "miss": 0}
+
+        short = DirectConnection(server.address, SECRET, spin_s=0.0005)
+        short.spins.update(hit=0, miss=0)
+        short._spin_misses = 0
+        for _ in range(_SPIN_MISSES):  # each answer comes long after the spin ended
+            assert short.call("sleep", 0.02, timeout=5) == "slept"
+        assert short.spins["miss"] == _SPIN_MISSES
+        for i in range(_SPIN_REST):  # resting: no spin at all, answered by the blocking read
+            assert short.call("sleep", 0.001, timeout=5) == "slept"
+        assert short.spins["miss"] == _SPIN_MISSES and short.spins["hit"] == 0
+        short._spin_s = 0.2  # the rest is over: the next wait spins again (and now catches its answer)
+        assert short.call("echo", "again", timeout=5) == ["again"]
+        assert short.spins == {"hit": 1, "miss": _SPIN_MISSES}
+
+        with pytest.raises(TimeoutError):  # no time at all: a look, not a spin
+            conn.call("sleep", 0.05, timeout=0)
+        assert conn.spins == {"hit": 20, "miss": 0}
+    finally:
+        server.close()
+
+
+def test_no_spin_under_tls(tmp_path):
+    """An SSL socket cannot be read with MSG_DONTWAIT: a TLS connection given a spin never spins,
+    and its calls are answered."""
+    from erlmcp_ray.direct import client_context, server_context
+    from tests.tls import make_certs
+
+    certs = make_certs(tmp_path)
+    server = DirectServer(SECRET, handler, tls=server_context(certs))
+    try:
+        conn = DirectConnection(server.address, SECRET, tls=client_context(certs), spin_s=0.2)
+        assert conn.spins == {"hit": 0, "miss": 0}  # not even the handshake
+        for i in range(5):
+            assert conn.call("echo", i, timeout=5) == [i]
+        assert conn.spins == {"hit": 0, "miss": 0}
+    finally:
+        server.close()
+
+
+def test_a_reader_does_not_spin_while_other_calls_wait_nor_in_a_thread_that_says_not_to():
+    """A spinning reader holds its process's GIL from the others: it does not spin while other calls
+    on its connection wait (their callers need the GIL when their answers come), nor within
+    ``spinning(False)`` in its thread (nested: the outer no wins; other threads unaffected)."""
+    from erlmcp_ray.direct import spinning
+
+    server = DirectServer(SECRET, handler)
+    try:
+        conn = DirectConnection(server.address, SECRET, spin_s=0.2)
+        conn.spins.update(hit=0, miss=0)
+        with spinning(False):
+            assert conn.call("echo", 1, timeout=5) == [1]
+            with spinning(True):
+                assert conn.call("echo", 2, timeout=5) == [2]
+            other: list = []
+            t = threading.Thread(target=lambda: other.append(conn.call("echo", 3, timeout=5)))
+            t.start()
+            t.join(10)
+            assert other == [[3]]
+        assert conn.spins == {"hit": 1, "miss": 0}  # the other thread's call only
+        assert conn.call("echo", 4, timeout=5) == [4]
+        assert conn.spins == {"hit": 2, "miss": 0}
+
+        slow = threading.Thread(target=lambda: conn.call("sleep", 0.3, timeout=5))
+        slow.start()
+        wait_for(lambda: len(conn._pending) == 1, what="the slow call in flight")
+        assert conn.call("echo", 5, timeout=5) == [5]  # two calls waiting: no spin
+        slow.join(10)
+        assert conn.spins == {"hit": 2, "miss": 0}
     finally:
         server.close()
