@@ -28,7 +28,6 @@ from erlmcp_ray.direct import (
     ServerConnection,
 )
 from erlmcp_ray.direct._protocol import REQUEST, RESPONSE, pack, unpacker
-from tests.conftest import wait_for
 
 SECRET = b"s" * 32
 
@@ -412,7 +411,7 @@ def test_a_spinning_reader_stops_spinning_for_answers_that_keep_missing_it():
 
     server = DirectServer(SECRET, handler)
     try:
-        conn = DirectConnection(server.address, SECRET, spin_s=0.2)  # long enough to catch any echo here
+        conn = DirectConnection(server.address, SECRET, spin_s=2.0)  # catches any echo, even on a loaded machine
         conn.spins.update(hit=0, miss=0)  # (the handshake's reads spun too)
         for i in range(20):
             assert conn.call("echo", i, timeout=5) == [i]
@@ -427,7 +426,7 @@ def test_a_spinning_reader_stops_spinning_for_answers_that_keep_missing_it():
         for i in range(_SPIN_REST):  # resting: no spin at all, answered by the blocking read
             assert short.call("sleep", 0.001, timeout=5) == "slept"
         assert short.spins["miss"] == _SPIN_MISSES and short.spins["hit"] == 0
-        short._spin_s = 0.2  # the rest is over: the next wait spins again (and now catches its answer)
+        short._spin_s = 2.0  # the rest is over: the next wait spins again (and now catches its answer)
         assert short.call("echo", "again", timeout=5) == ["again"]
         assert short.spins == {"hit": 1, "miss": _SPIN_MISSES}
 
@@ -464,7 +463,7 @@ def test_a_reader_does_not_spin_while_other_calls_wait_nor_in_a_thread_that_says
 
     server = DirectServer(SECRET, handler)
     try:
-        conn = DirectConnection(server.address, SECRET, spin_s=0.2)
+        conn = DirectConnection(server.address, SECRET, spin_s=2.0)
         conn.spins.update(hit=0, miss=0)
         with spinning(False):
             assert conn.call("echo", 1, timeout=5) == [1]
@@ -479,11 +478,11 @@ def test_a_reader_does_not_spin_while_other_calls_wait_nor_in_a_thread_that_says
         assert conn.call("echo", 4, timeout=5) == [4]
         assert conn.spins == {"hit": 2, "miss": 0}
 
-        slow = threading.Thread(target=lambda: conn.call("sleep", 0.3, timeout=5))
-        slow.start()
-        wait_for(lambda: len(conn._pending) == 1, what="the slow call in flight")
-        assert conn.call("echo", 5, timeout=5) == [5]  # two calls waiting: no spin
-        slow.join(10)
+        slow = conn.call_async("sleep", 0.3)  # in flight, with no one waiting for it yet
+        assert conn.call("echo", 5, timeout=5) == [5]  # this caller reads, two calls wait: no spin
+        assert conn.spins == {"hit": 2, "miss": 0}
+        with spinning(False):
+            assert conn.result(slow, 5) == "slept"
         assert conn.spins == {"hit": 2, "miss": 0}
     finally:
         server.close()
