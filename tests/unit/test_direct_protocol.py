@@ -459,9 +459,20 @@ def test_a_reader_does_not_spin_while_other_calls_wait_nor_in_a_thread_that_says
     """A spinning reader holds its process's GIL from the others: it does not spin while other calls
     on its connection wait (their callers need the GIL when their answers come), nor within
     ``spinning(False)`` in its thread (nested: the outer no wins; other threads unaffected)."""
+    from concurrent.futures import Future
+
     from erlmcp_ray.direct import spinning
 
-    server = DirectServer(SECRET, handler)
+    release = threading.Event()
+
+    def later_or_now(method: str, args: list):
+        if method != "later":
+            return handler(method, args)
+        answer: Future = Future()  # answered once released, while the server serves other calls
+        threading.Thread(target=lambda: (release.wait(10), answer.set_result("late")), daemon=True).start()
+        return answer
+
+    server = DirectServer(SECRET, later_or_now)
     try:
         conn = DirectConnection(server.address, SECRET, spin_s=2.0)
         conn.spins.update(hit=0, miss=0)
@@ -478,11 +489,12 @@ def test_a_reader_does_not_spin_while_other_calls_wait_nor_in_a_thread_that_says
         assert conn.call("echo", 4, timeout=5) == [4]
         assert conn.spins == {"hit": 2, "miss": 0}
 
-        slow = conn.call_async("sleep", 0.3)  # in flight, with no one waiting for it yet
+        slow = conn.call_async("later")  # in flight (its answer comes once released), no one waiting for it
         assert conn.call("echo", 5, timeout=5) == [5]  # this caller reads, two calls wait: no spin
         assert conn.spins == {"hit": 2, "miss": 0}
+        release.set()
         with spinning(False):
-            assert conn.result(slow, 5) == "slept"
+            assert conn.result(slow, 5) == "late"
         assert conn.spins == {"hit": 2, "miss": 0}
     finally:
         server.close()
