@@ -43,7 +43,9 @@ class DirectWrites:
         self._topology = topology
         self._reads, self._wb, self.client_id = reads, write_behind, client_id
         self._next_seq, self._timeout = next_seq, timeout_s
-        self._alone = alone  # no other caller of this client is writing now (see strong_round)
+        # no other caller of this client is writing now (the group commit's: then this round is that
+        # caller's one op); see strong_round
+        self._alone = alone
 
     def bounded(self, d: DomainRoute, shard: int, op: tuple, stamp: int) -> bytes | None:
         seq, topo = self._next_seq(), self._topology
@@ -87,7 +89,7 @@ class DirectWrites:
         # Retried while Ray restarts the owner (or the supervisor promotes another), with the same
         # request seq. A round with other callers about (its batch's, or those queueing the next)
         # waits without spinning: they need the GIL (erlmcp_ray.direct.spinning).
-        with spinning(len(ops) == 1 and self._alone()):
+        with spinning(self._alone()):
             return self._commit(domain, shard, ops, start, deadline)
 
     def _commit(self, domain: str, shard: int, ops: list[tuple], start: Any, deadline: float) -> list[Any]:

@@ -51,6 +51,7 @@ _RECV_SLICE_S = 0.01
 _SPIN_MISSES = 4
 _SPIN_REST = 64
 _threads = threading.local()  # .quiet: this thread's waits never spin (see ``spinning``)
+_INCOMPLETE = object()  # what ``_fed`` returns when the bytes read complete no message yet
 
 
 @contextlib.contextmanager
@@ -196,35 +197,41 @@ class DirectConnection:
         for message in self._unpacker:
             return message
         end = None if wait_s is None else time.monotonic() + wait_s
-        spun = self._spin(end) if self._spin_s else None  # first a short spin (see the class docstring)
+        n = self._spin(end) if self._spin_s else None  # first a short spin (see the class docstring)
+        if n is not None:
+            message = self._fed(n)
+            if message is not _INCOMPLETE:
+                return message
         while True:
             if self._tls:
-                n = self._recv_tls(end)
-                if not n:
-                    raise ConnectionError("the server closed the connection")
-                self._unpacker.feed(self._rview[:n])
-                for message in self._unpacker:
+                message = self._fed(self._recv_tls(end))
+                if message is not _INCOMPLETE:
                     return message
                 continue
-            if spun is not None:
-                n, spun = spun, None
-            else:
-                # A wait of a slice or more reads at once, blocking (SO_RCVTIMEO ends it after a slice
-                # with nothing): a select() before every read cost ~20 us of CPU a call. A shorter one polls.
-                blocking = end is None or end - time.monotonic() >= _RECV_SLICE_S
-                try:
-                    n = self._sock.recv_into(self._rbuf, 0, 0 if blocking else socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    if blocking:
-                        continue  # a slice without data: look at the clock again
-                    if not select.select([self._sock], [], [], max(0.0, end - time.monotonic()))[0]:
-                        raise TimeoutError("nothing arrived") from None
-                    continue
-            if not n:
-                raise ConnectionError("the server closed the connection")
-            self._unpacker.feed(self._rview[:n])  # the unpacker copies what it keeps
-            for message in self._unpacker:
+            # A wait of a slice or more reads at once, blocking (SO_RCVTIMEO ends it after a slice with
+            # nothing): a select() before every read cost ~20 us of CPU a call. A shorter one polls.
+            blocking = end is None or end - time.monotonic() >= _RECV_SLICE_S
+            try:
+                n = self._sock.recv_into(self._rbuf, 0, 0 if blocking else socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if blocking:
+                    continue  # a slice without data: look at the clock again
+                if not select.select([self._sock], [], [], max(0.0, end - time.monotonic()))[0]:
+                    raise TimeoutError("nothing arrived") from None
+                continue
+            message = self._fed(n)
+            if message is not _INCOMPLETE:
                 return message
+
+    def _fed(self, n: int) -> Any:
+        """Take the ``n`` bytes just read into the read buffer: the first message they complete, or
+        ``_INCOMPLETE``; 0 bytes: the server closed the connection."""
+        if not n:
+            raise ConnectionError("the server closed the connection")
+        self._unpacker.feed(self._rview[:n])  # the unpacker copies what it keeps
+        for message in self._unpacker:
+            return message
+        return _INCOMPLETE
 
     def _spin(self, end: float | None) -> int | None:
         """Busy-poll the socket for up to ``spin_s`` (never past ``end``): the bytes read (0: closed),
