@@ -18,10 +18,17 @@ import concurrent.futures
 import inspect
 import os
 import ssl
+import types
 from collections.abc import Callable
 from typing import Any
 
-from erlmcp_ray.direct._protocol import MAX_FRAME, ServerConnection, deferred_response
+from erlmcp_ray.direct._protocol import (
+    MAX_FRAME,
+    ServerConnection,
+    deferred_response,
+    error_response,
+    response,
+)
 
 __all__ = ["AsyncDirectServer"]
 
@@ -53,6 +60,9 @@ class _Connection(asyncio.Protocol):
             self._transport = None
 
     def _deferred(self, rid: int, future: Any) -> None:
+        if isinstance(future, types.CoroutineType):  # run as a task that answers itself, the moment it
+            asyncio.get_running_loop().create_task(self._answer(rid, future))  # returns (no loop turn between)
+            return
         if isinstance(future, concurrent.futures.Future):  # finished by another thread: answered on the loop
             future = asyncio.wrap_future(future)
 
@@ -62,6 +72,15 @@ class _Connection(asyncio.Protocol):
                 transport.write(deferred_response(rid, f))
 
         future.add_done_callback(done)
+
+    async def _answer(self, rid: int, coroutine: Any) -> None:
+        try:
+            data = response(rid, await coroutine)
+        except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - the caller gets it
+            data = error_response(rid, exc)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():  # else the answer goes nowhere
+            transport.write(data)
 
     def pause_writing(self) -> None:
         if self._transport is not None:
@@ -99,7 +118,9 @@ class AsyncDirectServer:
         def counted(method: str, args: list) -> Any:
             self.methods[method] = self.methods.get(method, 0) + 1
             result = handler(method, args)
-            return asyncio.ensure_future(result) if inspect.isawaitable(result) else result
+            if inspect.isawaitable(result) and not isinstance(result, (types.CoroutineType, asyncio.Future)):
+                return asyncio.ensure_future(result)  # a coroutine runs as a task that answers itself
+            return result
 
         self._handler = counted
         self._server: asyncio.AbstractServer | None = None

@@ -29,6 +29,7 @@ import asyncio
 import hashlib
 import hmac
 import threading
+import types
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
@@ -72,12 +73,25 @@ def pack(value: Any) -> bytes:
         raise
 
 
+#: what a handler returns when it answers later (see ``ServerConnection.on_deferred``)
+_LATER = (Future, asyncio.Future, types.CoroutineType)
+
+
+def response(rid: int, value: Any) -> bytes:
+    """The response carrying a handler's answer (its error response when msgpack cannot carry it)."""
+    try:
+        return pack([RESPONSE, rid, True, value])
+    except Exception as exc:  # noqa: BLE001 - a result msgpack cannot carry
+        return error_response(rid, exc)
+
+
 def deferred_response(rid: int, future: Future) -> bytes:
     """The response for a handler's answer that came later (``future`` is done)."""
     try:
-        return pack([RESPONSE, rid, True, future.result()])
-    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - its error, or a result msgpack cannot carry
+        value = future.result()
+    except (Exception, asyncio.CancelledError) as exc:  # noqa: BLE001 - its error
         return error_response(rid, exc)
+    return response(rid, value)
 
 
 def error_response(rid: int, exc: BaseException) -> bytes:
@@ -105,9 +119,10 @@ class ServerConnection:
         if len(secret) < 16 or len(nonce) != _NONCE:
             raise ValueError("a secret of at least 16 bytes and a 32-byte nonce are needed")
         self._secret, self._handler, self._nonce = secret, handler, nonce
-        #: a handler may answer later: it returns a ``concurrent.futures.Future`` (or an asyncio one,
-        #: on a server running on that loop) and this is told
-        #: ``(request id, future)``; the answer goes out when the future is done (``deferred_response``)
+        #: a handler may answer later: it returns a ``concurrent.futures.Future`` (or, on a server
+        #: running on an asyncio loop, an asyncio future or a coroutine for the loop to run) and this
+        #: is told ``(request id, future)``; the answer goes out when the future is done
+        #: (``deferred_response``) or the coroutine returns
         self.on_deferred = on_deferred
         self._unpacker = _unpacker(max_frame)
         self.authenticated = False
@@ -146,7 +161,7 @@ class ServerConnection:
         self.requests += 1
         try:
             result = self._handler(method, args)
-            if isinstance(result, (Future, asyncio.Future)):
+            if isinstance(result, _LATER):
                 if self.on_deferred is None:
                     raise TypeError(f"{method} answers later, and this server sends only immediate answers")
                 self.on_deferred(rid, result)

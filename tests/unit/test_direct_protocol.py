@@ -258,6 +258,43 @@ def test_a_handler_may_answer_later_and_answers_come_in_any_order(make_server):
         server.close()
 
 
+def test_a_coroutine_handler_on_the_asyncio_server_answers_the_moment_it_returns():
+    """On the asyncio server a handler may return a coroutine: the loop runs it as a task that sends
+    its own answer when it returns (its error when it raises, or returns what msgpack cannot carry),
+    in the order they finish; other requests on the connection are served meanwhile."""
+
+    async def slow(value, delay):
+        await asyncio.sleep(delay)
+        return value
+
+    async def failing():
+        await asyncio.sleep(0)
+        raise KeyError("gone")
+
+    async def unpackable():
+        return object()
+
+    def h(method, args):
+        return {"slow": lambda: slow(*args), "failing": failing, "unpackable": unpackable}.get(method, lambda: args)()
+
+    server = _LoopServer(h)
+    conn = DirectConnection(server.address, SECRET)
+    try:
+        late, early = conn.call_async("slow", "late", 0.5), conn.call_async("slow", "early", 0.05)
+        assert conn.call("now", 1, timeout=5) == [1]  # not held up by the two waiting
+        assert conn.result(early, timeout=5) == "early" and not late.done()
+        assert conn.result(late, timeout=5) == "late"
+        with pytest.raises(RemoteCallError, match="KeyError"):
+            conn.call("failing", timeout=5)
+        with pytest.raises(RemoteCallError, match="TypeError"):
+            conn.call("unpackable", timeout=5)
+        assert conn.call("now", 2, timeout=5) == [2]  # the connection stays
+        assert server.closed == {}
+    finally:
+        conn.close()
+        server.close()
+
+
 def test_an_oversized_value_closes_its_connection_on_either_server(make_server):
     server = make_server(max_frame=4096)
     good = DirectConnection(server.address, SECRET)
