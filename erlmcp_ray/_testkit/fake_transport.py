@@ -291,7 +291,7 @@ class FakeTransport:
                     remaining = deadline - time.monotonic()
                     if not missing or remaining <= 0:
                         return seq, acked, missing
-                    self._changed.wait(remaining)
+                    self._changed.wait(min(remaining, log.lease_left(missing)))  # as the actor does
             if method == "unsubscribe":
                 return log.remove_subscription(args[0])
             if method == "client_reports":

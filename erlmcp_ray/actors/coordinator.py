@@ -150,7 +150,8 @@ class CoordinatorActor:
         receives those domains acknowledged them (polled past them), or at ``timeout_s``.
 
         Returns ``(seq, acked client ids, missing client ids)``. A client that is missing has
-        stopped trusting its cache by then (its trust window is shorter than the timeout).
+        stopped trusting its cache by then (its trust window is shorter than the timeout). One that
+        unregisters, or whose lease runs out, meanwhile is no longer waited for (nor listed).
         ``exclude``: clients not to wait for (the caller, which dropped its own copies already).
         """
         seq = await self.publish(items)
@@ -166,10 +167,15 @@ class CoordinatorActor:
             remaining = deadline - loop.time()
             if not missing or remaining <= 0:
                 return seq, acked, missing
-            await self._acked.wait(remaining)
+            # woken by a poll that acknowledged, a client leaving, or the first lease among the
+            # missing running out (that client is waited for no longer)
+            await self._acked.wait(min(remaining, self._log.lease_left(missing)))
 
-    def _ack_changed(self) -> None:
-        self._acked.fire()
+    def _acks_moved(self, before: int) -> None:
+        """Wake the waiting invalidations if a poll moved an acknowledgement since ``before`` (the
+        log's ``acks`` then): a poll that acknowledged nothing new wakes none of them."""
+        if self._log.acks != before:
+            self._acked.fire()
 
     def _deliver(self, items: list, first_seq: int) -> None:
         if not self._log.subscribed:  # the usual case: no actor subscribes; no per-item lookups
@@ -249,12 +255,13 @@ class CoordinatorActor:
         self._waiting += 1
         try:
             while True:
+                acks = self._log.acks
                 result = self._log.poll(client_id, since_seq, domains, value_domains)
-                self._ack_changed()
+                self._acks_moved(acks)
                 remaining = deadline - loop.time()
                 if (result.messages or result.gap or remaining <= 0 or generation != self._layout.generation
                         or epoch != self._log.epoch):
-                    return result.to_tuple()._replace(layout=self._layout.generation)
+                    return result.to_tuple(self._layout.generation)
                 # What was scanned held nothing for this client; don't rescan it on every wake.
                 since_seq = result.last_seq
                 # From here on use what the client registered: a subscribe() made while this
@@ -288,6 +295,7 @@ class CoordinatorActor:
             while True:
                 news = False
                 results: dict[int, Any] = {}
+                acks = log.acks
                 for i, entry in enumerate(entries):
                     if answers[i] is not None:
                         news = True
@@ -299,12 +307,12 @@ class CoordinatorActor:
                     result = results[i] = log.poll(entry[0], sinces[i])
                     if result.messages or result.gap:
                         news = True
-                self._ack_changed()
+                self._acks_moved(acks)
                 remaining = deadline - loop.time()
                 if news or remaining <= 0 or generation != self._layout.generation or epoch != log.epoch:
                     layout = self._layout.generation
                     for i, result in results.items():
-                        answers[i] = result.to_tuple()._replace(layout=layout)
+                        answers[i] = result.to_tuple(layout)
                     return answers
                 for i, result in results.items():  # nothing for them: don't rescan what was scanned
                     sinces[i] = result.last_seq
@@ -343,6 +351,8 @@ class CoordinatorActor:
     async def unregister_client(self, client_id: str) -> bool:
         gone = self._log.unregister(client_id)
         self._persist()
+        if gone:
+            self._acked.fire()  # an invalidation waiting for it waits no longer
         return gone
 
     async def subscribe_actor(self, domain: str | None, target: Any, kind: str = "update") -> str:

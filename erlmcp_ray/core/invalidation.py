@@ -79,9 +79,10 @@ class PollResult:
     gap: bool
     messages: list[Message]
 
-    def to_tuple(self) -> PollAnswer:
-        """``PollAnswer(epoch, last_seq, gap, messages)``: what travels over Ray."""
-        return PollAnswer(self.epoch, self.last_seq, self.gap, self.messages)
+    def to_tuple(self, layout: int = 0) -> PollAnswer:
+        """``PollAnswer(epoch, last_seq, gap, messages, layout)``: what travels (``layout``: the running
+        layout's generation, which the actor knows)."""
+        return PollAnswer(self.epoch, self.last_seq, self.gap, self.messages, layout)
 
 
 @dataclass(slots=True)
@@ -94,11 +95,16 @@ class _Client:
     own_writes: bool = True
     #: the client's own counters, as it last sent them with a poll (``erlmcp_ray.telemetry``)
     report: dict | None = None
+    #: ``domains | value_domains`` (asking for a domain's values implies wanting its messages, cached
+    #: or not), kept by ``set_domains``: every poll and every wait of an invalidation reads it
+    receives: frozenset[str] = frozenset()
 
-    @property
-    def receives(self) -> frozenset[str]:
-        # Asking for a domain's values implies wanting its messages, cached or not.
-        return self.domains | self.value_domains
+    def set_domains(self, domains: frozenset[str] | None, value_domains: frozenset[str] | None) -> None:
+        if domains is not None:
+            self.domains = domains
+        if value_domains is not None:
+            self.value_domains = value_domains
+        self.receives = self.domains | self.value_domains
 
 
 def _names(domains: Iterable[str], what: str) -> frozenset[str]:
@@ -131,6 +137,9 @@ class InvalidationLog:
         self._last_seq = 0
         self._bytes = 0
         self._clients: dict[str, _Client] = {}
+        #: polls that moved a client's acknowledged seq forward (what a waiting invalidation waits
+        #: for: the coordinator wakes them only when this moved)
+        self.acks = 0
         self._sub_domain: dict[str, str | None] = {}
         self._subs: dict[str | None, dict[str, object]] = {}
 
@@ -208,10 +217,9 @@ class InvalidationLog:
         client = self._clients.get(client_id)
         if client is None:
             client = self._clients[client_id] = _Client(frozenset(), frozenset(), 0.0)
-        if domains is not None:
-            client.domains = _names(domains, "domains")
-        if value_domains is not None:
-            client.value_domains = _names(value_domains, "value_domains")
+        if domains is not None or value_domains is not None:
+            client.set_domains(None if domains is None else _names(domains, "domains"),
+                               None if value_domains is None else _names(value_domains, "value_domains"))
         client.expires_at = self._clock() + self._lease_s
         return client
 
@@ -228,19 +236,28 @@ class InvalidationLog:
         coordinator does not know it: pass them on every poll to survive a coordinator restart).
         """
         client = self._renew(client_id, domains, value_domains)
-        if since_seq < self.first_seq - 1 or since_seq > self._last_seq:
+        last = self._last_seq
+        held = len(self._log) - self._head
+        if since_seq < last - held or since_seq > last:
             # Either messages the client never saw were trimmed, or it speaks of a log this
             # incarnation never had. It drops its caches, so older messages are moot: resume at the head.
-            return PollResult(self.epoch, self._last_seq, True, [])
+            return PollResult(self.epoch, last, True, [])
+        if since_seq > client.acked_seq:
+            self.acks += 1
         client.acked_seq = since_seq
-        messages, upto = self._scan(since_seq, client, None if client.own_writes else client_id)
+        if since_seq == last:  # caught up (the acknowledging poll): nothing to scan
+            return PollResult(self.epoch, last, False, [])
+        # the message after since_seq is at index head + (since_seq - first_seq + 1), first_seq = last - held + 1
+        messages, upto = self._scan(self._head + since_seq - last + held, client,
+                                    None if client.own_writes else client_id)
         return PollResult(self.epoch, upto, False, messages)
 
-    def _scan(self, since_seq: int, client: _Client, skip_origin: str | None) -> tuple[list[Message], int]:
-        """``skip_origin``: leave out that client's own writes (but not in domains it takes values of)."""
+    def _scan(self, start: int, client: _Client, skip_origin: str | None) -> tuple[list[Message], int]:
+        """The client's messages from ``self._log[start]`` on. ``skip_origin``: leave out that client's
+        own writes (but not in domains it takes values of)."""
         wanted, values = client.receives, client.value_domains
         out: list[Message] = []
-        for i in range(self._head + since_seq + 1 - self.first_seq, len(self._log)):
+        for i in range(start, len(self._log)):
             message = self._log[i]
             domain = message[1]
             if domain not in wanted:
@@ -262,9 +279,16 @@ class InvalidationLog:
         wanted = frozenset(domains)
         acked, missing = [], []
         for cid, c in self._clients.items():
-            if c.expires_at > now and c.receives & wanted:
+            if c.expires_at > now and not wanted.isdisjoint(c.receives):
                 (acked if c.acked_seq >= seq else missing).append(cid)
         return acked, missing
+
+    def lease_left(self, client_ids: Iterable[str], now: float | None = None) -> float:
+        """Seconds until the first lease among ``client_ids`` runs out (inf for none known; 0 if one
+        has): when ``ack_status`` stops counting one of them as missing without it polling."""
+        now = self._clock() if now is None else now
+        ends = [c.expires_at for c in map(self._clients.get, client_ids) if c is not None]
+        return max(0.0, min(ends) - now) if ends else float("inf")
 
     def snapshot_clients(self) -> dict[str, tuple[list[str], list[str]]]:
         """What a restarted coordinator needs to know of its clients (for ``restore_clients``)."""

@@ -121,6 +121,35 @@ def test_register_config_and_stats(coord):
     assert ray.get(coord.stats.remote(), timeout=T)["clients"] == 0
 
 
+def test_a_waiting_invalidation_stops_waiting_for_a_client_that_unregisters(coord):
+    """Nothing else polls here: before, the invalidation noticed the client had gone only at the next
+    acknowledgement of another client, or at its own timeout (20 s)."""
+    ray.get(coord.register_client.remote("leaving", ["cache"], []), timeout=T)
+    ref = coord.invalidate.remote([("cache", "k", None, "invalidate")], True, 20.0)
+    ready, _ = ray.wait([ref], timeout=0.5)
+    assert not ready  # it waits for "leaving"
+    start = time.monotonic()
+    assert ray.get(coord.unregister_client.remote("leaving"), timeout=T)
+    _seq, acked, missing = ray.get(ref, timeout=T)
+    assert (acked, missing) == ([], []) and time.monotonic() - start < 5
+
+
+def test_a_waiting_invalidation_stops_waiting_for_a_client_when_its_lease_runs_out():
+    """A client that went silent (a killed process) is waited for until its lease runs out, then no
+    longer: it is no live client (``ack_status``), whether or not anything else polls meanwhile."""
+    handle = ray.remote(max_concurrency=1000, num_cpus=0)(CoordinatorActor).remote(
+        config={"cache_coordinator": {"lease_ms": 1000}}, namespace=NS)
+    try:
+        ray.get(handle.register_client.remote("silent", ["cache"], []), timeout=T)
+        start = time.monotonic()
+        _seq, acked, missing = ray.get(handle.invalidate.remote([("cache", "k", None, "invalidate")], True, 20.0),
+                                       timeout=T)
+        took = time.monotonic() - start
+        assert (acked, missing) == ([], []) and 0.5 < took < 5, took
+    finally:
+        ray.kill(handle)
+
+
 @pytest.mark.parametrize("epoch", [None, 5], ids=["default-epoch", "given-epoch"])
 def test_a_restart_brings_a_new_epoch_and_old_positions_gap(epoch):
     # Ray reruns the constructor with the same arguments, so a given epoch must not come back.

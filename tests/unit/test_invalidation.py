@@ -258,6 +258,35 @@ def test_ack_status_counts_live_clients_of_the_domain(log):
     assert log.ack_status(seq, ["cache"]) == (["a"], ["b"])
 
 
+def test_acks_count_only_polls_that_move_an_acknowledgement_forward(log):
+    """What the coordinator wakes its waiting invalidations on: a poll from where the client already
+    was (a long poll's wake-up, a re-poll), or from further back, acknowledges nothing new."""
+    log.register("a", ["cache"])
+    seq = log.publish([("cache", "k", None, "invalidate"), ("cache", "j", None, "invalidate")])
+    assert log.acks == 0
+    log.poll("a", 0, None, None)  # where it registered from: nothing moved
+    assert log.acks == 0
+    log.poll("a", seq - 1, None, None)
+    log.poll("a", seq - 1, None, None)  # the same again
+    assert log.acks == 1
+    log.poll("a", seq, None, None)
+    assert log.acks == 2 and log.ack_status(seq, ["cache"]) == (["a"], [])
+    log.poll("a", seq - 1, None, None)  # back again (a client that dropped its caches): no ack
+    assert log.acks == 2 and log.ack_status(seq, ["cache"]) == ([], ["a"])
+
+
+def test_lease_left_is_the_first_lease_among_the_clients_to_run_out(log, clock):
+    log.register("a", ["cache"])
+    clock.now += 4
+    log.register("b", ["cache"])
+    assert log.lease_left(["a", "b"]) == pytest.approx(6.0)  # the default lease is 10 s
+    assert log.lease_left(["b", "nobody"]) == pytest.approx(10.0)
+    assert log.lease_left(["nobody"]) == float("inf") and log.lease_left([]) == float("inf")
+    clock.now += 7
+    assert log.lease_left(["a", "b"]) == 0.0  # a's has run out: ack_status no longer counts it
+    assert log.ack_status(log.publish([("cache", "k", None)]), ["cache"]) == ([], ["b"])
+
+
 def test_restored_clients_must_ack_again():
     from erlmcp_ray.core.invalidation import InvalidationLog
 
