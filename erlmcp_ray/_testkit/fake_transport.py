@@ -265,6 +265,8 @@ class FakeTransport:
                     return PollAnswer(log.epoch, log.last_seq, True, [])
                 deadline = time.monotonic() + min(timeout_s, 0.2)
                 while True:
+                    if domains is None and not log.knows(client_id):  # unregistered while it waited
+                        return PollAnswer(log.epoch, log.last_seq, True, [])
                     result = log.poll(client_id, since, domains, value_domains)
                     self._changed.notify_all()  # an acknowledgement
                     remaining = deadline - time.monotonic()

@@ -255,6 +255,8 @@ class CoordinatorActor:
         self._waiting += 1
         try:
             while True:
+                if domains is None and not self._log.knows(client_id):
+                    return self._gap_answer()  # unregistered while it waited (closed): not registered again
                 acks = self._log.acks
                 result = self._log.poll(client_id, since_seq, domains, value_domains)
                 self._acks_moved(acks)

@@ -51,8 +51,9 @@ class Coherence:
         serves this client and the process's others (then no thread and no poll of its own)."""
         self._report = report
         self._hub = hub
-        # held while a hub's thread handles an answer for us, and by close() while leaving the hub:
-        # a closed client is never registered again by a late answer (a ghost others would wait for)
+        # held while an answer is handled (by our thread or a hub's), and by close() as it marks us
+        # closed: a closed client is never registered again by a late answer (a ghost others would
+        # wait for)
         self._handling = threading.RLock()
         self._poll_transport = poll_transport or transport
         self._transport, self._settings, self._cache = transport, settings, cache
@@ -94,14 +95,17 @@ class Coherence:
             self._thread.start()
 
     def close(self, join_s: float) -> None:
-        self._closed = True
-        if self._hub is not None:
-            with self._handling:
+        # Under _handling: an answer handled after this is dropped, so nothing registers us again
+        # once we unregister below (a ghost others' synchronous invalidations would wait for).
+        with self._handling:
+            self._closed = True
+            if self._hub is not None:
                 self._hub.leave(self)  # its next poll leaves us out (the one in flight is asked again)
-        else:
-            if self._poll_transport is not self._transport:
-                self._poll_transport.close()  # the waiting poll fails now, rather than at its timeout
+        if self._hub is None and self._poll_transport is not self._transport:
+            self._poll_transport.close()  # the waiting poll fails now, rather than at its timeout
             self._thread.join(timeout=join_s)
+        # else (a Ray call cannot be interrupted) the thread is not waited for: its poll ends at its
+        # timeout, and the thread with it, without acting on the answer
         self._events.put(None)  # the delivery thread ends once it has delivered what came before
         try:  # else synchronous invalidations wait for us until our lease runs out
             self._transport.call(COORDINATOR, "unregister_client", self._client_id,
@@ -142,6 +146,8 @@ class Coherence:
             try:
                 self._loop()
             except Exception:
+                if self._closed:  # its last poll failed after close (Ray shut down, say): nothing to do
+                    return
                 log.exception("coherence thread failed; dropping caches and restarting it")
                 self._cache.drop_domains()
                 time.sleep(0.05)
@@ -166,7 +172,10 @@ class Coherence:
                 self._poll_transport.forget(COORDINATOR)
                 continue
             backoff = 0.05
-            self.handle(answer)
+            with self._handling:
+                if self._closed:
+                    return
+                self.handle(answer)
 
     def handle(self, answer: Any) -> None:
         """A poll's answer: this client's own poll's, or its part of its hub's."""

@@ -340,3 +340,31 @@ def _incarnation(handle):
     except Exception:  # noqa: BLE001 - restarting
         time.sleep(0.1)
         return None
+
+
+@pytest.mark.parametrize("kind", ["direct", "ray"])
+def test_a_client_closes_at_once_and_its_last_poll_leaves_no_ghost(ray_local, kind):
+    """``close()`` does not wait out a long poll in flight (a Ray call cannot be interrupted: it was
+    ~0.75 s on the Ray transport, up to ``poll_timeout_s``), and when that poll answers later --
+    woken by a write -- nothing of the closed client is registered again: a ghost that synchronous
+    invalidations would wait for, or that lingers until its lease lapses."""
+    ns = f"close_{kind}"
+    sysm = erlmcp_ray.start({**CFG, "transport": {"kind": kind}, "client": {"poll_timeout_s": 3.0}}, namespace=ns)
+    try:
+        writer = sysm.client()
+        coordinator = ray.get_actor(COORDINATOR, namespace=ns)
+        for _ in range(3):
+            leaving = sysm.client()
+            leaving.get("shared", "k")  # caches (a miss)
+            time.sleep(0.3)  # its long poll is waiting at the coordinator
+            start = time.monotonic()
+            leaving.close()
+            assert time.monotonic() - start < 1.0
+            writer.put("shared", "k", 1, consistency="strong")  # wakes the closed client's poll
+            time.sleep(0.3)
+            assert leaving.client_id not in ray.get(coordinator.client_info.remote(), timeout=30)
+            result = writer.coordinator.invalidate("shared", "k", timeout=5)
+            assert leaving.client_id not in result.acked + result.missing
+        writer.close()
+    finally:
+        erlmcp_ray.shutdown(ns)
