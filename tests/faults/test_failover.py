@@ -140,7 +140,14 @@ def test_strong_history_stays_linearizable_through_a_pause_and_failover(ray_loca
 
         def pause() -> None:
             os.kill(pid, signal.SIGSTOP)
-            threading.Timer(3.0, os.kill, (pid, signal.SIGCONT)).start()
+
+            def wake() -> None:  # 3 s, or until the replica was promoted (15 s at most): under a loaded
+                start = time.monotonic()  # run the promotion (1 s failure timeout) took longer than 3 s
+                while time.monotonic() - start < 15 and (time.monotonic() - start < 3 or _owner(clients[0])["slot"] == 0):
+                    time.sleep(0.1)
+                os.kill(pid, signal.SIGCONT)
+
+            threading.Thread(target=wake, daemon=True).start()
 
         try:
             history = strong_history_through(pause, clients, threads=4, ops=40, keys=3, domain="reg",
