@@ -84,7 +84,7 @@ def test_a_waiting_poll_returns_on_publish(coord):
     waiting_polls(coord, 1)
     start = time.monotonic()
     assert ray.get(coord.publish.remote([("cache", "k", rec("v", hlc=9))]), timeout=T) == 1
-    epoch, last, gap, messages, _layout = ray.get(ref, timeout=T)
+    _epoch, last, gap, messages, _layout = ray.get(ref, timeout=T)
     assert time.monotonic() - start < 2  # woken, not timed out
     assert (last, gap) == (1, False) and messages == [(1, "cache", "k", 9, False, rec("v", hlc=9), "write")]
 
@@ -216,7 +216,7 @@ def test_a_dead_subscriber_is_dropped(coord):
 
 def test_a_client_the_coordinator_does_not_know_gets_a_gap(coord):
     last = ray.get(coord.stats.remote(), timeout=T)["last_seq"]
-    epoch, _, gap, messages, _layout = ray.get(coord.poll.remote("never-registered", last, None, None, 0.2), timeout=T)
+    _epoch, _, gap, messages, _layout = ray.get(coord.poll.remote("never-registered", last, None, None, 0.2), timeout=T)
     assert gap and messages == []
     ray.get(coord.register_client.remote("now-registered", ["shared"], []), timeout=T)
     _, _, gap, _, _ = ray.get(coord.poll.remote("now-registered", last, None, None, 0.2), timeout=T)
