@@ -262,9 +262,14 @@ def test_a_coroutine_handler_on_the_asyncio_server_answers_the_moment_it_returns
     """On the asyncio server a handler may return a coroutine: the loop runs it as a task that sends
     its own answer when it returns (its error when it raises, or returns what msgpack cannot carry),
     in the order they finish; other requests on the connection are served meanwhile."""
+    gate = asyncio.Event()  # the held call returns once the test sets it (on the server's loop)
 
-    async def slow(value, delay):
-        await asyncio.sleep(delay)
+    async def held(value):
+        await gate.wait()
+        return value
+
+    async def at_once(value):
+        await asyncio.sleep(0)
         return value
 
     async def failing():
@@ -275,14 +280,17 @@ def test_a_coroutine_handler_on_the_asyncio_server_answers_the_moment_it_returns
         return object()
 
     def h(method, args):
-        return {"slow": lambda: slow(*args), "failing": failing, "unpackable": unpackable}.get(method, lambda: args)()
+        calls = {"held": lambda: held(*args), "at_once": lambda: at_once(*args), "failing": failing,
+                 "unpackable": unpackable}
+        return calls.get(method, lambda: args)()
 
     server = _LoopServer(h)
     conn = DirectConnection(server.address, SECRET)
     try:
-        late, early = conn.call_async("slow", "late", 0.5), conn.call_async("slow", "early", 0.05)
-        assert conn.call("now", 1, timeout=5) == [1]  # not held up by the two waiting
+        late, early = conn.call_async("held", "late"), conn.call_async("at_once", "early")
+        assert conn.call("now", 1, timeout=5) == [1]  # not held up by the one waiting
         assert conn.result(early, timeout=5) == "early" and not late.done()
+        server.loop.call_soon_threadsafe(gate.set)
         assert conn.result(late, timeout=5) == "late"
         with pytest.raises(RemoteCallError, match="KeyError"):
             conn.call("failing", timeout=5)
