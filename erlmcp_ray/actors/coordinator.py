@@ -245,10 +245,6 @@ class CoordinatorActor:
         self._forget_lapsed_clients()
         if report is not None:
             self._log.report(client_id, report)
-        if domains is None and not self._log.knows(client_id):
-            # A client we forgot (its lease lapsed) or never met (we restarted): it may have
-            # missed messages, so it gets a gap, drops its caches and registers again.
-            return self._gap_answer()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._wait_s(timeout_s)
         generation, epoch = self._layout.generation, self._log.epoch
@@ -256,7 +252,10 @@ class CoordinatorActor:
         try:
             while True:
                 if domains is None and not self._log.knows(client_id):
-                    return self._gap_answer()  # unregistered while it waited (closed): not registered again
+                    # A client we forgot (its lease lapsed) or never met (we restarted): it may have
+                    # missed messages, so it gets a gap, drops its caches and registers again. One
+                    # unregistered while this waited (closed) is not registered again by the poll.
+                    return self._gap_answer()
                 acks = self._log.acks
                 result = self._log.poll(client_id, since_seq, domains, value_domains)
                 self._acks_moved(acks)

@@ -104,8 +104,9 @@ class Coherence:
         if self._hub is None and self._poll_transport is not self._transport:
             self._poll_transport.close()  # the waiting poll fails now, rather than at its timeout
             self._thread.join(timeout=join_s)
-        # else (a Ray call cannot be interrupted) the thread is not waited for: its poll ends at its
-        # timeout, and the thread with it, without acting on the answer
+        # With a hub there is no thread of ours; over a transport whose poll cannot be interrupted (a
+        # Ray call) the thread is not waited for: its poll ends at its timeout, and the thread with
+        # it, without acting on the answer.
         self._events.put(None)  # the delivery thread ends once it has delivered what came before
         try:  # else synchronous invalidations wait for us until our lease runs out
             self._transport.call(COORDINATOR, "unregister_client", self._client_id,
