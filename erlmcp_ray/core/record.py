@@ -40,6 +40,9 @@ __all__ = [
     "content_wins",
     "join",
     "pack",
+    "pack_plain",
+    "plain_successor",
+    "plain_version",
     "record_counter",
     "record_expires_at",
     "record_hlc",
@@ -47,6 +50,7 @@ __all__ = [
     "record_tags",
     "record_value",
     "record_vector",
+    "sole_slot",
     "tombstone_of",
 ]
 
@@ -89,6 +93,36 @@ def pack(
     parts[0] = _HEAD.pack(hlc, writer, flags, len(vector))
     parts.append(b"" if deleted else value)
     return b"".join(parts)
+
+
+_PLAIN = struct.Struct(">QHBBHQ")  # the head and a one-slot vector
+_PLAIN_LEN = _PLAIN.size  # 22
+
+
+def pack_plain(hlc: int, writer: int, counter: int, value: bytes) -> bytes:
+    """``pack({writer: counter}, hlc, writer, value)``: a live record with no expiry and no tags
+    whose vector names only its writer (most writes), in one struct call."""
+    return _PLAIN.pack(hlc, writer, 0, 1, writer, counter) + value
+
+
+def plain_version(raw: bytes) -> tuple[int, int, int]:
+    """``(hlc, slot, counter)`` of a record whose vector has one entry (``raw[11] == 1``)."""
+    hlc, _writer, _flags, _n, slot, counter = _PLAIN.unpack_from(raw, 0)
+    return hlc, slot, counter
+
+
+def plain_successor(old: bytes, new: bytes) -> bool:
+    """Whether ``join(old, new)`` is ``(new, False)`` by the cheap rule: both vectors name only one
+    slot, the same, ``new``'s counter is at least ``old``'s (``new`` descends from ``old``) and
+    ``new``'s content is greater (a later write of that slot: the usual overwrite). False says
+    nothing: ``join`` decides. The vector entry's bytes compare as numbers (big-endian)."""
+    return (old[11] == 1 == new[11] and new[:_ORDER_LEN] > old[:_ORDER_LEN] and new[12:14] == old[12:14]
+            and new[14:22] >= old[14:22])
+
+
+def sole_slot(raw: bytes) -> int:
+    """The slot named by a record whose vector has one entry (``raw[11] == 1``)."""
+    return _U16.unpack_from(raw, _HEAD_LEN)[0]
 
 
 def _tail_offset(raw: bytes) -> int:

@@ -390,10 +390,12 @@ class ShardCopy:
             return answer
         self.writes += len(ops)
         state, items, refused, rejected = self.state, [], [], []
+        # constant through the loop (the pressure is observed after it); locals: the hot path
+        refusing, policy, apply_local = self._refusing, self.policy, state.apply_local
         first = state.last_seq + 1
         for i, op in enumerate(ops):
             key, data = op[0], op[1]
-            if data is not None and self._refusing and self._would_refuse(key, data, op[3]):
+            if data is not None and refusing and self._would_refuse(key, data, op[3]):
                 refused.append((i, self._refusal(key)))
                 items.append((key, REFUSED) if full else -1)
                 continue
@@ -402,9 +404,11 @@ class ShardCopy:
                 continue
             try:
                 if data is None:
-                    res = state.apply_local(key, delete=True)
+                    res = apply_local(key, delete=True)
+                elif op[2] is None and not op[3]:
+                    res = apply_local(key, data)
                 else:
-                    res = state.apply_local(key, data, ttl_ms=op[2], tags=op[3])
+                    res = apply_local(key, data, ttl_ms=op[2], tags=op[3])
             except Exception as exc:  # noqa: BLE001 - one bad op must not cost the others
                 self.rejected += 1
                 rejected.append((i, f"{type(exc).__name__}: {exc}"))
@@ -412,22 +416,25 @@ class ShardCopy:
                 continue
             if res is not None and len(op) > 4 and op[4]:
                 self._relaxed.add(res[0])  # relaxed coherence: caches are not told to drop it
-            if self.policy is not None and res is not None:
+            if policy is not None and res is not None:
                 self._track(key, data is None)
             if full:
                 items.append((key, None if res is None else res[1]))
             else:
                 items.append(0 if res is None else R.record_hlc(res[1]))
-        if state.last_seq >= first:  # before the evictions: those are nobody's writes
-            self._origins.append((first, state.last_seq, client_id))
-        self._evict_victims()
+        last = state.last_seq
+        if last >= first:  # before the evictions: those are nobody's writes
+            self._origins.append((first, last, client_id))
+        if self._victims:
+            self._evict_victims()
         self._observe_pressure()
-        if strong and self.progress_of and state.last_seq > self.confirmed_seq:
-            unconfirmed, seq = self._unconfirmed, state.last_seq
+        last = state.last_seq  # the evictions are writes too
+        if strong and self.progress_of and last > self.confirmed_seq:
+            unconfirmed = self._unconfirmed
             for op, item in zip(ops, items, strict=True):
                 if (type(item[1]) is bytes) if full else item > 0:  # written (not refused, skipped, a no-op)
-                    unconfirmed[op[0]] = seq
-        answer = WriteAnswer(self.epoch, state.last_seq, items, self.incarnation, refused, rejected)
+                    unconfirmed[op[0]] = last
+        answer = WriteAnswer(self.epoch, last, items, self.incarnation, refused, rejected)
         self._dedup.remember(client_id, request_seq, answer)
         return answer
 

@@ -142,22 +142,37 @@ class ShardState:
         old = self._data.get(key)
         if delete and (old is None or old[10] & R.FLAG_DELETED or (old[10] & R.FLAG_EXPIRY and self._expired(old))):
             return None
-        counter = self._context.get(self.slot, 0) + 1
-        self._context[self.slot] = counter
+        slot = self.slot
+        counter = self._context.get(slot, 0) + 1
+        self._context[slot] = counter
+        if not delete and ttl_ms is None and not tags and (old is None or old[11] == 1 and R.sole_slot(old) == slot):
+            # The common write (no expiry, no tags) of a key only this slot wrote: its vector is
+            # {slot: counter}, packed in one struct call (R.pack_plain).
+            rec = R.pack_plain(self.clock.now(), slot, counter, value)
+            return self._store(key, old, rec), rec
         if old is None:
-            vector = {self.slot: counter}
+            vector = {slot: counter}
         else:
             vector = R.record_vector_dict(old)
-            vector[self.slot] = counter
+            vector[slot] = counter
             if len(vector) > 1:
                 vector = dict(sorted(vector.items()))
         expires_at = None if ttl_ms is None else self._now_ms() + ttl_ms
-        rec = R.pack(vector, self.clock.now(), self.slot, value, deleted=delete, expires_at=expires_at, tags=tags)
+        rec = R.pack(vector, self.clock.now(), slot, value, deleted=delete, expires_at=expires_at, tags=tags)
         return self._store(key, old, rec), rec
 
     def apply_remote(self, key: str, rec: bytes) -> bool:
         """Join a record written elsewhere; idempotent. Returns True if the state changed."""
         old = self._data.get(key)
+        if rec[11] == 1 and (old is None or R.plain_successor(old, rec)):
+            # the usual case, joined without decoding the vectors: a new key, or a later write of
+            # a key only one slot wrote
+            hlc, slot, counter = R.plain_version(rec)
+            self.clock.observe(hlc)
+            if counter > self._context.get(slot, 0):
+                self._context[slot] = counter
+            self._store(key, old, rec)
+            return True
         self.clock.observe(R.record_hlc(rec))
         if old is None:
             new = rec
@@ -175,8 +190,24 @@ class ShardState:
         return True
 
     def apply_delta(self, ops: Iterable[Op]) -> int:
-        """Apply ``since()`` output from another copy; returns how many keys changed."""
-        return sum(self.apply_remote(key, rec) for _seq, key, rec in ops)
+        """Apply ``since()`` output from another copy; returns how many keys changed. The same as
+        ``apply_remote`` for each op, with the usual one -- a key this copy does not hold, whose
+        record carries a one-slot vector -- inlined (a replica applies every write this way)."""
+        data, ctx, store, remote = self._data, self._context, self._store, self.apply_remote
+        top = self.clock.last
+        changed = 0
+        for _seq, key, rec in ops:
+            if rec[11] != 1 or key in data:
+                changed += remote(key, rec)
+                continue
+            hlc, slot, counter = R.plain_version(rec)
+            top = max(top, hlc)
+            if counter > ctx.get(slot, 0):
+                ctx[slot] = counter
+            store(key, None, rec)
+            changed += 1
+        self.clock.observe(top)
+        return changed
 
     def merge(self, other: ShardState | Iterable[tuple[str, bytes]]) -> MergeResult:
         """CRDT join with another copy's state (or its ``(key, record)`` pairs)."""
@@ -191,6 +222,13 @@ class ShardState:
 
     def _store(self, key: str, old: bytes | None, new: bytes) -> int:
         klen = len(key) if key.isascii() else len(key.encode("utf-8"))  # _klen, inlined: hot path
+        if old is None and not new[10]:  # a new key, a plain record (no tags, expiry, tombstone)
+            self._data[key] = new
+            if self.dirty is not None:
+                self.dirty.add(key)
+            self._live_bytes += klen + len(new)
+            self._entries += 1
+            return self.log.append(key, new)
         if old is not None and old[10] & R.FLAG_TAGS:
             self._untag(key, old)
         if new[10] & R.FLAG_TAGS and not new[10] & R.FLAG_DELETED:

@@ -205,3 +205,19 @@ def test_take_dirty_in_chunks_and_by_key_hands_over_every_change_once(clock):
         taken += [k for k, _ in records] + deletes
     assert sorted(taken) == sorted(f"k{i}" for i in range(10) if i not in (1, 3))
     assert s.take_dirty() == ([], [])
+
+
+def test_a_write_keeps_the_versions_it_saw_from_other_slots(clock):
+    # the owner's one-struct path is for keys only its own slot wrote; a key another slot wrote
+    # (merged in) keeps that slot's counter, so the new write descends from it
+    a, b = make(0, clock), make(1, clock)
+    _, theirs = b.apply_local("k", b"theirs")
+    a.apply_remote("k", theirs)
+    _, mine = a.apply_local("k", b"mine")
+    assert R.record_vector_dict(mine) == {0: 1, 1: 1}
+    b.apply_remote("k", mine)
+    assert b.get("k") == b"mine" and b.conflicts_resolved == 0  # a successor, not a conflict
+    _, again = a.apply_local("k", b"again")
+    assert R.record_vector_dict(again) == {0: 2, 1: 1}
+    _, plain = a.apply_local("fresh", b"v")
+    assert R.record_vector_dict(plain) == {0: 3} and plain == R.pack({0: 3}, R.record_hlc(plain), 0, b"v")
