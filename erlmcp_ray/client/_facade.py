@@ -251,9 +251,13 @@ class MemoryClient:
         dropped before ``put`` returns (an eventual put is then sent at once); "relaxed" — left
         alone (they age out after the lease), only subscribers hear of the write.
         """
-        d = self._domain(domain)
-        key = _validate.key(key)
-        level = self._level(d, consistency)
+        # The checks are get()'s inlined ones (an eventual put is the write-throughput figure).
+        d = self._routes.get(domain) if type(domain) is str else None
+        if d is None:
+            raise UnknownDomainError(domain, known=tuple(self._routes))
+        if type(key) is not str or not 0 < len(key) <= _FAST_KEY_CHARS or not key.isascii():
+            key = _validate.key(key)
+        level = self._level(d, consistency) if consistency is not None else self._default or d.consistency
         coh = self.settings.coherence if coherence is None else _validate.coherence(coherence)
         # WriteOp's fields as a plain tuple (see core.wire: the put path makes 100k of these)
         op = (key, encode_value(value), _validate.ttl_ms(ttl, d.default_ttl_ms),

@@ -58,13 +58,15 @@ class WriteBuffer:
         self._ops: dict[tuple[str, int], dict[str, WriteOp]] = {}
         self._n = 0
 
-    def add(self, domain: str, shard: int, op: WriteOp) -> None:
+    def add(self, domain: str, shard: int, op: WriteOp) -> int:
+        """Buffer ``op`` (replacing a buffered write of its key); how many writes are buffered now."""
         group = self._ops.get((domain, shard))
         if group is None:
             group = self._ops[(domain, shard)] = {}
         if op[0] not in group:
             self._n += 1
         group[op[0]] = op
+        return self._n
 
     def peek(self, domain: str, shard: int, key: str) -> WriteOp | None:
         group = self._ops.get((domain, shard))
@@ -161,10 +163,9 @@ class WriteBehind:
             # A buffered op is always its key's newest write (a direct write takes it out of the
             # buffer first), so its stamp is read back from _latest when the batch is made.
             self._latest[k] = next(self._stamps)
-            self._buffer.add(domain, shard, op)
+            n = self._buffer.add(domain, shard, op)
             self.buffered_puts += 1
             self._cache.store_pending(domain, op[0], op[1], k)
-            n = len(self._buffer)
             if n == 1 or n == self._settings.write_behind_max_batch:
                 # the first write wakes an idle thread (which then waits one interval for the writes
                 # right behind it); a full buffer, once, makes it send at once
