@@ -262,8 +262,17 @@ class PressureMonitor:
     def handle(self, subject: str, used_bytes: int, entries: int = 0) -> list[Effect]:
         """Observe the subject's usage; the effects of this observation (see the module docstring)."""
         state = self._get(subject)
-        state.used_bytes = _count(used_bytes, "used_bytes", positive=False)
-        state.entries = _count(entries, "entries", positive=False)
+        if type(used_bytes) is not int or type(entries) is not int or used_bytes < 0 or entries < 0:
+            used_bytes = _count(used_bytes, "used_bytes", positive=False)
+            entries = _count(entries, "entries", positive=False)
+        state.used_bytes, state.entries = used_bytes, entries
+        if state.level is LOW:
+            # Every write observes its shard: far below every line (the usual), only the ratio
+            # changes -- what _evaluate would find, without its steps (LOW never refuses).
+            ratio = self._ratio(state)
+            if ratio < self.thresholds.medium:
+                state.ratio = ratio
+                return []
         return self._evaluate(subject, state)
 
     def level(self, subject: str) -> PressureLevel:
