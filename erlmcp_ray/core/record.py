@@ -96,7 +96,6 @@ def pack(
 
 
 _PLAIN = struct.Struct(">QHBBHQ")  # the head and a one-slot vector
-_PLAIN_LEN = _PLAIN.size  # 22
 
 
 def pack_plain(hlc: int, writer: int, counter: int, value: bytes) -> bytes:
