@@ -154,7 +154,7 @@ def test_pack_plain_is_pack_with_a_one_slot_vector(hlc, writer, counter, value):
 @given(skews, events)
 def test_owner_writes_are_canonical_records(sk, evs):
     # apply_local packs its common writes with pack_plain: every record must be what pack() makes
-    # of its decoded fields, and carry the writer's counter in its vector
+    # of its decoded fields
     sim = Sim(sk)
     sim.run(evs)
     for s in sim.states:
