@@ -1,8 +1,9 @@
 """Health checks and failover, as the supervisor runs them (decisions in ``core.failover``).
 
 Every ``failure_timeout_ms / 4`` the supervisor sends each shard copy a ``health`` check that carries
-its topology for that shard (the owner it names renews its lease; a copy behind it adopts it), and
-reads Ray's node table. A check still unanswered is not sent again (a paused process must not pile
+its topology for that shard (the owner it names renews its lease, from when the check was sent: the
+check returns the token of the copy's previous answer with how long ago it was taken, see
+``core.failover.CheckTokens``; a copy behind it adopts it), and reads Ray's node table. A check still unanswered is not sent again (a paused process must not pile
 them up). A copy is failed after ``failure_timeout_ms`` without an answer, or at once when its node
 is dead (``core.failover.FailureDetector``).
 
@@ -17,8 +18,9 @@ A failed owner of a shard with replicas is replaced by promotion:
    a check that failed rather than timed out), no promotion this round -- an unfenced copy could keep
    the old owner's lease alive and take its strong writes;
 3. **promote**: the successor joins what the other live copies and the durable store hold, fences
-   the store at the new epoch, and serves once the old owner's lease has surely run out
-   (``promotion_wait``; 0 when the old owner was silent for longer than a lease, the usual case);
+   the store at the new epoch, and serves once the old owner's lease has surely run out, renewed by
+   replicas or by the last check sent to it (``promotion_wait``; 0 when the old owner was silent for
+   longer than a lease, the usual case);
 4. **publish**: the topology goes to Ray's KV store and the durable store, and the coordinator
    answers every waiting poll with the new layout generation: clients re-route (a client that meets
    the old owner first is refused and looks the owner up again).
@@ -85,6 +87,8 @@ class Failover:
         self._restarted_at: dict[tuple, float] = {}
         self._missing_since: dict[tuple, float] = {}
         self._died: set[tuple] = set()  # a check failed (not timed out): the process that answered it is gone
+        self._answered: dict[tuple, tuple[int, float]] = {}  # copy -> (its last answer's token, when taken)
+        self._sent_at: dict[tuple, float] = {}  # copy -> when its last check was sent (it renews a lease)
         self._lock = threading.Lock()  # one round (and so one failover) at a time
         self._seam = _faults.seam(namespace)
         raw = _ray.kv_get(failover_key(namespace))
@@ -147,12 +151,16 @@ class Failover:
                 continue  # cut off from us: silent, not missing
             domain, shard, _slot = copy
             try:
-                ref = self._handle(copy).health.remote(layout.owner(domain, shard), layout.epoch(domain, shard))
+                answered = self._answered.get(copy)  # the copy's token, and when we took that answer
+                since = None if answered is None else (answered[0], self._clock() - answered[1])
+                ref = self._handle(copy).health.remote(layout.owner(domain, shard), layout.epoch(domain, shard),
+                                                       since)
             except Exception:  # noqa: BLE001 - no such actor (yet, or any more)
                 self._handles.pop(copy, None)
                 self._missing_since.setdefault(copy, self._clock())
                 continue
             self._missing_since.pop(copy, None)
+            self._sent_at[copy] = self._clock()
             self._pending[ref] = copy
             self._asked.add(copy)
 
@@ -173,6 +181,7 @@ class Failover:
             if before and before.get("stash") and before["incarnation"] != facts["incarnation"]:
                 self._stash_lost(copy, before["stash"])
             self.facts[copy] = facts
+            self._answered[copy] = (facts["check_token"], self._clock())
             self.detector.answered(copy, facts["node_id"])
 
     def _stash_lost(self, copy: tuple, keys: int) -> None:
@@ -246,7 +255,8 @@ class Failover:
             log.warning("%s/%s: not promoting yet: a copy could not be fenced and the old owner may still be "
                         "alive", domain, shard)
             return
-        wait_s = promotion_wait(self.lease_s, ages, all_fenced)
+        check_age = self._clock() - self._sent_at.get((domain, shard, owner), float("-inf"))
+        wait_s = promotion_wait(self.lease_s, ages, all_fenced, check_age)
         promoted = _ray.get(self._handle((domain, shard, plan.successor)).promote.remote(plan.epoch, copies, wait_s,
                                                                                      list(live)),
                             timeout=60.0, what=f"promoting {domain}/{shard} slot {plan.successor}")

@@ -49,6 +49,7 @@ from erlmcp_ray.core.checkpoint import (
     shard_blob_name,
     unpack_shard,
 )
+from erlmcp_ray.core.failover import CheckTokens
 from erlmcp_ray.core.invalidation import CONFLICT
 from erlmcp_ray.core.layout import Layout, layout_key
 from erlmcp_ray.core.pressure import AllowGrowth, CollectGarbage, RefuseGrowth, Warn
@@ -99,6 +100,7 @@ class ShardActor:
         self._serial = threading.RLock()  # see _serve
         # The topology says which slot owns the shard (not slot 0 after a failover), and from which epoch.
         self._copy = ShardCopy(domain, shard, slot, copies, max(epoch, layout.epoch(domain, shard)), settings)
+        self._checks = CheckTokens()  # the supervisor's health checks renew the lease from their sending
         self._copy.owner_slot = layout.owner(domain, shard)
         self._peers: dict[int, Any] = {}
         self._place = shard_name(domain, shard, slot)
@@ -850,20 +852,25 @@ class ShardActor:
 
     # ------------------------------------------------------------ failover (the supervisor's calls)
     @ray.method(concurrency_group=CONTROL)
-    def health(self, owner_slot: int | None = None, epoch: int = 0) -> dict:
+    def health(self, owner_slot: int | None = None, epoch: int = 0, since: tuple | None = None) -> dict:
         """The supervisor's health check, carrying its topology for this shard (``owner_slot`` from
-        ``epoch`` on; 0: the epoch the copies hold). The owner it names has its lease renewed; a copy
-        that is behind the topology adopts it (a deposed owner becomes a replica). This copy's facts."""
-        received = time.monotonic()
+        ``epoch`` on; 0: the epoch the copies hold) and ``since``, the token of this copy's answer to
+        its previous check with the seconds it held that answer (``core.failover.CheckTokens``). The
+        owner it names has its lease renewed from when the check was sent (a check that waited while
+        this process was paused renews nothing); a copy that is behind the topology adopts it (a
+        deposed owner becomes a replica). This copy's facts, with a token for the next check."""
         copy = self._copy
+        sent = self._checks.sent_after(since)
         if owner_slot is not None and epoch > copy.epoch:
             with self._lock:  # rare (a failover): a change of role
                 copy.adopt(owner_slot, epoch)
-        elif owner_slot is not None and owner_slot == copy.slot and copy.is_owner and epoch in (0, copy.epoch):
+        elif (sent is not None and owner_slot == copy.slot and copy.is_owner and epoch in (0, copy.epoch)):
             # Not under the lock: a long call holding it (a large shard's snapshot or restore) must not
             # make this copy look dead. A lease is one float that only grows.
-            copy.renew_lease(received)
-        return self._facts()
+            copy.renew_lease(sent)
+        facts = self._facts()
+        facts["check_token"] = self._checks.issue()
+        return facts
 
     def _facts(self) -> dict:
         copy = self._copy

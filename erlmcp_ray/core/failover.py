@@ -11,16 +11,19 @@ ties go to the one synced most recently, then to the lowest slot. The new epoch 
 epoch any copy (or the topology) reported. ``promotion_wait`` is how long the successor must wait
 before serving: the deposed owner renews its lease from replica acks of rounds it *sent*, so its
 lease can outlive its last ack by up to ``lease_s``; once every other copy is fenced (refuses the
-old epoch) nothing renews it any more.
+old epoch) nothing renews it any more. The supervisor's health checks renew it too, and so from when
+each was *sent* (``CheckTokens``): a check that waited in a paused owner's queue renews nothing
+when the owner wakes; the lease the supervisor's last check granted is waited out as well.
 """
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
-__all__ = ["FailureDetector", "Promotion", "plan_promotion", "promotion_wait"]
+__all__ = ["CheckTokens", "FailureDetector", "Promotion", "plan_promotion", "promotion_wait"]
 
 
 class FailureDetector:
@@ -86,10 +89,59 @@ def plan_promotion(owner: int, facts: dict[int, dict], topology_epoch: int, in_s
                                   f"{pos[1] if pos else 'none'} of {len(candidates)} in-sync replica(s)")
 
 
-def promotion_wait(lease_s: float, sync_ages_s: list[float], all_fenced: bool) -> float:
+def promotion_wait(lease_s: float, sync_ages_s: list[float], all_fenced: bool,
+                   check_age_s: float = float("inf")) -> float:
     """Seconds the successor waits before serving: until ``lease_s`` after the latest sync any copy
-    took from the old owner (all of them fenced now); a whole ``lease_s`` when some copy could not be
-    fenced (it may still be renewing the old owner's lease)."""
-    if not all_fenced or not sync_ages_s:
-        return lease_s if not all_fenced else 0.0
-    return max(0.0, lease_s - min(sync_ages_s))
+    took from the old owner (all of them fenced now), and after the supervisor's last health check
+    of the old owner was sent (``check_age_s`` ago: a check renews a lease from its sending); a
+    whole ``lease_s`` when some copy could not be fenced (it may still be renewing the old owner's
+    lease)."""
+    if not all_fenced:
+        return lease_s
+    synced = max(0.0, lease_s - min(sync_ages_s)) if sync_ages_s else 0.0
+    return max(synced, lease_s - check_age_s)
+
+
+class CheckTokens:
+    """A shard copy's side of the supervisor's lease renewals. A health check confirms an owner as
+    of when it was *sent*, which the copy cannot see -- and a check that waited in the queue of a
+    paused process, renewing from when it was received, would renew the lease of an owner failed
+    over meanwhile. So each answer carries a token (``issue``), and the supervisor's next check
+    returns it with the seconds between receiving that answer and sending the check: that check was
+    sent no earlier than this copy's clock at the answer plus those seconds (``sent_after``).
+    Durations, not timestamps, cross between the two processes: no clock needs to agree with
+    another. Tokens are random (a restarted copy knows none it issued before) and only the latest
+    ``keep`` are known. Not thread-safe: the copy's health checks run on one thread."""
+
+    def __init__(self, *, keep: int = 8, clock: Callable[[], float] = time.monotonic,
+                 rng: random.Random | None = None) -> None:
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        self._keep = keep
+        self._clock = clock
+        self._rng = rng or random.Random()
+        self._answered: dict[int, float] = {}
+
+    def issue(self) -> int:
+        """A token for the answer being sent now."""
+        token = self._rng.getrandbits(63)
+        self._answered[token] = self._clock()
+        if len(self._answered) > self._keep:
+            del self._answered[next(iter(self._answered))]
+        return token
+
+    def sent_after(self, since: tuple | list | None) -> float | None:
+        """The earliest time (this copy's clock) the check carrying ``since`` = ``(token, seconds
+        the supervisor held that answer before sending the check)`` can have been sent; None when
+        it carries none, or a token this copy does not know (issued by its previous process, or
+        too long ago)."""
+        if since is None:
+            return None
+        try:
+            token, held_s = since
+        except (TypeError, ValueError):
+            raise TypeError(f"since must be (token, seconds) or None, got {since!r}") from None
+        if isinstance(held_s, bool) or not isinstance(held_s, (int, float)) or not held_s >= 0:
+            raise ValueError(f"since: the seconds must be a number >= 0, got {held_s!r}")
+        at = self._answered.get(token)
+        return None if at is None else at + held_s

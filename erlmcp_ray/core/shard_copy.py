@@ -194,7 +194,7 @@ class ShardCopy:
 
     def renew_lease(self, since: float) -> None:
         """Someone confirmed this owner at ``since`` (a replica's ack of a round sent then, or a
-        supervisor health check received then): it holds its lease until ``since + lease_s``."""
+        supervisor's health check sent then): it holds its lease until ``since + lease_s``."""
         self.lease_until = max(self.lease_until, since + self.settings.lease_s)
 
     def sync_age_s(self) -> float:

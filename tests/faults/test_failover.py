@@ -13,10 +13,10 @@ import pytest
 import ray
 
 import erlmcp_ray
-from erlmcp_ray.actors.options import shard_name
+from erlmcp_ray.actors.options import SUPERVISOR, shard_name
 from erlmcp_ray.core.codec import encode_value
 from erlmcp_ray.core.wire import write_op
-from erlmcp_ray.testing import check_linearizable, wait_consistent
+from erlmcp_ray.testing import check_linearizable, end_partition, partition, wait_consistent
 from tests.conftest import running_system, wait_for
 from tests.workloads import strong_history_through
 
@@ -128,6 +128,51 @@ def test_a_paused_owner_gets_no_write_acknowledged_after_its_replica_was_promote
             c.sync()
             wait_for(lambda: c.recovery.verify_state()["ok"], timeout=30, interval=0.5, what="copies to agree")
         finally:
+            c.close()
+
+
+@TRANSPORTS
+def test_a_health_check_that_waited_in_a_paused_owners_queue_renews_no_lease(ray_local, tmp_path, transport):
+    """Found by CI (the test above failed in one full run, having passed in every earlier one): a
+    supervisor's health check sent just before the owner was paused waits in its queue, and on
+    waking the owner ran it before the queued stale writes -- renewing its lease from when the check
+    was *received*, after its replica had been promoted. Here that check is sent on purpose, and
+    the supervisor, the other copies and the client are cut off from the woken owner so that
+    nothing tells it of the promotion (the client's strong write would: it reaches the old owner as
+    a replica, at the new epoch): its lease alone must refuse the stale writes and reads (a check
+    renews from when it was sent)."""
+    ns = f"t_failover_late_check_{transport}"
+    with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
+        c = sysm.client()
+        zombie = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
+        try:
+            c.put("reg", "x", "before", consistency="strong")
+            c.sync()
+            pid = _pid(ns, 0)
+            facts = ray.get(zombie.health.remote(), timeout=30)  # an answer, as the supervisor takes one
+            partition(ns, [shard_name("reg", 0, 0)], [shard_name("reg", 0, "[12]"), SUPERVISOR, f"client:{c.client_id}"])
+            os.kill(pid, signal.SIGSTOP)
+            try:
+                # the supervisor's next check, sent at once: it waits in the paused owner's queue
+                check = zombie.health.remote(0, facts["epoch"], (facts["check_token"], 0.0))
+                wait_for(lambda: _owner(c)["slot"] != 0, timeout=20, interval=0.2, what="the promotion")
+                c.put("reg", "x", "after", consistency="strong")
+                stale = [zombie.write.remote("stale-client", i, [write_op("x", encode_value(f"zombie{i}"))],
+                                             True) for i in range(3)]
+                reads = [zombie.read.remote("x", None) for _ in range(2)]
+            finally:
+                os.kill(pid, signal.SIGCONT)
+            ran = ray.get(check, timeout=30)
+            assert ran["is_owner"], ran  # it ran, and the zombie still thinks it owns
+            for ref in stale + reads:
+                with pytest.raises(Exception, match="lease"):
+                    ray.get(ref, timeout=30)
+            end_partition(ns)
+            wait_for(lambda: ray.get(zombie.stats.remote(), timeout=30)["role"] == "replica", timeout=10,
+                     what="the woken owner to become a replica")
+            assert c.get("reg", "x", consistency="strong") == "after"
+        finally:
+            end_partition(ns)
             c.close()
 
 
