@@ -174,6 +174,7 @@ class Failover:
             except Exception as exc:  # noqa: BLE001 - dead, or restarting: silent for the detector
                 self._handles.pop(copy, None)
                 self._died.add(copy)
+                self._sent_at.pop(copy, None)  # the process that could renew a lease from it is gone
                 log.debug("health check of %s failed: %s", copy, exc)
                 continue
             self._died.discard(copy)
