@@ -106,34 +106,26 @@ def test_the_successor_waits_out_the_old_owners_lease():
     assert promotion_wait(1.0, [], all_fenced=True) == 0.0
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_check_renews_from_no_earlier_than_it_was_sent():
     """The copy answered at 100.0 and the supervisor held that answer 0.3 s before sending its next
     check: that check was sent at 100.3 at the earliest, however late it arrives (a paused process
     finds it in its queue on waking, long after the owner was failed over)."""
-    clock = _Clock()
+    clock = Clock()
     tokens = CheckTokens(clock=clock, rng=random.Random(1))
     token = tokens.issue()
-    clock.now = 160.0  # received a minute later
+    clock.t = 160.0  # received a minute later
     assert tokens.sent_after((token, 0.3)) == pytest.approx(100.3)
     assert tokens.sent_after([token, 0]) == pytest.approx(100.0)  # msgpack and Ray may hand a list
 
 
 def test_a_check_without_a_token_this_copy_issued_renews_nothing():
-    clock = _Clock()
+    clock = Clock()
     tokens = CheckTokens(keep=2, clock=clock, rng=random.Random(2))
     first = tokens.issue()
     assert tokens.sent_after(None) is None  # a first check (a new supervisor), or one with no topology
     other = CheckTokens(clock=clock, rng=random.Random(3))
     assert other.sent_after((first, 0.1)) is None  # a token of this copy's previous process
-    clock.now += 1
+    clock.t += 1
     second, third = tokens.issue(), tokens.issue()
     assert tokens.sent_after((first, 0.1)) is None  # only the latest `keep` are known
     assert tokens.sent_after((second, 0.1)) == pytest.approx(101.1)
@@ -151,15 +143,15 @@ def test_no_check_renews_from_later_than_it_was_sent(rounds):
     """A supervisor's rounds against one copy, with random delays: the answer's way back, the
     supervisor holding it, the next check's way there (a paused copy: up to a minute). The renewal
     each check grants starts no later than that check was sent."""
-    clock = _Clock()
+    clock = Clock()
     tokens = CheckTokens(clock=clock, rng=random.Random(4))
     token, taken = tokens.issue(), None
     for back, held, there in rounds:
-        clock.now += back
-        taken = clock.now  # the supervisor takes the answer (one clock here: only durations cross)
-        clock.now += held
-        sent = clock.now
-        clock.now += there
+        clock.t += back
+        taken = clock.t  # the supervisor takes the answer (one clock here: only durations cross)
+        clock.t += held
+        sent = clock.t
+        clock.t += there
         start = tokens.sent_after((token, sent - taken))  # what the supervisor measured
         assert start is not None and start <= sent + 1e-9
         token = tokens.issue()
