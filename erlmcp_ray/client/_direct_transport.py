@@ -13,6 +13,7 @@ Failures look as they do on the Ray path, so the client's retry policy is unchan
 
     connection broken (the copy's process died or restarted)  -> UnavailableError; retried (same request seq)
     endpoint unreachable (connect refused, no route)           -> this call goes over Ray
+    the endpoint lookup unanswered for 1 s (paused, restarting) -> this call goes over Ray (lookup again in 1 s)
     no answer in time                                           -> OperationTimeoutError (not retried)
     the copy raised one of erlmcp_ray's errors                  -> that error (its args and attributes)
 
@@ -56,6 +57,8 @@ _DECODE: dict[str, Callable[[Any], Any]] = {"read": ReadAnswer._make, "write": W
                                             "progress": Progress._make, "poll": PollAnswer._make,
                                             "poll_many": lambda answers: [PollAnswer._make(a) for a in answers]}
 _NO_ENDPOINT_RECHECK_S = 5.0
+#: a copy that did not answer its endpoint lookup in time: asked again after this long
+_SILENT_RECHECK_S = 1.0
 #: ready_any waits this long on one call before looking at the others
 _ANY_SLICE_S = 0.002
 _MISSING = object()
@@ -107,7 +110,16 @@ class DirectPool:
                 return None  # no endpoint there a moment ago
             endpoint = _MISSING
         if endpoint is _MISSING:
-            found = lookup(target)  # UnavailableError when the copy is gone: the caller's retry handles it
+            try:
+                found = lookup(target)  # UnavailableError when the copy is gone: the caller's retry handles it
+            except OperationTimeoutError as exc:
+                # The copy does not answer (paused, or a process Ray is restarting after its node
+                # died): this call goes over Ray, whose wait the caller bounds -- and ends when a
+                # failover moved the owner -- instead of every caller of the copy waiting here.
+                self.stats["connect_failures"] += 1
+                self._endpoints[target] = (None, self._clock() + _SILENT_RECHECK_S)
+                log.info("the endpoint lookup of %s did not answer: %s", target, exc)
+                return None
             if not found:
                 self._endpoints[target] = (None, self._clock() + _NO_ENDPOINT_RECHECK_S)
                 return None
@@ -291,7 +303,7 @@ class DirectTransport:
     chains_safely = True
 
     def __init__(self, fallback: Any, pool: DirectPool, *,
-                 lookup: Callable[[Any], dict | None] | None = None, lookup_timeout_s: float = 10.0) -> None:
+                 lookup: Callable[[Any], dict | None] | None = None, lookup_timeout_s: float = 1.0) -> None:
         self._fallback, self._pool = fallback, pool
         self._lookup = lookup or (lambda target: fallback.call(target, "endpoint", timeout=lookup_timeout_s))
         self.stats = {"direct": 0, "fallback": 0, "broken": 0}

@@ -205,6 +205,39 @@ def test_an_unreachable_endpoint_sends_that_call_over_the_fallback(plane):
         client.close()
 
 
+def test_a_copy_that_does_not_answer_its_endpoint_lookup_is_called_over_the_fallback(plane):
+    """Found by bench_failover: a strong put retried after its owner's node died waited in the
+    endpoint lookup -- a Ray call to the copy, which Ray holds until it restarted the process
+    elsewhere (seconds) -- and not in the owner's wait, which ends when a failover moved the owner.
+    A lookup that times out now sends that call over the fallback, and is asked again a second
+    later, not by every call meanwhile."""
+    now = [0.0]
+    asked = []
+
+    def lookup(target):
+        asked.append(target)
+        if target == Copy("reg", 0, 0) and now[0] < 5:
+            raise OperationTimeoutError("the copy's endpoint: no answer in 1.0 s")
+        return plane.lookup(target)
+
+    transport = DirectTransport(plane.fake, DirectPool(lambda: SECRET, clock=lambda: now[0]), lookup=lookup)
+    client = MemoryClient("fake", plane.fake.config, transport=transport)
+    key = next(k for k in (f"k{i}" for i in range(100)) if shard_for(k, 2) == 0)
+    try:
+        client.put("reg", key, 1, consistency="strong")  # no error: the owner's write went over the fallback
+        assert client.get("reg", key, consistency="strong") == 1
+        stats = transport.transport_stats()
+        assert stats["fallback"] >= 2 and asked.count(Copy("reg", 0, 0)) == 1
+        now[0] = 6.0  # past the recheck: the copy answers its lookup now
+        client.put("reg", key, 2, consistency="strong")
+        assert asked.count(Copy("reg", 0, 0)) == 2
+        direct = transport.transport_stats()["direct"]
+        assert client.get("reg", key, consistency="strong") == 2
+        assert transport.transport_stats()["direct"] > direct
+    finally:
+        client.close()
+
+
 def test_a_wrong_secret_is_refused_and_the_calls_go_over_the_fallback(plane):
     client, transport = _client(plane, secret=os.urandom(32))
     try:
