@@ -864,7 +864,7 @@ class ShardActor:
         if owner_slot is not None and epoch > copy.epoch:
             with self._lock:  # rare (a failover): a change of role
                 copy.adopt(owner_slot, epoch)
-        elif (sent is not None and owner_slot == copy.slot and copy.is_owner and epoch in (0, copy.epoch)):
+        elif sent is not None and owner_slot == copy.slot and copy.is_owner and epoch in (0, copy.epoch):
             # Not under the lock: a long call holding it (a large shard's snapshot or restore) must not
             # make this copy look dead. A lease is one float that only grows.
             copy.renew_lease(sent)
