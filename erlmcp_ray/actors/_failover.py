@@ -4,8 +4,9 @@ Every ``failure_timeout_ms / 4`` the supervisor sends each shard copy a ``health
 its topology for that shard (the owner it names renews its lease, from when the check was sent: the
 check returns the token of the copy's previous answer with how long ago it was taken, see
 ``core.failover.CheckTokens``; a copy behind it adopts it), and reads Ray's node table. A check
-still unanswered is not sent again (a paused process must not pile them up). A copy is failed after ``failure_timeout_ms`` without an answer, or at once when its node
-is dead (``core.failover.FailureDetector``).
+still unanswered is not sent again (a paused process must not pile them up). A copy is failed after
+``failure_timeout_ms`` without an answer, or at once when its node is dead
+(``core.failover.FailureDetector``).
 
 A failed owner of a shard with replicas is replaced by promotion:
 
