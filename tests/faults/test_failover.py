@@ -177,6 +177,41 @@ def test_a_health_check_that_waited_in_a_paused_owners_queue_renews_no_lease(ray
 
 
 @TRANSPORTS
+def test_the_supervisors_checks_alone_keep_the_lease_of_an_owner_cut_off_from_its_replicas(ray_local, tmp_path,
+                                                                                          transport):
+    """An owner whose replicas cannot be reached, but which answers the supervisor (so no failover),
+    keeps its lease through the supervisor's checks: each returns the token of the copy's previous
+    answer, and the owner renews from when the check was sent. Without them nothing renews it: it
+    would refuse every owner read once lease_s (0.5 s here) ran out. (A few reads may meet a lapse
+    between two checks on a loaded machine: at least 80 % must be served.)"""
+    ns = f"t_failover_check_lease_{transport}"
+    with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
+        c = sysm.client()
+        owner = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
+        try:
+            c.put("reg", "x", "v", consistency="strong")
+            partition(ns, [shard_name("reg", 0, 0)], [shard_name("reg", 0, "[12]")])
+            time.sleep(1.5)  # three leases' worth: none of the owner's replication rounds is answered now
+            served = refused = 0
+            for _ in range(40):
+                try:
+                    answer = ray.get(owner.read.remote("x", None), timeout=30)
+                except Exception as exc:  # Ray wraps the copy's UnavailableError
+                    if "lease" not in str(exc):
+                        raise
+                    refused += 1
+                else:
+                    assert answer.record is not None
+                    served += 1
+                time.sleep(0.05)
+            assert served >= 0.8 * (served + refused), (served, refused)
+            assert _owner(c)["slot"] == 0  # no failover meanwhile
+        finally:
+            end_partition(ns)
+            c.close()
+
+
+@TRANSPORTS
 def test_strong_history_stays_linearizable_through_a_pause_and_failover(ray_local, tmp_path, transport):
     ns = f"t_failover_history_{transport}"
     with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
