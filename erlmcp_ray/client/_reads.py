@@ -48,38 +48,39 @@ _ACKED_CAPACITY = 100_000
 class OwnWrites:
     """When this client last wrote each key, for read-your-writes across a cache miss.
 
-    ``note`` is one dict assignment (atomic under the GIL: no lock on the put path); past
-    ``capacity`` keys, the older half is forgotten under a lock (a forgotten key is only read
-    from a replica sooner than it would have been).
+    ``note`` is one dict assignment (atomic under the GIL: no lock on the put path). Memory is
+    bounded by two generations of ``capacity // 2`` keys: when the current one fills, it becomes
+    the old one and the older is forgotten whole (O(1), no scan or sort on the put path). The
+    last ``capacity // 2`` keys noted are always remembered; a forgotten key is only read from a
+    replica sooner than it would have been.
     """
 
     def __init__(self, window_s: float, capacity: int = 100_000, clock: Callable[[], float] = time.monotonic) -> None:
-        self._window_s, self._capacity, self._clock = window_s, capacity, clock
-        self._prune_lock = threading.Lock()
+        if capacity < 2:
+            raise ValueError(f"OwnWrites capacity must be at least 2, got {capacity}")
+        self._window_s, self._half, self._clock = window_s, capacity // 2, clock
+        self._rotate_lock = threading.Lock()
         self._at: dict[tuple[str, str], float] = {}
+        self._old: dict[tuple[str, str], float] = {}
 
     def note(self, domain: str, key: str, k: tuple[str, str] | None = None) -> None:
         """``k``: ``(domain, key)`` if the caller has one already."""
-        self._at[(domain, key) if k is None else k] = self._clock()
-        if len(self._at) > self._capacity:
-            self._prune()
+        at = self._at
+        at[(domain, key) if k is None else k] = self._clock()
+        if len(at) >= self._half:
+            self._rotate(at)
 
-    def _prune(self) -> None:
-        with self._prune_lock:
-            if len(self._at) <= self._capacity:
-                return
-            cutoff = self._clock() - self._window_s
-            items = list(self._at.items())  # one C-level copy: str-tuple keys run no Python code
-            keep = [kv for kv in items if kv[1] >= cutoff]
-            if len(keep) > self._capacity // 2:
-                keep.sort(key=lambda kv: kv[1])
-                keep = keep[-(self._capacity // 2):]
-            self._at = dict(keep)
+    def _rotate(self, full: dict) -> None:
+        with self._rotate_lock:
+            if self._at is full:  # another thread may have rotated it already
+                self._old, self._at = full, {}
 
     def recent(self, domain: str, key: str) -> bool:
-        t = self._at.get((domain, key))
+        k = (domain, key)
+        t = self._at.get(k)
+        if t is None:
+            t = self._old.get(k)
         return t is not None and self._clock() - t < self._window_s
-
 
 class _Flight:
     """One remote read that readers of the same key invoked before it started may share.

@@ -9,6 +9,7 @@ import pytest
 
 from erlmcp_ray.client._cache import LocalCache
 from erlmcp_ray.client._group_commit import GroupCommit
+from erlmcp_ray.client._reads import OwnWrites
 from erlmcp_ray.client._write_behind import WriteBuffer
 from tests.strategies import FakeClock
 
@@ -231,3 +232,38 @@ def test_retry_backs_off_while_unavailable_but_not_once_the_new_owner_is_known()
 
     assert retry.run(call) == "ok"
     assert len(pauses) == 2  # two backoff pauses for the outage, none after the failover was learnt
+
+
+def test_own_writes_are_recent_for_their_window_then_not():
+    clock = FakeClock()
+    own = OwnWrites(window_s=5.0, capacity=10, clock=clock)
+    own.note("d", "a")
+    assert own.recent("d", "a") and not own.recent("d", "b") and not own.recent("e", "a")
+    clock.advance(4.9)
+    own.note("d", "b", ("d", "b"))
+    assert own.recent("d", "a") and own.recent("d", "b")
+    clock.advance(0.2)
+    assert not own.recent("d", "a") and own.recent("d", "b")
+    own.note("d", "a")  # written again: a new window
+    assert own.recent("d", "a")
+
+
+def test_own_writes_keep_the_newest_half_of_their_capacity_and_stay_bounded():
+    own = OwnWrites(window_s=60.0, capacity=100, clock=FakeClock())
+    for i in range(1_000):
+        own.note("d", f"k{i}")
+        # the last capacity // 2 keys noted are always remembered ...
+        assert all(own.recent("d", f"k{j}") for j in range(max(0, i - 49), i + 1))
+        # ... and no more than the capacity are held
+        assert len(own._at) + len(own._old) <= 100
+    assert not own.recent("d", "k0") and not own.recent("d", "k899")
+    # a key noted again moves to the current generation: it outlives its first note's generation
+    own.note("d", "k950")
+    for i in range(1_000, 1_060):
+        own.note("d", f"k{i}")
+    assert own.recent("d", "k950") and not own.recent("d", "k951")
+
+
+def test_own_writes_refuse_a_capacity_that_cannot_hold_two_generations():
+    with pytest.raises(ValueError, match="capacity"):
+        OwnWrites(window_s=1.0, capacity=1)
