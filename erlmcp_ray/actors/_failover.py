@@ -1,11 +1,12 @@
 """Health checks and failover, as the supervisor runs them (decisions in ``core.failover``).
 
-Every ``failure_timeout_ms / 4`` the supervisor sends each shard copy a ``health`` check that carries
-its topology for that shard (the owner it names renews its lease, from when the check was sent: the
-check returns the token of the copy's previous answer with how long ago it was taken, see
-``core.failover.CheckTokens``; a copy behind it adopts it), and reads Ray's node table. A check
-still unanswered is not sent again (a paused process must not pile them up). A copy is failed after
-``failure_timeout_ms`` without an answer, or at once when its node is dead
+Every ``failure_timeout_ms / 4`` (a period: rounds start one apart, however long the last one waited
+for answers, and answers are taken as they come) the supervisor sends each shard copy a ``health``
+check that carries its topology for that shard (the owner it names renews its lease, from when the
+check was sent: the check returns the token of the copy's previous answer with how long ago it was
+taken, see ``core.failover.CheckTokens``; a copy behind it adopts it), and reads Ray's node table. A
+check still unanswered is not sent again (a paused process must not pile them up). A copy is failed
+after ``failure_timeout_ms`` without an answer, or at once when its node is dead
 (``core.failover.FailureDetector``).
 
 A failed owner of a shard with replicas is replaced by promotion:
@@ -100,11 +101,17 @@ class Failover:
 
     # ------------------------------------------------------------------ the loop
     def run(self, stop: threading.Event) -> None:
-        while not stop.wait(timeout=self.period_s):
+        # Rounds start a period apart however long one took: a round waits up to a period for its
+        # checks' answers (all of it when a copy does not answer), and checks two periods apart
+        # are a lease apart -- an owner living on them alone would lapse every cycle.
+        wait_s = self.period_s
+        while not stop.wait(timeout=wait_s):
+            started = self._clock()
             try:
                 self.round()
             except Exception:
                 log.exception("health round failed")
+            wait_s = max(0.0, self.period_s - (self._clock() - started))
 
     def _copies(self, running: MemoryConfig) -> list[tuple[str, int, int]]:
         return [(d, s, slot) for d in running.domains for s in range(running.domain(d).shards)
@@ -166,25 +173,35 @@ class Failover:
             self._asked.add(copy)
 
     def _collect(self) -> None:
-        ready = _ray.wait(list(self._pending), timeout=self.period_s)
-        for ref in ready:
-            copy = self._pending.pop(ref)
-            self._asked.discard(copy)
-            try:
-                facts = _ray.get(ref, timeout=1.0, what=f"health of {copy}")
-            except Exception as exc:  # noqa: BLE001 - dead, or restarting: silent for the detector
-                self._handles.pop(copy, None)
-                self._died.add(copy)
-                self._sent_at.pop(copy, None)  # the process that could renew a lease from it is gone
-                log.debug("health check of %s failed: %s", copy, exc)
-                continue
-            self._died.discard(copy)
-            before = self.facts.get(copy)
-            if before and before.get("stash") and before["incarnation"] != facts["incarnation"]:
-                self._stash_lost(copy, before["stash"])
-            self.facts[copy] = facts
-            self._answered[copy] = (facts["check_token"], self._clock())
-            self.detector.answered(copy, facts["node_id"])
+        """Take the checks' answers as they come, for up to a period: each answer's receipt time is
+        what the copy's next check counts its lease from (see ``_ask``), so it is taken when the
+        answer is, not when the slowest copy answered."""
+        deadline = self._clock() + self.period_s
+        while self._pending:
+            ready = _ray.wait_any(list(self._pending), timeout=max(0.0, deadline - self._clock()))
+            if not ready:
+                return
+            for ref in ready:
+                self._take(ref)
+
+    def _take(self, ref: Any) -> None:
+        copy = self._pending.pop(ref)
+        self._asked.discard(copy)
+        try:
+            facts = _ray.get(ref, timeout=1.0, what=f"health of {copy}")
+        except Exception as exc:  # noqa: BLE001 - dead, or restarting: silent for the detector
+            self._handles.pop(copy, None)
+            self._died.add(copy)
+            self._sent_at.pop(copy, None)  # the process that could renew a lease from it is gone
+            log.debug("health check of %s failed: %s", copy, exc)
+            return
+        self._died.discard(copy)
+        before = self.facts.get(copy)
+        if before and before.get("stash") and before["incarnation"] != facts["incarnation"]:
+            self._stash_lost(copy, before["stash"])
+        self.facts[copy] = facts
+        self._answered[copy] = (facts["check_token"], self._clock())
+        self.detector.answered(copy, facts["node_id"])
 
     def _stash_lost(self, copy: tuple, keys: int) -> None:
         """A copy restarted while it held a stash this supervisor had seen: those writes are gone

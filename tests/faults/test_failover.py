@@ -176,6 +176,25 @@ def test_a_health_check_that_waited_in_a_paused_owners_queue_renews_no_lease(ray
             c.close()
 
 
+def _read_owner(owner, key: str, *, reads: int = 0, seconds: float = 0.0,
+                pause_s: float = 0.0) -> tuple[int, int]:
+    """Read ``key`` at the owner ``reads`` times, or for ``seconds``: (served, refused for the lease)."""
+    served = refused = 0
+    end = time.monotonic() + seconds
+    while served + refused < reads or time.monotonic() < end:
+        try:
+            answer = ray.get(owner.read.remote(key, None), timeout=30)
+        except Exception as exc:  # Ray wraps the copy's UnavailableError
+            if "lease" not in str(exc):
+                raise
+            refused += 1
+        else:
+            assert answer.record is not None
+            served += 1
+        time.sleep(pause_s)
+    return served, refused
+
+
 @TRANSPORTS
 def test_the_supervisors_checks_alone_keep_the_lease_of_an_owner_cut_off_from_its_replicas(ray_local, tmp_path,
                                                                                           transport):
@@ -192,21 +211,40 @@ def test_the_supervisors_checks_alone_keep_the_lease_of_an_owner_cut_off_from_it
             c.put("reg", "x", "v", consistency="strong")
             partition(ns, [shard_name("reg", 0, 0)], [shard_name("reg", 0, "[12]")])
             time.sleep(1.5)  # three leases' worth: none of the owner's replication rounds is answered now
-            served = refused = 0
-            for _ in range(40):
-                try:
-                    answer = ray.get(owner.read.remote("x", None), timeout=30)
-                except Exception as exc:  # Ray wraps the copy's UnavailableError
-                    if "lease" not in str(exc):
-                        raise
-                    refused += 1
-                else:
-                    assert answer.record is not None
-                    served += 1
-                time.sleep(0.05)
+            served, refused = _read_owner(owner, "x", reads=40, pause_s=0.05)
             assert served >= 0.8 * (served + refused), (served, refused)
             assert _owner(c)["slot"] == 0  # no failover meanwhile
         finally:
+            end_partition(ns)
+            c.close()
+
+
+@TRANSPORTS
+def test_a_frozen_copy_does_not_slow_the_checks_that_keep_another_owners_lease(ray_local, tmp_path,
+                                                                               transport):
+    """The supervisor's round waits up to a period for its checks' answers; a copy that never answers
+    (frozen) makes every round take that long. The rounds must still start one period apart, not a
+    period after the last one ended (checks two periods apart are a lease apart), and each answer's
+    receipt must be taken when it came, not when the round stopped waiting (the owner's next check
+    counts its lease from it): else an owner living on the checks alone (cut off from its replicas)
+    refuses reads for a moment every cycle."""
+    ns = f"t_failover_frozen_copy_{transport}"
+    with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
+        c = sysm.client()
+        owner = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
+        frozen = _pid(ns, 2)
+        try:
+            c.put("reg", "x", "v", consistency="strong")
+            partition(ns, [shard_name("reg", 0, 0)], [shard_name("reg", 0, "[12]")])
+            os.kill(frozen, signal.SIGSTOP)
+            time.sleep(1.5)  # three leases' worth: the owner lives on the supervisor's checks alone
+            served, refused = _read_owner(owner, "x", seconds=4.0)
+            # 0 of ~3,500 in 4 runs; rounds a period after the last one ended: 38-41; answers taken
+            # when the slowest came: 38-57; both (before the fix): ~1,000
+            assert refused <= 0.005 * (served + refused), (served, refused)
+            assert _owner(c)["slot"] == 0  # no failover meanwhile
+        finally:
+            os.kill(frozen, signal.SIGCONT)
             end_partition(ns)
             c.close()
 
