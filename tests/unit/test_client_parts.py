@@ -267,3 +267,17 @@ def test_own_writes_keep_the_newest_half_of_their_capacity_and_stay_bounded():
 def test_own_writes_refuse_a_capacity_that_cannot_hold_two_generations():
     with pytest.raises(ValueError, match="capacity"):
         OwnWrites(window_s=1.0, capacity=1)
+
+
+def test_a_group_commit_gate_stays_shut_until_set_then_open_for_good():
+    from erlmcp_ray.client._group_commit import _Gate
+
+    gate = _Gate()
+    t0 = time.monotonic()
+    assert not gate.wait(0.05) and time.monotonic() - t0 >= 0.04
+    opener = threading.Timer(0.05, gate.set)
+    opener.start()
+    assert gate.wait(5)  # woken by the set from another thread
+    gate.set()  # a second set changes nothing
+    assert gate.wait(0) and gate.wait(0)
+    opener.join()
