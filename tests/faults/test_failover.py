@@ -3,10 +3,12 @@ with SIGSTOP (a zombie that wakes up after its replica was promoted)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import psutil
 import pytest
@@ -131,6 +133,21 @@ def test_a_paused_owner_gets_no_write_acknowledged_after_its_replica_was_promote
             c.close()
 
 
+@contextlib.contextmanager
+def _three_copies(tmp_path, transport: str, ns: str, value: str) -> Iterator[tuple]:
+    """3 copies (min_insync 2) holding ``x`` = ``value`` (a strong put): yields the client and the
+    owner's handle; any partition is ended and the client closed afterwards."""
+    with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
+        c = sysm.client()
+        owner = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
+        try:
+            c.put("reg", "x", value, consistency="strong")
+            yield c, owner
+        finally:
+            end_partition(ns)
+            c.close()
+
+
 @TRANSPORTS
 def test_a_health_check_that_waited_in_a_paused_owners_queue_renews_no_lease(ray_local, tmp_path, transport):
     """Found by CI (the test above failed in one full run, having passed in every earlier one): a
@@ -142,38 +159,31 @@ def test_a_health_check_that_waited_in_a_paused_owners_queue_renews_no_lease(ray
     a replica, at the new epoch): its lease alone must refuse the stale writes and reads (a check
     renews from when it was sent)."""
     ns = f"t_failover_late_check_{transport}"
-    with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
-        c = sysm.client()
-        zombie = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
+    with _three_copies(tmp_path, transport, ns, "before") as (c, zombie):
+        c.sync()
+        pid = _pid(ns, 0)
+        facts = ray.get(zombie.health.remote(), timeout=30)  # an answer, as the supervisor takes one
+        partition(ns, [shard_name("reg", 0, 0)], [shard_name("reg", 0, "[12]"), SUPERVISOR, f"client:{c.client_id}"])
+        os.kill(pid, signal.SIGSTOP)
         try:
-            c.put("reg", "x", "before", consistency="strong")
-            c.sync()
-            pid = _pid(ns, 0)
-            facts = ray.get(zombie.health.remote(), timeout=30)  # an answer, as the supervisor takes one
-            partition(ns, [shard_name("reg", 0, 0)], [shard_name("reg", 0, "[12]"), SUPERVISOR, f"client:{c.client_id}"])
-            os.kill(pid, signal.SIGSTOP)
-            try:
-                # the supervisor's next check, sent at once: it waits in the paused owner's queue
-                check = zombie.health.remote(0, facts["epoch"], (facts["check_token"], 0.0))
-                wait_for(lambda: _owner(c)["slot"] != 0, timeout=20, interval=0.2, what="the promotion")
-                c.put("reg", "x", "after", consistency="strong")
-                stale = [zombie.write.remote("stale-client", i, [write_op("x", encode_value(f"zombie{i}"))],
-                                             True) for i in range(3)]
-                reads = [zombie.read.remote("x", None) for _ in range(2)]
-            finally:
-                os.kill(pid, signal.SIGCONT)
-            ran = ray.get(check, timeout=30)
-            assert ran["is_owner"], ran  # it ran, and the zombie still thinks it owns
-            for ref in stale + reads:
-                with pytest.raises(Exception, match="lease"):
-                    ray.get(ref, timeout=30)
-            end_partition(ns)
-            wait_for(lambda: ray.get(zombie.stats.remote(), timeout=30)["role"] == "replica", timeout=10,
-                     what="the woken owner to become a replica")
-            assert c.get("reg", "x", consistency="strong") == "after"
+            # the supervisor's next check, sent at once: it waits in the paused owner's queue
+            check = zombie.health.remote(0, facts["epoch"], (facts["check_token"], 0.0))
+            wait_for(lambda: _owner(c)["slot"] != 0, timeout=20, interval=0.2, what="the promotion")
+            c.put("reg", "x", "after", consistency="strong")
+            stale = [zombie.write.remote("stale-client", i, [write_op("x", encode_value(f"zombie{i}"))],
+                                         True) for i in range(3)]
+            reads = [zombie.read.remote("x", None) for _ in range(2)]
         finally:
-            end_partition(ns)
-            c.close()
+            os.kill(pid, signal.SIGCONT)
+        ran = ray.get(check, timeout=30)
+        assert ran["is_owner"], ran  # it ran, and the zombie still thinks it owns
+        for ref in stale + reads:
+            with pytest.raises(Exception, match="lease"):
+                ray.get(ref, timeout=30)
+        end_partition(ns)
+        wait_for(lambda: ray.get(zombie.stats.remote(), timeout=30)["role"] == "replica", timeout=10,
+                 what="the woken owner to become a replica")
+        assert c.get("reg", "x", consistency="strong") == "after"
 
 
 def _read_owner(owner, key: str, *, reads: int = 0, seconds: float = 0.0,
@@ -204,19 +214,12 @@ def test_the_supervisors_checks_alone_keep_the_lease_of_an_owner_cut_off_from_it
     would refuse every owner read once lease_s (0.5 s here) ran out. (A few reads may meet a lapse
     between two checks on a loaded machine: at least 80 % must be served.)"""
     ns = f"t_failover_check_lease_{transport}"
-    with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
-        c = sysm.client()
-        owner = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
-        try:
-            c.put("reg", "x", "v", consistency="strong")
-            partition(ns, [shard_name("reg", 0, 0)], [shard_name("reg", 0, "[12]")])
-            time.sleep(1.5)  # three leases' worth: none of the owner's replication rounds is answered now
-            served, refused = _read_owner(owner, "x", reads=40, pause_s=0.05)
-            assert served >= 0.8 * (served + refused), (served, refused)
-            assert _owner(c)["slot"] == 0  # no failover meanwhile
-        finally:
-            end_partition(ns)
-            c.close()
+    with _three_copies(tmp_path, transport, ns, "v") as (c, owner):
+        partition(ns, [shard_name("reg", 0, 0)], [shard_name("reg", 0, "[12]")])
+        time.sleep(1.5)  # three leases' worth: none of the owner's replication rounds is answered now
+        served, refused = _read_owner(owner, "x", reads=40, pause_s=0.05)
+        assert served >= 0.8 * (served + refused), (served, refused)
+        assert _owner(c)["slot"] == 0  # no failover meanwhile
 
 
 @TRANSPORTS
@@ -229,12 +232,9 @@ def test_a_frozen_copy_does_not_slow_the_checks_that_keep_another_owners_lease(r
     counts its lease from it): else an owner living on the checks alone (cut off from its replicas)
     refuses reads for a moment every cycle."""
     ns = f"t_failover_frozen_copy_{transport}"
-    with running_system(_config(tmp_path, transport, replication_factor=3, min_insync=2), ns) as sysm:
-        c = sysm.client()
-        owner = ray.get_actor(shard_name("reg", 0, 0), namespace=ns)
+    with _three_copies(tmp_path, transport, ns, "v") as (c, owner):
         frozen = _pid(ns, 2)
         try:
-            c.put("reg", "x", "v", consistency="strong")
             partition(ns, [shard_name("reg", 0, 0)], [shard_name("reg", 0, "[12]")])
             os.kill(frozen, signal.SIGSTOP)
             time.sleep(1.5)  # three leases' worth: the owner lives on the supervisor's checks alone
@@ -245,8 +245,6 @@ def test_a_frozen_copy_does_not_slow_the_checks_that_keep_another_owners_lease(r
             assert _owner(c)["slot"] == 0  # no failover meanwhile
         finally:
             os.kill(frozen, signal.SIGCONT)
-            end_partition(ns)
-            c.close()
 
 
 @TRANSPORTS
