@@ -273,8 +273,7 @@ def test_a_group_commit_gate_stays_shut_until_set_then_open_for_good():
     from erlmcp_ray.client._group_commit import _Gate
 
     gate = _Gate()
-    t0 = time.monotonic()
-    assert not gate.wait(0.05) and time.monotonic() - t0 >= 0.04
+    assert not gate.wait(0.05)
     opener = threading.Timer(0.05, gate.set)
     opener.start()
     assert gate.wait(5)  # woken by the set from another thread
